@@ -1,0 +1,26 @@
+# Convert a causal language model from PyTorch to every deployment format,
+# time each one on this CPU, check it against PyTorch, and plot the answer.
+# Usage: snakemake --cores 4            (everything, see README.md)
+#        snakemake results/plot.png     (one target and what it needs)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),
+    localrule: True

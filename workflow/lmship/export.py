@@ -1,0 +1,130 @@
+"""Stage 3: export the PyTorch model's logits to ONNX, then check it.
+
+The export uses torch's default (dynamo) exporter with static shapes
+``[batch, seq_len]``; the graph is checked with ``onnx.checker`` and run in
+ONNX Runtime against the PyTorch reference, and the stage fails if top-1
+agreement drops below ``min_top1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+from .evalset import load_inputs
+from .files import atomic_output, size_bytes, write_json
+from .logs import log_to, peak_rss_mb
+from .validate import validate_artifact
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def export_onnx(
+    hf_dir: Path,
+    inputs_npz: Path,
+    reference_npy: Path,
+    out_onnx: Path,
+    *,
+    opset: int,
+    min_top1: float,
+    metrics_json: Path | None = None,
+) -> dict:
+    """Export ``hf_dir`` to a single-file ONNX model at ``out_onnx``; return its metrics."""
+    import onnx
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    input_ids, _ = load_inputs(inputs_npz)
+    example = torch.from_numpy(input_ids[0])
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model.config.use_cache = False
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids):
+            return self.lm(input_ids=input_ids, use_cache=False).logits
+
+    started = time.monotonic()
+    with atomic_output(Path(out_onnx)) as tmp:
+        tmp_onnx = tmp.with_suffix(".onnx")
+        try:
+            with torch.inference_mode():
+                program = torch.onnx.export(
+                    LogitsOnly(model),
+                    (example,),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["input_ids"],
+                    output_names=["logits"],
+                    optimize=True,
+                )
+        except Exception as exc:
+            raise StageError(
+                f"ONNX export of {hf_dir} failed ({model.config.model_type}, torch {torch.__version__}): "
+                f"{type(exc).__name__}: {str(exc)[:2000]}"
+            ) from exc
+        program.save(str(tmp_onnx), external_data=False)
+        tmp_onnx.rename(tmp)
+        if size_bytes(tmp) > PROTOBUF_LIMIT:
+            raise StageError(
+                f"the ONNX model is {size_bytes(tmp) / 1e9:.2f} GB; models above 2 GB cannot be simplified or "
+                "converted by onnxsim / onnx2tf as single files"
+            )
+        onnx.checker.check_model(str(tmp), full_check=False)
+        export_s = time.monotonic() - started
+        graph = onnx.load(str(tmp), load_external_data=False)
+        nodes = len(graph.graph.node)
+        opset_used = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        del graph
+        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="export")
+    metrics = {
+        "artifact": str(out_onnx),
+        "size_mb": round(size_bytes(out_onnx) / 1e6, 1),
+        "nodes": nodes,
+        "opset": opset_used,
+        "input_shape": list(np.shape(input_ids[0])),
+        "export_seconds": round(export_s, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "vs_pytorch": check,
+        "torch_version": torch.__version__,
+    }
+    if metrics_json is not None:
+        write_json(metrics_json, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lmship export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="prepared HF folder")
+    parser.add_argument("--inputs", type=Path, required=True, help="eval inputs .npz")
+    parser.add_argument("--reference", type=Path, required=True, help="reference logits .npy")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path)
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--min-top1", type=float, default=99.0)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    with log_to(args.log):
+        export_onnx(
+            args.model,
+            args.inputs,
+            args.reference,
+            args.out,
+            opset=args.opset,
+            min_top1=args.min_top1,
+            metrics_json=args.metrics,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Small file helpers: atomic outputs, JSON, sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it onto ``target`` only on success.
+
+    Works for files and directories. A crash, an exception or a kill leaves at
+    most a hidden ``.<name>.partial-<pid>`` sibling, never a half-written
+    ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"stage produced nothing at {tmp} for {target}")
+        _remove(target)
+        tmp.replace(target)
+    finally:
+        _remove(tmp)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def size_bytes(path: Path) -> int:
+    """Size of a file, or the total of the files under a directory."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

@@ -1,0 +1,74 @@
+"""Logging set-up shared by every stage.
+
+TensorFlow, TFLite and ONNX Runtime write from C++ straight to file descriptor
+2, past Python's ``sys.stderr``; :func:`log_to` therefore redirects the
+descriptors themselves, so a rule's ``log:`` file gets everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger("lmship")
+
+
+def _configure_logging(stream) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+@contextmanager
+def log_to(path: Path | str | None) -> Iterator[None]:
+    """Send stdout, stderr (fd 1 and 2) and Python logging to ``path``.
+
+    With ``path=None`` logging goes to the current stderr. On an exception the
+    traceback is written to the log before it propagates, so the log names
+    the cause even when the caller's stderr is lost.
+    """
+    if path is None:
+        _configure_logging(sys.stderr)
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _configure_logging(sys.stderr)
+    started = time.monotonic()
+    try:
+        yield
+    except BaseException as exc:
+        log.exception("stage failed after %.1f s: %s", time.monotonic() - started, exc)
+        raise
+    else:
+        log.info("stage finished in %.1f s", time.monotonic() - started)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,0 +1,162 @@
+"""One interface over every runtime: open an artifact, run token ids, get logits.
+
+``open_backend(runtime, artifact, threads)`` returns a :class:`Session` whose
+``run(input_ids)`` maps ``int64 [batch, seq]`` to ``float32 [batch, seq, vocab]``.
+Threads are set explicitly in every runtime (0 keeps the runtime's default).
+Imports are lazy, so a process only loads the runtime it uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+
+RUNTIMES = ("torch", "torch_int8", "ort", "tflite")
+
+
+@dataclass
+class Session:
+    runtime: str
+    version: str
+    threads: int
+    run: Callable[[np.ndarray], np.ndarray]
+
+
+def open_backend(runtime: str, artifact: Path, threads: int) -> Session:
+    """Load ``artifact`` in ``runtime`` with ``threads`` intra-op threads."""
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise StageError(f"artifact {artifact} does not exist")
+    if runtime == "torch":
+        return _torch(artifact, threads, int8=False)
+    if runtime == "torch_int8":
+        return _torch(artifact, threads, int8=True)
+    if runtime == "ort":
+        return _ort(artifact, threads)
+    if runtime == "tflite":
+        return _tflite(artifact, threads)
+    raise StageError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+
+
+def _torch(artifact: Path, threads: int, *, int8: bool) -> Session:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # already set in this process
+            torch.set_num_interop_threads(1)
+    if int8:
+        from .torch_int8 import load_quantized
+
+        model = load_quantized(artifact)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32)
+    model.eval()
+
+    def run(input_ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(input_ids=torch.from_numpy(np.ascontiguousarray(input_ids)), use_cache=False)
+        return out.logits.float().numpy()
+
+    return Session("torch_int8" if int8 else "torch", torch.__version__, threads, run)
+
+
+def _ort(artifact: Path, threads: int) -> Session:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise StageError(f"ONNX Runtime cannot load {artifact}: {type(exc).__name__}: {exc}") from exc
+    name = session.get_inputs()[0].name
+
+    def run(input_ids: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: input_ids.astype(np.int64)})[0]
+
+    return Session("onnxruntime", ort.__version__, threads, run)
+
+
+def _tflite(artifact: Path, threads: int) -> Session:
+    try:
+        import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
+
+        version = getattr(ai_edge_litert, "__version__", None) or _dist_version("ai-edge-litert")
+        name = "litert"
+    except ImportError:  # TensorFlow's bundled interpreter
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+        version = tf.__version__
+        name = "tf.lite"
+    try:
+        interpreter = Interpreter(model_path=str(artifact), num_threads=threads if threads > 0 else None)
+        interpreter.allocate_tensors()
+    except Exception as exc:
+        raise StageError(f"the TFLite interpreter cannot load {artifact}: {type(exc).__name__}: {exc}") from exc
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+
+    def run(input_ids: np.ndarray) -> np.ndarray:
+        if tuple(input_ids.shape) != tuple(inp["shape"]):
+            raise StageError(f"{artifact} takes input shape {tuple(inp['shape'])}, got {input_ids.shape}")
+        interpreter.set_tensor(inp["index"], input_ids.astype(inp["dtype"]))
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return Session(name, version, threads, run)
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Vector-extension flags that matter for the kernels (AVX2, AVX-512, VNNI, ...)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,135 @@
+"""Stage 5: convert the simplified ONNX model to a TensorFlow SavedModel with onnx2tf.
+
+onnx2tf's own TFLite step is kept out of this process (converting to TFLite
+in the same process as the SavedModel was OOM-killed at ~24 GB on the 135M
+model): onnx2tf builds the Keras model (``disable_model_save=True``), and
+this stage writes the SavedModel itself with a Keras export archive (the
+path onnx2tf takes with ``-osd``), with one ``serving_default`` signature.
+The Keras model is checked against the PyTorch reference before saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+from .evalset import load_inputs
+from .files import atomic_output, size_bytes, write_json
+from .logs import log_to, peak_rss_mb
+from .validate import check_agreement, run_all
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+
+
+def onnx_to_savedmodel(
+    in_onnx: Path,
+    inputs_npz: Path,
+    reference_npy: Path,
+    out_dir: Path,
+    *,
+    min_top1: float,
+    onnx2tf_options: dict | None = None,
+    metrics_json: Path | None = None,
+) -> dict:
+    """Build the Keras model with onnx2tf and save it as a SavedModel at ``out_dir``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import onnx2tf
+    import tensorflow as tf
+    import tf_keras
+
+    from .simplify import load_onnx
+
+    load_onnx(in_onnx)  # a clear error for a truncated / corrupt file, before onnx2tf's own
+    options = {
+        "not_use_onnxsim": True,  # the input is already simplified (stage 4)
+        "verbosity": "warn",
+        **(onnx2tf_options or {}),
+    }
+    started = time.monotonic()
+    with atomic_output(Path(out_dir)) as tmp:
+        work = tmp.with_name(tmp.name + "-onnx2tf")
+        try:
+            model = onnx2tf.convert(
+                input_onnx_file_path=str(in_onnx),
+                output_folder_path=str(work),
+                disable_model_save=True,
+                **options,
+            )
+        except SystemExit as exc:  # onnx2tf reports some failures with sys.exit(1)
+            raise StageError(f"onnx2tf failed on {in_onnx} (exit {exc.code}); see the messages above") from exc
+        except Exception as exc:
+            raise StageError(f"onnx2tf failed on {in_onnx}: {type(exc).__name__}: {str(exc)[:2000]}") from exc
+        finally:
+            if work.exists():
+                import shutil
+
+                shutil.rmtree(work, ignore_errors=True)
+        if model is None:
+            raise StageError(f"onnx2tf returned no model for {in_onnx}")
+        convert_s = time.monotonic() - started
+
+        input_ids, is_text = load_inputs(inputs_npz)
+        specs = [tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs]
+        if len(specs) != 1:
+            raise StageError(f"expected one model input (input_ids), onnx2tf produced {len(specs)}")
+
+        @tf.function(input_signature=specs)
+        def serve(x):
+            return model(x)
+
+        def run(sample: np.ndarray) -> np.ndarray:
+            return np.asarray(serve(tf.constant(sample.astype(specs[0].dtype.as_numpy_dtype))))
+
+        reference = np.load(reference_npy, mmap_mode="r")
+        check = check_agreement(
+            reference, run_all(run, input_ids), is_text, min_top1=min_top1, stage="savedmodel", artifact=out_dir
+        )
+        archive = tf_keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(name=SIGNATURE, fn=lambda x: model(x), input_signature=specs)
+        archive.write_out(str(tmp))
+        if not (tmp / "saved_model.pb").is_file():
+            raise StageError(f"the SavedModel at {tmp} has no saved_model.pb")
+    metrics = {
+        "artifact": str(out_dir),
+        "size_mb": round(size_bytes(out_dir) / 1e6, 1),
+        "onnx2tf_seconds": round(convert_s, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "onnx2tf_version": onnx2tf.__version__,
+        "tensorflow_version": tf.__version__,
+        "onnx2tf_options": options,
+        "input": {"shape": [int(d) for d in specs[0].shape], "dtype": specs[0].dtype.name},
+        "vs_pytorch": check,
+    }
+    if metrics_json is not None:
+        write_json(metrics_json, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lmship savedmodel", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--onnx", type=Path, required=True)
+    parser.add_argument("--inputs", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path)
+    parser.add_argument("--min-top1", type=float, default=99.0)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    with log_to(args.log):
+        onnx_to_savedmodel(
+            args.onnx, args.inputs, args.reference, args.out, min_top1=args.min_top1, metrics_json=args.metrics
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Stage 6: TFLite fp32 / fp16 / int8 from the SavedModel, builtin ops only.
+
+Each precision is its own process (the converter peaks near 9 GB on the 135M
+model). The converter may use TFLITE_BUILTINS only, so a model that would
+need Flex (SELECT_TF_OPS) ops fails to convert instead of silently running
+through the TensorFlow fallback. Next to each ``.tflite`` the stage writes an
+op census (builtin / custom / Flex counts per op); any custom or Flex op
+fails the stage with the ops named.
+
+Precisions: ``fp32``; ``fp16`` (float16 weights, dequantised at load on x86);
+``int8`` (dynamic-range quantisation: int8 weights, activations quantised on
+the fly by the hybrid kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import StageError
+from .files import atomic_output, size_bytes, write_json
+from .logs import log_to, peak_rss_mb
+from .validate import validate_artifact
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+_OPS_RE = re.compile(r"Estimated count of arithmetic ops: ([\d.]+) *([KMGT]?) +ops")
+_UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+@contextmanager
+def _tee_fd2() -> Iterator[list[str]]:
+    """Capture what C++ code writes to fd 2, pass it on afterwards, and expose it as text."""
+    import sys
+
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            text = buf.read().decode(errors="replace")
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            captured.append(text)
+
+
+def convert_tflite(
+    saved_model: Path,
+    out_tflite: Path,
+    *,
+    precision: str,
+    inputs_npz: Path | None = None,
+    reference_npy: Path | None = None,
+    min_top1: float = 0.0,
+    census_json: Path | None = None,
+    metrics_json: Path | None = None,
+) -> dict:
+    """Convert ``saved_model`` to ``out_tflite`` at ``precision`` with builtin ops only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+    import tensorflow as tf
+
+    if precision not in PRECISIONS:
+        raise StageError(f"unknown TFLite precision {precision!r}; expected one of {PRECISIONS}")
+    if not (Path(saved_model) / "saved_model.pb").is_file():
+        raise StageError(f"{saved_model} is not a SavedModel (no saved_model.pb); rerun the savedmodel stage")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    started = time.monotonic()
+    with _tee_fd2() as captured:
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:
+            raise StageError(
+                f"TFLite {precision} conversion of {saved_model} with builtin ops only failed: "
+                f"{type(exc).__name__}: {str(exc)[:3000]}"
+            ) from exc
+    seconds = time.monotonic() - started
+    del converter
+    census = op_census(flatbuffer)
+    match = _OPS_RE.search(captured[0] if captured else "")
+    converter_ops = float(match.group(1)) * _UNITS[match.group(2)] if match else None
+    if census_json is not None:
+        write_json(census_json, census)
+    bad = {**census["flex"], **census["custom"]}
+    if bad:
+        raise StageError(f"TFLite {precision} model needs non-builtin ops {bad}; builtins only are allowed")
+    with atomic_output(Path(out_tflite)) as tmp:
+        tmp.write_bytes(flatbuffer)
+        del flatbuffer
+        check = None
+        if inputs_npz is not None and reference_npy is not None:
+            check = validate_artifact(
+                "tflite", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage=f"tflite-{precision}"
+            )
+    metrics = {
+        "artifact": str(out_tflite),
+        "precision": precision,
+        "size_mb": round(size_bytes(out_tflite) / 1e6, 1),
+        "convert_seconds": round(seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "converter_arithmetic_ops": converter_ops,
+        "ops_total": census["total"],
+        "tensorflow_version": tf.__version__,
+        "vs_pytorch": check,
+    }
+    if metrics_json is not None:
+        write_json(metrics_json, metrics)
+    return metrics
+
+
+def op_census(flatbuffer: bytes) -> dict:
+    """Count the operators of a TFLite flatbuffer: builtin, custom and Flex, per op name."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        codes.append(("custom", custom.decode()) if custom else ("builtin", names.get(builtin, str(builtin))))
+    counts: dict[str, Counter] = {"builtin": Counter(), "custom": Counter(), "flex": Counter()}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            kind, name = codes[graph.Operators(o).OpcodeIndex()]
+            if kind == "custom" and name.startswith("Flex"):
+                kind = "flex"
+            counts[kind][name] += 1
+    graph = model.Subgraphs(0)
+    io = {}
+    for label, idx in (("input", graph.Inputs(0)), ("output", graph.Outputs(0))):
+        tensor = graph.Tensors(idx)
+        io[label] = {"shape": tensor.ShapeAsNumpy().tolist(), "type": _tensor_type(schema, tensor.Type())}
+    return {
+        "total": sum(sum(c.values()) for c in counts.values()),
+        "counts": {k: sum(c.values()) for k, c in counts.items()},
+        "builtin": dict(counts["builtin"].most_common()),
+        "custom": dict(counts["custom"].most_common()),
+        "flex": dict(counts["flex"].most_common()),
+        "subgraphs": model.SubgraphsLength(),
+        **io,
+    }
+
+
+def _tensor_type(schema, code: int) -> str:
+    for k, v in vars(schema.TensorType).items():
+        if v == code and not k.startswith("_"):
+            return k.lower()
+    return str(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lmship tflite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--saved-model", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--inputs", type=Path)
+    parser.add_argument("--reference", type=Path)
+    parser.add_argument("--min-top1", type=float, default=0.0)
+    parser.add_argument("--census", type=Path)
+    parser.add_argument("--metrics", type=Path)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    with log_to(args.log):
+        convert_tflite(
+            args.saved_model,
+            args.out,
+            precision=args.precision,
+            inputs_npz=args.inputs,
+            reference_npy=args.reference,
+            min_top1=args.min_top1,
+            census_json=args.census,
+            metrics_json=args.metrics,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Latency of one backend at one thread count: one CSV row per timed forward pass.
+
+Warm-up runs are not timed. Timed runs continue until both ``repeats`` runs
+and ``min_seconds`` of timed work are done. Every backend gets the same
+token ids (the first sample of the evaluation set). Each row carries the
+settings that produced it: backend, precision, runtime and version, threads,
+batch, sequence length, CPU model, load time and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+from .evalset import load_inputs
+from .files import atomic_output, size_bytes
+from .logs import log_to, peak_rss_mb
+from .runtimes import cpu_flags, cpu_model, open_backend
+
+log = logging.getLogger(__name__)
+
+FIELDS = [
+    "model",
+    "backend",
+    "precision",
+    "runtime",
+    "runtime_version",
+    "threads",
+    "batch",
+    "seq_len",
+    "repeat",
+    "latency_ms",
+    "load_s",
+    "peak_rss_mb",
+    "artifact_mb",
+    "cpu_model",
+    "cpu_flags",
+    "started_utc",
+]
+
+
+def limit_threads_env(threads: int) -> None:
+    """Pin the OpenMP / BLAS pools too, before any runtime is imported."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+
+
+def time_backend(
+    runtime: str,
+    artifact: Path,
+    inputs_npz: Path,
+    out_csv: Path,
+    *,
+    model: str,
+    backend: str,
+    precision: str,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    min_seconds: float,
+) -> Path:
+    """Time ``artifact`` in ``runtime``; write one row per timed run to ``out_csv``."""
+    if threads < 1 or repeats < 1 or warmup < 0:
+        raise StageError(f"threads ({threads}) and repeats ({repeats}) must be >= 1, warmup ({warmup}) >= 0")
+    limit_threads_env(threads)
+    input_ids, _ = load_inputs(inputs_npz)
+    sample = np.ascontiguousarray(input_ids[0])
+    started_utc = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    session = open_backend(runtime, artifact, threads)
+    load_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        session.run(sample)
+    latencies: list[float] = []
+    timed_start = time.perf_counter()
+    while len(latencies) < repeats or time.perf_counter() - timed_start < min_seconds:
+        t = time.perf_counter_ns()
+        session.run(sample)
+        latencies.append((time.perf_counter_ns() - t) / 1e6)
+    rss = round(peak_rss_mb())
+    common = {
+        "model": model,
+        "backend": backend,
+        "precision": precision,
+        "runtime": session.runtime,
+        "runtime_version": session.version,
+        "threads": threads,
+        "batch": sample.shape[0],
+        "seq_len": sample.shape[1],
+        "load_s": round(load_s, 3),
+        "peak_rss_mb": rss,
+        "artifact_mb": round(size_bytes(artifact) / 1e6, 1),
+        "cpu_model": cpu_model(),
+        "cpu_flags": " ".join(cpu_flags()),
+        "started_utc": started_utc,
+    }
+    with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for i, ms in enumerate(latencies):
+            writer.writerow({**common, "repeat": i, "latency_ms": round(ms, 3)})
+    log.info(
+        "%s %s threads=%d: median %.2f ms over %d runs (load %.1f s, peak RSS %d MB)",
+        model,
+        backend,
+        threads,
+        float(np.median(latencies)),
+        len(latencies),
+        load_s,
+        rss,
+    )
+    return Path(out_csv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lmship timing", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime", required=True)
+    parser.add_argument("--artifact", type=Path, required=True)
+    parser.add_argument("--inputs", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="model")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=5.0)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    with log_to(args.log):
+        time_backend(
+            args.runtime,
+            args.artifact,
+            args.inputs,
+            args.out,
+            model=args.model,
+            backend=args.backend or args.runtime,
+            precision=args.precision,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            min_seconds=args.min_seconds,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""PyTorch int8: dynamic quantisation of every ``nn.Linear`` (the same-precision baseline).
+
+The artifact is a folder with the model's config.json and the quantised
+state dict (packed int8 weights); :func:`load_quantized` rebuilds the module
+structure and loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from .files import atomic_output, size_bytes, write_json
+from .logs import log_to, peak_rss_mb
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "model_int8.pt"
+
+
+def _quantize(model):
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def quantize_pytorch(hf_dir: Path, out_dir: Path, metrics_json: Path | None = None) -> dict:
+    """Dynamically quantise ``hf_dir``'s Linear layers to int8 and save the result at ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    started = time.monotonic()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    qmodel = _quantize(model)
+    with atomic_output(Path(out_dir)) as tmp:
+        tmp.mkdir(parents=True)
+        qmodel.config.save_pretrained(tmp)
+        torch.save(qmodel.state_dict(), tmp / STATE_FILE)
+    metrics = {
+        "artifact": str(out_dir),
+        "size_mb": round(size_bytes(Path(out_dir) / STATE_FILE) / 1e6, 1),
+        "quantize_seconds": round(time.monotonic() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "method": "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)",
+        "torch_version": torch.__version__,
+    }
+    if metrics_json is not None:
+        write_json(metrics_json, metrics)
+    return metrics
+
+
+def load_quantized(folder: Path):
+    """Rebuild the quantised model saved by :func:`quantize_pytorch`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    model = _quantize(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval())
+    state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lmship torch-int8", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    with log_to(args.log):
+        quantize_pytorch(args.model, args.out, args.metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+# Latency per backend and thread count, accuracy per backend, the CPU's matmul limit.
+
+
+rule timing:
+    input:
+        artifact=backend_artifact,
+        inputs=rules.eval_inputs.output.inputs,
+    output:
+        csv="results/{model}/seq{seq}/timing/{backend}_t{threads}.csv",
+    log:
+        "logs/timing/{model}_seq{seq}_{backend}_t{threads}.log",
+    benchmark:
+        "benchmarks/timing/{model}_seq{seq}_{backend}_t{threads}.tsv"
+    conda:
+        "../../envs/runtimes.yaml"
+    threads: lambda wc: int(wc.threads)
+    resources:
+        mem_mb=3000,
+        runtime=20,
+        bench_lock=BENCH_LOCK,
+    params:
+        backend=backend_info,
+        warmup=config["benchmark"]["warmup"],
+        repeats=config["benchmark"]["repeats"],
+        min_seconds=config["benchmark"]["min_seconds"],
+    script:
+        "../scripts/timing.py"
+
+
+rule evaluate:
+    input:
+        artifact=backend_artifact,
+        inputs=rules.eval_inputs.output.inputs,
+        reference=rules.reference_logits.output.logits,
+        reference_metrics=rules.reference_logits.output.metrics,
+    output:
+        json="results/{model}/seq{seq}/accuracy/{backend}.json",
+    log:
+        "logs/evaluate/{model}_seq{seq}_{backend}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}_seq{seq}_{backend}.tsv"
+    conda:
+        "../../envs/runtimes.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=15,
+        bench_lock=1,
+    params:
+        backend=backend_info,
+        tolerance=tolerance,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule machine_limit:
+    output:
+        json="results/machine/matmul_t{threads}.json",
+    log:
+        "logs/machine_limit/t{threads}.log",
+    conda:
+        "../../envs/runtimes.yaml"
+    threads: lambda wc: int(wc.threads)
+    resources:
+        mem_mb=1000,
+        runtime=5,
+        bench_lock=BENCH_LOCK,
+    script:
+        "../scripts/machine_limit.py"

@@ -1,0 +1,13 @@
+"""Snakemake adapter: lmship.evalset.reference_logits."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
+
+from lmship.evalset import reference_logits
+from lmship.logs import log_to
+
+smk = snakemake  # noqa: F821
+with log_to(smk.log[0]):
+    reference_logits(Path(smk.input.model), Path(smk.input.inputs), Path(smk.output.logits), Path(smk.output.metrics))
