@@ -60,7 +60,7 @@ def export_onnx(
         try:
             with torch.inference_mode():
                 program = torch.onnx.export(
-                    LogitsOnly(model),
+                    LogitsOnly(model).eval(),
                     (example,),
                     dynamo=True,
                     opset_version=opset,

@@ -145,10 +145,9 @@ def plot_summary(summary_csv: Path, out_png: Path) -> Path:
             Patch(color=PASS_COLOR, label="within accuracy tolerance"),
             Patch(facecolor=FAIL_COLOR, hatch="//", label="FAILS accuracy tolerance: do not ship"),
         ],
-        loc="lower center",
+        loc="outside lower center",
         ncol=3,
         fontsize=9,
-        bbox_to_anchor=(0.5, -0.01),
     )
     with atomic_output(Path(out_png)) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -40,7 +40,6 @@ def onnx_to_savedmodel(
     metrics_json: Path | None = None,
 ) -> dict:
     """Build the Keras model with onnx2tf and save it as a SavedModel at ``out_dir``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import onnx2tf
     import tensorflow as tf
     import tf_keras

@@ -1,0 +1,140 @@
+"""Shared fixtures: a tiny random LlamaForCausalLM and its conversion chain, made on the fly.
+
+The stage functions are imported and run directly here; ``test_workflow.py``
+runs the same stages through Snakemake.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+SEQ = 24
+TINY_SPEC = {
+    "source": "random",
+    "seed": 0,
+    "architecture": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 384,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def chain_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("chain")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(chain_dir) -> Path:
+    from lmship.sources import prepare_model
+
+    return prepare_model(TINY_SPEC, chain_dir / "hf")
+
+
+@pytest.fixture(scope="session")
+def eval_set(tiny_model, chain_dir) -> dict[str, Path]:
+    from lmship.evalset import make_inputs, reference_logits
+
+    inputs = make_inputs(
+        tiny_model, chain_dir / "inputs.npz", seq_len=SEQ, batch_size=1, text_samples=4, random_samples=2, seed=0
+    )
+    logits = reference_logits(tiny_model, inputs, chain_dir / "reference.npy", chain_dir / "reference.json")
+    return {"inputs": inputs, "reference": logits, "reference_json": chain_dir / "reference.json"}
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tiny_model, eval_set, chain_dir) -> Path:
+    from lmship.export import export_onnx
+
+    export_onnx(
+        tiny_model,
+        eval_set["inputs"],
+        eval_set["reference"],
+        chain_dir / "model.onnx",
+        opset=18,
+        min_top1=99.0,
+        metrics_json=chain_dir / "export.json",
+    )
+    return chain_dir / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def simplified(onnx_model, eval_set, chain_dir) -> Path:
+    from lmship.simplify import simplify_onnx
+
+    simplify_onnx(
+        onnx_model,
+        eval_set["inputs"],
+        eval_set["reference"],
+        chain_dir / "model.simplified.onnx",
+        min_top1=99.0,
+        metrics_json=chain_dir / "simplify.json",
+    )
+    return chain_dir / "model.simplified.onnx"
+
+
+@pytest.fixture(scope="session")
+def saved_model(simplified, eval_set, chain_dir) -> Path:
+    from lmship.savedmodel import onnx_to_savedmodel
+
+    onnx_to_savedmodel(
+        simplified,
+        eval_set["inputs"],
+        eval_set["reference"],
+        chain_dir / "saved_model",
+        min_top1=99.0,
+        metrics_json=chain_dir / "savedmodel.json",
+    )
+    return chain_dir / "saved_model"
+
+
+@pytest.fixture(scope="session")
+def tflite_models(saved_model, eval_set, chain_dir) -> dict[str, dict]:
+    """TFLite fp32 / fp16 / int8 with their op census; returns each stage's metrics.
+
+    Each conversion runs in its own process through the stage's CLI, as in the workflow.
+    """
+    from lmship.files import read_json
+
+    metrics = {}
+    for precision in ("fp32", "fp16", "int8"):
+        cmd = [
+            sys.executable,
+            "-m",
+            "lmship",
+            "tflite",
+            "--saved-model",
+            str(saved_model),
+            "--out",
+            str(chain_dir / f"model_{precision}.tflite"),
+            "--precision",
+            precision,
+            "--inputs",
+            str(eval_set["inputs"]),
+            "--reference",
+            str(eval_set["reference"]),
+            "--min-top1",
+            "95" if precision != "int8" else "0",
+            "--census",
+            str(chain_dir / f"model_{precision}.ops.json"),
+            "--metrics",
+            str(chain_dir / f"tflite_{precision}.json"),
+            "--log",
+            str(chain_dir / f"tflite_{precision}.log"),
+        ]
+        subprocess.run(cmd, check=True, cwd=REPO / "workflow")
+        metrics[precision] = read_json(chain_dir / f"tflite_{precision}.json")
+    return metrics

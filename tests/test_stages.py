@@ -1,0 +1,322 @@
+"""Each stage function on the tiny random model: real conversions, real runtimes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import numpy as np
+import pytest
+from conftest import SEQ, TINY_SPEC
+
+from lmship import StageError
+from lmship.files import read_json
+
+
+def test_prepare_random_is_a_plain_hf_folder(tiny_model):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "prepare.json"):
+        assert (tiny_model / name).is_file(), name
+    info = read_json(tiny_model / "prepare.json")
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert cfg["hidden_size"] == TINY_SPEC["architecture"]["hidden_size"]
+    assert info["params"] > 0
+
+
+def test_prepare_random_is_seeded(tiny_model, tmp_path):
+    from safetensors.numpy import load_file
+
+    from lmship.sources import prepare_model
+
+    again = prepare_model(TINY_SPEC, tmp_path / "again")
+    a, b = load_file(tiny_model / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_prepare_local_folder_round_trip(tiny_model, tmp_path):
+    """The `local` source: an HF folder on disk (the old project's smollm_local_model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmship.sources import prepare_model
+
+    out = prepare_model({"source": "local", "path": str(tiny_model)}, tmp_path / "local")
+    ids = torch.arange(10).reshape(1, 10)
+    with torch.inference_mode():
+        a = AutoModelForCausalLM.from_pretrained(tiny_model).eval()(ids).logits
+        b = AutoModelForCausalLM.from_pretrained(out).eval()(ids).logits
+    assert torch.equal(a, b)
+
+
+def test_eval_inputs_are_deterministic_text_then_random(tiny_model, eval_set, tmp_path):
+    from lmship.evalset import load_inputs, make_inputs
+
+    ids, is_text = load_inputs(eval_set["inputs"])
+    assert ids.shape == (6, 1, SEQ) and ids.dtype == np.int64
+    assert is_text.tolist() == [True] * 4 + [False] * 2
+    again = make_inputs(
+        tiny_model, tmp_path / "again.npz", seq_len=SEQ, batch_size=1, text_samples=4, random_samples=2, seed=0
+    )
+    assert np.array_equal(load_inputs(again)[0], ids)
+
+
+def test_reference_logits_shape_and_perplexity(eval_set):
+    logits = np.load(eval_set["reference"])
+    assert logits.shape == (6, 1, SEQ, TINY_SPEC["architecture"]["vocab_size"])
+    ppl = read_json(eval_set["reference_json"])["perplexity_text"]
+    # random weights: close to uniform over the vocabulary
+    assert 0.5 * 384 < ppl < 2 * 384
+
+
+def test_export_checks_against_pytorch(onnx_model, chain_dir):
+    import onnx
+
+    onnx.checker.check_model(str(onnx_model))
+    m = read_json(chain_dir / "export.json")
+    assert m["nodes"] > 10 and m["opset"] == 18
+    assert m["vs_pytorch"]["top1_agreement_pct"] == 100.0
+    assert m["vs_pytorch"]["max_abs_diff"] < 1e-3
+
+
+def test_export_gate_fails_the_stage(tiny_model, eval_set, tmp_path):
+    """A reference the export cannot match makes the stage fail and leaves no file."""
+    from lmship.export import export_onnx
+
+    wrong = np.load(eval_set["reference"])
+    wrong = np.roll(wrong, 1, axis=-1)  # shift every argmax
+    np.save(tmp_path / "wrong.npy", wrong)
+    with pytest.raises(StageError, match="top-1"):
+        export_onnx(tiny_model, eval_set["inputs"], tmp_path / "wrong.npy", tmp_path / "m.onnx", opset=18, min_top1=99)
+    assert not (tmp_path / "m.onnx").exists()
+    assert not list(tmp_path.glob(".m.onnx*"))
+
+
+def test_simplify_records_node_counts(simplified, chain_dir):
+    m = read_json(chain_dir / "simplify.json")
+    assert m["nodes_after"] <= m["nodes_before"]
+    assert sum(m["ops_after"].values()) == m["nodes_after"]
+    assert m["vs_pytorch"]["top1_agreement_pct"] == 100.0
+
+
+def test_savedmodel(saved_model, chain_dir):
+    assert (saved_model / "saved_model.pb").is_file()
+    m = read_json(chain_dir / "savedmodel.json")
+    assert m["input"] == {"shape": [1, SEQ], "dtype": "int64"}
+    assert m["vs_pytorch"]["top1_agreement_pct"] == 100.0
+    assert not list(chain_dir.glob(".saved_model.partial*"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tflite_builtins_only_with_census(tflite_models, chain_dir, precision):
+    m = tflite_models[precision]
+    census = read_json(chain_dir / f"model_{precision}.ops.json")
+    assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
+    assert census["total"] == census["counts"]["builtin"] == sum(census["builtin"].values())
+    assert "FULLY_CONNECTED" in census["builtin"] or "BATCH_MATMUL" in census["builtin"]
+    assert census["input"] == {"shape": [1, SEQ], "type": "int64"}
+    assert census["output"]["shape"] == [1, SEQ, 384]
+    assert m["converter_arithmetic_ops"] and m["converter_arithmetic_ops"] > 0
+    if precision == "fp16":
+        assert census["builtin"].get("DEQUANTIZE", 0) > 0
+    assert m["vs_pytorch"]["top1_agreement_pct"] >= 95.0
+
+
+def _det_function():
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([3, 3], tf.float32)])
+    def det(x):
+        return tf.linalg.det(x)
+
+    return det
+
+
+def test_op_census_counts_flex_ops():
+    """A model with a Flex op (MatrixDeterminant has no builtin kernel) is counted as Flex."""
+    import tensorflow as tf
+
+    from lmship.tflite import op_census
+
+    f = _det_function()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    census = op_census(conv.convert())
+    assert census["flex"] == {"FlexMatrixDeterminant": 1}
+    assert census["counts"]["builtin"] == 0
+
+
+def test_tflite_stage_refuses_flex_and_names_the_op(tmp_path):
+    import tensorflow as tf
+
+    from lmship.tflite import convert_tflite
+
+    module = tf.Module()
+    module.det = _det_function()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures=module.det)
+    with pytest.raises(StageError, match="MatrixDeterminant"):
+        convert_tflite(tmp_path / "sm", tmp_path / "m.tflite", precision="fp32")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_flops_match_the_tflite_converter(tflite_models, chain_dir):
+    """Our op count from config.json agrees with the TFLite converter's own count."""
+    from lmship.flops import forward_ops_from_folder
+
+    ours = forward_ops_from_folder(chain_dir / "hf", 1, SEQ)["total"]
+    theirs = tflite_models["fp32"]["converter_arithmetic_ops"]
+    assert abs(ours / theirs - 1) < 0.1
+
+
+def test_flops_of_smollm_135m():
+    from lmship.flops import forward_ops
+
+    cfg = {
+        "hidden_size": 576,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "vocab_size": 49152,
+    }
+    ops = forward_ops(cfg, 1, 128)
+    assert ops["linear"] == pytest.approx(2 * 128 * (30 * 3_538_944 + 576 * 49152))
+    assert ops["total"] / 1e9 == pytest.approx(35.6, abs=0.05)
+
+
+@pytest.mark.parametrize("variant", ["dynamic", "mixed"])
+def test_onnx_int8(simplified, eval_set, chain_dir, variant):
+    import onnx
+
+    from lmship.onnx_int8 import quantize_onnx
+    from lmship.validate import validate_artifact
+
+    out = chain_dir / f"model.int8-{variant}.onnx"
+    m = quantize_onnx(simplified, out, variant=variant, inputs_npz=eval_set["inputs"])
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits", "QLinearMatMul"}
+    assert m["size_mb"] < read_json(chain_dir / "simplify.json")["size_mb"]
+    check = validate_artifact("ort", out, eval_set["inputs"], eval_set["reference"], min_top1=0, stage="t")
+    assert check["finite"]
+
+
+def test_torch_int8_round_trip(tiny_model, eval_set, tmp_path):
+    from lmship.runtimes import open_backend
+    from lmship.torch_int8 import quantize_pytorch
+
+    m = quantize_pytorch(tiny_model, tmp_path / "q")
+    session = open_backend("torch_int8", tmp_path / "q", threads=1)
+    ids = np.load(eval_set["inputs"])["input_ids"][0]
+    out = session.run(ids)
+    ref = np.load(eval_set["reference"])[0]
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() < 0.5
+    assert m["size_mb"] > 0
+
+
+@pytest.mark.parametrize(
+    ("runtime", "artifact"),
+    [("torch", "hf"), ("ort", "model.simplified.onnx"), ("tflite", "model_fp32.tflite")],
+)
+def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_path):
+    from lmship.timing import FIELDS, time_backend
+
+    out = time_backend(
+        runtime,
+        chain_dir / artifact,
+        eval_set["inputs"],
+        tmp_path / "t.csv",
+        model="tiny",
+        backend=runtime,
+        precision="fp32",
+        threads=1,
+        warmup=1,
+        repeats=4,
+        min_seconds=0.0,
+    )
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) >= 4
+    assert list(rows[0]) == FIELDS
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    assert {r["threads"] for r in rows} == {"1"} and rows[0]["seq_len"] == str(SEQ)
+    assert rows[0]["runtime_version"] and rows[0]["cpu_model"]
+
+
+def test_timing_rejects_zero_threads(chain_dir, eval_set, tmp_path):
+    from lmship.timing import time_backend
+
+    with pytest.raises(StageError, match="threads"):
+        time_backend(
+            "torch",
+            chain_dir / "hf",
+            eval_set["inputs"],
+            tmp_path / "t.csv",
+            model="m",
+            backend="pytorch",
+            precision="fp32",
+            threads=0,
+            warmup=0,
+            repeats=1,
+            min_seconds=0,
+        )
+
+
+def test_evaluate_pass_and_fail(simplified, eval_set, tmp_path):
+    from lmship.evaluate import evaluate_backend
+
+    strict = {"min_top1_pct": 99.0, "min_cosine": 0.9999, "max_ppl_change_pct": 0.5}
+    r = evaluate_backend(
+        "ort",
+        simplified,
+        eval_set["inputs"],
+        eval_set["reference"],
+        eval_set["reference_json"],
+        tmp_path / "a.json",
+        model="tiny",
+        backend="onnx-simplified",
+        precision="fp32",
+        tolerance=strict,
+    )
+    assert r["passed"] and r["failures"] == []
+    assert r["ppl_change_pct"] == pytest.approx(0.0, abs=0.01)
+    impossible = {"min_top1_pct": 100.0, "min_cosine": 1.01, "max_ppl_change_pct": 0.0}
+    r = evaluate_backend(
+        "ort",
+        simplified,
+        eval_set["inputs"],
+        eval_set["reference"],
+        eval_set["reference_json"],
+        tmp_path / "b.json",
+        model="tiny",
+        backend="onnx-simplified",
+        precision="fp32",
+        tolerance=impossible,
+    )
+    assert not r["passed"] and any("cosine" in f for f in r["failures"])
+
+
+def test_cli_runs_a_stage_alone(tiny_model, tmp_path):
+    """Every stage is runnable from the command line (here: the eval inputs)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "inputs.npz"
+    subprocess.run(
+        [sys.executable, "-m", "lmship", "evalset", "inputs", "--model", str(tiny_model), "--out", str(out)],
+        check=True,
+        cwd=REPO / "workflow",
+        capture_output=True,
+    )
+    assert np.load(out)["input_ids"].shape == (10, 1, 128)
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    from lmship.files import atomic_output
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
