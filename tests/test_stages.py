@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+
 import numpy as np
 import pytest
-from conftest import SEQ, TINY_SPEC
 
+from conftest import SEQ, TINY_SPEC
 from lmship import StageError
 from lmship.files import read_json
 
@@ -234,7 +235,8 @@ def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_p
         repeats=4,
         min_seconds=0.0,
     )
-    rows = list(csv.DictReader(open(out)))
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) >= 4
     assert list(rows[0]) == FIELDS
     assert all(float(r["latency_ms"]) > 0 for r in rows)
