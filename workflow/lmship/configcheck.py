@@ -28,7 +28,7 @@ def _schema_at(schema: dict, path, root: dict) -> dict:
     node = schema
     for part in path:
         if "$ref" in node:
-            node = root["definitions"][node["$ref"].split("/")[-1]]
+            node = root["$defs"][node["$ref"].split("/")[-1]]
         if isinstance(part, int):
             node = node.get("items", {})
         elif part in node.get("properties", {}):
@@ -38,7 +38,7 @@ def _schema_at(schema: dict, path, root: dict) -> dict:
         else:
             return {}
     if "$ref" in node:
-        node = root["definitions"][node["$ref"].split("/")[-1]]
+        node = root["$defs"][node["$ref"].split("/")[-1]]
     return node
 
 
@@ -46,7 +46,7 @@ def describe_errors(config: dict, schema: dict) -> list[str]:
     """Return one readable line per schema violation (empty when valid)."""
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)
     lines = []
     for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         path = list(err.absolute_path)
@@ -62,7 +62,7 @@ def describe_errors(config: dict, schema: dict) -> list[str]:
                 lines.append(
                     f"unknown key {_key([*path, name])!r}{guess} Allowed keys under {where}: {', '.join(known)}"
                 )
-        elif err.validator == "propertyNames":
+        elif "propertyNames" in err.schema_path:
             lines.append(
                 f"{where}: name {err.instance!r} is not allowed: {err.message}. Model names become folder "
                 "names: use letters, digits, '.', '_' and '-' (at most 64 characters)."

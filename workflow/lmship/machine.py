@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import write_json
+from .host import cpu_flags, cpu_model
 from .logs import log_to
-from .runtimes import cpu_flags, cpu_model
 from .timing import limit_threads_env
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ import numpy as np
 from . import StageError
 from .evalset import load_inputs
 from .files import atomic_output, size_bytes
+from .host import cpu_flags, cpu_model
 from .logs import log_to, peak_rss_mb
-from .runtimes import cpu_flags, cpu_model, open_backend
+from .runtimes import open_backend
 
 log = logging.getLogger(__name__)
 

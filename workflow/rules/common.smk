@@ -14,6 +14,7 @@ from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
+from lmship.host import total_memory_mb  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -62,23 +63,14 @@ if "bench_lock" not in workflow.global_resources:
     workflow.register_resource("bench_lock", BENCH_LOCK)
 
 
-def _local_mem_mb():
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(int(line.split()[1]) / 1024 * 0.92)
-    except OSError:
-        return None
-
-
 # Locally, cap the sum of the running jobs' mem_mb at 92% of RAM unless the user
 # set --resources mem_mb=...; on a cluster each job gets its own memory instead.
 if (
     workflow.global_resources.get("_nodes") is None
     or workflow.global_resources["_nodes"].value is None
 ):
-    if "mem_mb" not in workflow.global_resources and _local_mem_mb():
-        workflow.register_resource("mem_mb", _local_mem_mb())
+    if "mem_mb" not in workflow.global_resources and total_memory_mb():
+        workflow.register_resource("mem_mb", int(total_memory_mb() * 0.92))
 
 
 wildcard_constraints:
@@ -100,7 +92,7 @@ def model_spec(wildcards):
 def backend_artifact(wildcards):
     """The file or folder a backend runs, as a path under results/."""
     b = BACKENDS[wildcards.backend]
-    return f"results/{wildcards.model}/" + b.artifact.format(seq=wildcards.seq)
+    return f"results/{wildcards.model}/{b.artifact.format(seq=wildcards.seq)}"
 
 
 def backend_info(wildcards):

@@ -1,0 +1,47 @@
+"""Facts about this machine (standard library only)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+_CPUINFO = Path("/proc/cpuinfo")
+_MEMINFO = Path("/proc/meminfo")
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in _CPUINFO.read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Vector-extension flags that matter for the kernels (AVX2, AVX-512, VNNI, ...)."""
+    have = set((_cpuinfo_field("flags") or "").split())
+    return [f for f in VECTOR_FLAGS if f in have]
+
+
+def total_memory_mb() -> int | None:
+    """Physical memory in MB, or None where /proc/meminfo is missing."""
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
