@@ -11,6 +11,12 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# With --sdm apptainer every rule runs in the image built from ./Dockerfile
+# (docker build -t lmship:latest .); by default rules run in the current
+# environment, with --sdm conda in the env file named by each rule.
+container: "docker-daemon://lmship:latest"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/export.smk"
