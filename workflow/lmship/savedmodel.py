@@ -52,6 +52,7 @@ def onnx_to_savedmodel(
         **(onnx2tf_options or {}),
     }
     started = time.monotonic()
+    log.info("onnx2tf: converting %s with %s", in_onnx, options)
     with atomic_output(Path(out_dir)) as tmp:
         work = tmp.with_name(tmp.name + "-onnx2tf")
         try:

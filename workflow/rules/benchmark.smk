@@ -15,7 +15,7 @@ rule timing:
         "../../envs/runtimes.yaml"
     threads: lambda wc: int(wc.threads)
     resources:
-        mem_mb=3000,
+        mem_mb=MEM_MB["timing"],
         runtime=20,
         bench_lock=BENCH_LOCK,
     params:
@@ -43,7 +43,7 @@ rule evaluate:
         "../../envs/runtimes.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=MEM_MB["evaluate"],
         runtime=15,
         bench_lock=1,
     params:
@@ -62,7 +62,7 @@ rule machine_limit:
         "../../envs/runtimes.yaml"
     threads: lambda wc: int(wc.threads)
     resources:
-        mem_mb=1000,
+        mem_mb=MEM_MB["machine_limit"],
         runtime=5,
         bench_lock=BENCH_LOCK,
     script:

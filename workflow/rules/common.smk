@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
@@ -15,6 +16,7 @@ from lmship.backends import BACKENDS, REFERENCE  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
 from lmship.host import total_memory_mb  # noqa: E402
+from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -63,6 +65,25 @@ if "bench_lock" not in workflow.global_resources:
     workflow.register_resource("bench_lock", BENCH_LOCK)
 
 
+# Memory each rule declares (MB): peak RSS measured on SmolLM2-135M at sequence
+# length 128 (benchmarks/*.tsv, max_rss) plus headroom. Bigger models need more:
+# raise them with --set-resources <rule>:mem_mb=<MB>.
+MEM_MB = {
+    "prepare_model": 3000,
+    "eval_inputs": 1000,
+    "reference_logits": 3000,
+    "quantize_pytorch": 3000,
+    "export_onnx": 6000,
+    "simplify_onnx": 8000,
+    "quantize_onnx": 6000,
+    "savedmodel": 9000,
+    "tflite": 10000,
+    "timing": 3000,
+    "evaluate": 4000,
+    "machine_limit": 1000,
+}
+
+
 # Locally, cap the sum of the running jobs' mem_mb at 92% of RAM unless the user
 # set --resources mem_mb=...; on a cluster each job gets its own memory instead.
 if (
@@ -71,6 +92,30 @@ if (
 ):
     if "mem_mb" not in workflow.global_resources and total_memory_mb():
         workflow.register_resource("mem_mb", int(total_memory_mb() * 0.92))
+    _budget = workflow.global_resources.get("mem_mb")
+    _budget = getattr(_budget, "value", _budget)
+    _short = {
+        r: mb for r, mb in MEM_MB.items() if isinstance(_budget, int) and mb > _budget
+    }
+    if _short:
+        logger.warning(
+            f"Memory budget mem_mb={_budget} is below what these stages needed on SmolLM2-135M: "
+            + ", ".join(f"{r} {mb} MB" for r, mb in _short.items())
+            + ". They will run one at a time with the whole budget; a model of that size may be "
+            "killed for memory (the stage then fails and leaves no output). Smaller models fit."
+        )
+
+
+# 4. A run killed while holding the directory lock (SIGKILL, OOM, power cut) must not
+#    block the next one: drop its lock if its process is gone (a live run keeps it).
+if workflow.is_main_process:
+    _stale = remove_stale_lock()
+    if _stale:
+        logger.warning(_stale)
+
+
+onstart:
+    record_owner()
 
 
 wildcard_constraints:

@@ -17,7 +17,7 @@ rule savedmodel:
         "../../envs/tensorflow.yaml"
     threads: 1
     resources:
-        mem_mb=9000,
+        mem_mb=MEM_MB["savedmodel"],
         runtime=40,
         bench_lock=1,
     params:
@@ -44,7 +44,7 @@ rule tflite:
         "../../envs/tensorflow.yaml"
     threads: 2
     resources:
-        mem_mb=10000,
+        mem_mb=MEM_MB["tflite"],
         runtime=20,
         bench_lock=1,
     params:

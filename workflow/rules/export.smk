@@ -17,7 +17,7 @@ rule export_onnx:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
+        mem_mb=MEM_MB["export_onnx"],
         runtime=20,
         bench_lock=1,
     params:
@@ -43,7 +43,7 @@ rule simplify_onnx:
         "../../envs/onnxsim.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=MEM_MB["simplify_onnx"],
         runtime=20,
         bench_lock=1,
     params:
@@ -67,7 +67,7 @@ rule quantize_onnx:
         "../../envs/onnxsim.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
+        mem_mb=MEM_MB["quantize_onnx"],
         runtime=20,
         bench_lock=1,
     script:

@@ -12,7 +12,7 @@ rule prepare_model:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=MEM_MB["prepare_model"],
         runtime=20,
         bench_lock=1,
     params:
@@ -32,7 +32,7 @@ rule eval_inputs:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=MEM_MB["eval_inputs"],
         runtime=5,
     params:
         batch_size=config["batch_size"],
@@ -58,7 +58,7 @@ rule reference_logits:
         "../../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=3000,
+        mem_mb=MEM_MB["reference_logits"],
         runtime=15,
         bench_lock=1,
     script:
@@ -79,7 +79,7 @@ rule quantize_pytorch:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=MEM_MB["quantize_pytorch"],
         runtime=10,
         bench_lock=1,
     script:

@@ -1,0 +1,87 @@
+"""Interruptions and failures never lose or corrupt work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from workflow_helpers import SNAKEFILE, planned_jobs, snakemake, tiny_config, write_config
+
+SEQ = 16
+UPSTREAM = ("prepare_model", "eval_inputs", "reference_logits", "export_onnx", "simplify_onnx")
+
+
+def _tflite_targets(model: str = "tiny") -> list[str]:
+    return [f"results/{model}/seq{SEQ}/model_{p}.tflite" for p in ("fp32", "fp16")]
+
+
+def test_sigkill_during_onnx2tf_reruns_that_stage_and_nothing_before(tmp_path):
+    write_config(tmp_path, tiny_config())
+    log = tmp_path / "logs" / "savedmodel" / f"tiny_seq{SEQ}.log"
+    saved = tmp_path / "results" / "tiny" / f"seq{SEQ}" / "saved_model"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*cmd, "--cores", "2", *_tflite_targets()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: kill Snakemake and its job together
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            if log.exists() and "onnx2tf: converting" in log.read_text(errors="replace"):
+                break
+            assert proc.poll() is None, "the run ended before the onnx2tf stage started"
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the onnx2tf stage never started")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not saved.exists(), "the SavedModel was complete before the kill: the test did not interrupt it"
+    assert not any((tmp_path / "results" / "tiny" / f"seq{SEQ}").glob("model_*.tflite"))
+    assert (tmp_path / "results" / "tiny" / f"seq{SEQ}" / "model.simplified.onnx").is_file()
+
+    plan = planned_jobs(snakemake(tmp_path, "-n", *_tflite_targets()).stdout)
+    assert plan == {"savedmodel": 1, "tflite": 2}, plan
+
+    snakemake(tmp_path, "--cores", "2", *_tflite_targets())
+    assert (saved / "saved_model.pb").is_file()
+    assert all((tmp_path / t).is_file() for t in _tflite_targets())
+    assert not list((tmp_path / "results").rglob(".*partial*"))
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", *_tflite_targets()).stdout
+
+
+def test_failed_stage_logs_its_cause_and_other_branches_finish(tmp_path):
+    """One model's weights are truncated: its branch fails with the file named; the other model completes."""
+    from lmship.sources import prepare_model
+
+    broken = prepare_model({"source": "random", "seed": 3}, tmp_path / "user" / "broken_model")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    workdir = tmp_path / "wd"
+    config = tiny_config()
+    config["models"]["broken"] = {"source": "local", "path": str(broken)}
+    write_config(workdir, config)
+    targets = [*_tflite_targets("tiny"), *_tflite_targets("broken")]
+    proc = snakemake(workdir, "--cores", "2", *targets, check=False)
+    assert proc.returncode != 0
+    log = (workdir / "logs" / "prepare_model" / "broken.log").read_text()
+    assert "model.safetensors" in log and "truncated" in log
+    assert not (workdir / "results" / "broken" / "hf").exists()
+    assert all((workdir / t).is_file() for t in _tflite_targets("tiny"))
+
+
+def test_small_memory_budget_is_announced(tmp_path):
+    """On a machine too small for the 135M stages, the run says so before any job."""
+    write_config(tmp_path, tiny_config())
+    proc = snakemake(tmp_path, f"results/tiny/seq{SEQ}/model.onnx", "-n", "--resources", "mem_mb=4000")
+    out = proc.stdout + proc.stderr
+    assert "mem_mb=4000 is below" in out
+    assert "savedmodel 9000 MB" in out and "tflite 10000 MB" in out
