@@ -21,6 +21,7 @@ from workflow_helpers import REPO, SNAKEFILE, snakemake, tiny_config, write_conf
 
 SEQ = 16
 RUN_TIMEOUT = 1500.0
+LOCAL_RULES = {"all", "accuracy_table", "summary", "plot"}  # `localrule: True` in the rules
 
 needs_cluster = pytest.mark.skipif(
     os.environ.get("LMSHIP_SLURM_TEST") != "1" or os.geteuid() != 0,
@@ -41,12 +42,13 @@ def declared_jobs(workdir: Path) -> Counter:
     jobs: Counter = Counter()
     for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", out):
         m = re.search(r"^(local)?rule (\w+):", block, re.M)
-        if not m or m.group(1):
+        if not m or m.group(1) or m.group(2) in LOCAL_RULES:
             continue  # local rules never reach SLURM
         threads = re.search(r"^\s+threads: (\d+)", block, re.M)
-        res = re.search(r"^\s+resources: (.*)$", block, re.M).group(1)
-        mem = int(re.search(r"\bmem_mb=(\d+)", res).group(1))
-        runtime = int(re.search(r"\bruntime=(\d+)", res).group(1))
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        assert res and re.search(r"\bmem_mb=\d+", res.group(1)), f"no mem_mb in the plan of:\n{block}"
+        mem = int(re.search(r"\bmem_mb=(\d+)", res.group(1)).group(1))
+        runtime = int(re.search(r"\bruntime=(\d+)", res.group(1)).group(1))
         jobs[(m.group(2), int(threads.group(1)) if threads else 1, mem, runtime)] += 1
     return jobs
 
@@ -91,6 +93,7 @@ def _check_records(records: list[dict], declared: Counter, info: ClusterInfo) ->
     assert ran == declared, f"SLURM ran {dict(ran)}\nthe rules declared {dict(declared)}"
     rules = {rule for rule, *_ in ran}
     assert {"savedmodel", "tflite", "timing", "evaluate", "export_onnx"} <= rules
+    assert not rules & LOCAL_RULES
 
 
 JOBCOMP_LINE = (

@@ -127,7 +127,7 @@ def test_nothing_to_do_after_a_full_run(full_run):
 
 
 def test_changing_a_conversion_parameter_reruns_only_downstream(full_run):
-    proc = snakemake(full_run, "-n", "--config", "onnx2tf={disable_strict_mode: false}")
+    proc = snakemake(full_run, "-n", "--config", "savedmodel={fast_weight_matmul: false}")
     jobs = planned_jobs(proc.stdout)
     assert jobs.get("savedmodel") == 2  # both models
     assert jobs.get("tflite") == 6

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,41 @@ log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
 
 
+@contextmanager
+def _weight_matmul_validation_skipped(enabled: bool) -> Iterator[None]:
+    """Skip onnx2tf's per-MatMul layout search for MatMuls by a constant weight matrix.
+
+    For every MatMul, onnx2tf rebuilds the Keras graph up to that node and runs
+    it on dummy data to choose input transpositions: quadratic in the model's
+    depth, and most of the SavedModel stage's time on a 30-layer LLM. For a
+    MatMul whose second input is a constant weight the untransposed product is
+    the ONNX semantics, so the search is skipped for those only (attention
+    MatMuls between activations keep it). The whole model is still checked
+    against PyTorch afterwards; set ``onnx2tf_fast_weight_matmul: false`` to
+    turn this off.
+    """
+    module = sys.modules.get("onnx2tf.ops.MatMul")
+    original = getattr(module, "acquisition_of_validation_data", None)
+    if not enabled or original is None:
+        if enabled:
+            log.warning("onnx2tf.ops.MatMul has no acquisition_of_validation_data: running onnx2tf unchanged")
+        yield
+        return
+
+    def acquisition(**kwargs):
+        if isinstance(kwargs.get("input_tensor_2"), np.ndarray) and not isinstance(
+            kwargs.get("input_tensor_1"), np.ndarray
+        ):
+            return None, None, None
+        return original(**kwargs)
+
+    module.acquisition_of_validation_data = acquisition
+    try:
+        yield
+    finally:
+        module.acquisition_of_validation_data = original
+
+
 def onnx_to_savedmodel(
     in_onnx: Path,
     inputs_npz: Path,
@@ -36,9 +74,14 @@ def onnx_to_savedmodel(
     *,
     min_top1: float,
     onnx2tf_options: dict | None = None,
+    fast_weight_matmul: bool = True,
     metrics_json: Path | None = None,
 ) -> dict:
-    """Build the Keras model with onnx2tf and save it as a SavedModel at ``out_dir``."""
+    """Build the Keras model with onnx2tf and save it as a SavedModel at ``out_dir``.
+
+    ``fast_weight_matmul`` skips onnx2tf's layout search for weight MatMuls
+    (see :func:`_weight_matmul_validation_skipped`).
+    """
     import onnx2tf
     import tensorflow as tf
     import tf_keras
@@ -52,16 +95,17 @@ def onnx_to_savedmodel(
         **(onnx2tf_options or {}),
     }
     started = time.monotonic()
-    log.info("onnx2tf: converting %s with %s", in_onnx, options)
+    log.info("onnx2tf: converting %s with %s (fast weight MatMul: %s)", in_onnx, options, fast_weight_matmul)
     with atomic_output(Path(out_dir)) as tmp:
         work = tmp.with_name(tmp.name + "-onnx2tf")
         try:
-            model = onnx2tf.convert(
-                input_onnx_file_path=str(in_onnx),
-                output_folder_path=str(work),
-                disable_model_save=True,
-                **options,
-            )
+            with _weight_matmul_validation_skipped(fast_weight_matmul):
+                model = onnx2tf.convert(
+                    input_onnx_file_path=str(in_onnx),
+                    output_folder_path=str(work),
+                    disable_model_save=True,
+                    **options,
+                )
         except SystemExit as exc:  # onnx2tf reports some failures with sys.exit(1)
             raise StageError(f"onnx2tf failed on {in_onnx} (exit {exc.code}); see the messages above") from exc
         except Exception as exc:
@@ -106,6 +150,7 @@ def onnx_to_savedmodel(
         "onnx2tf_version": onnx2tf.__version__,
         "tensorflow_version": tf.__version__,
         "onnx2tf_options": options,
+        "fast_weight_matmul": fast_weight_matmul,
         "input": {"shape": [int(d) for d in specs[0].shape], "dtype": specs[0].dtype.name},
         "vs_pytorch": check,
     }
@@ -122,11 +167,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path)
     parser.add_argument("--min-top1", type=float, default=99.0)
+    parser.add_argument("--onnx2tf", default="{}", help="extra onnx2tf.convert() arguments as YAML/JSON")
+    parser.add_argument("--no-fast-weight-matmul", action="store_true", help="keep onnx2tf's full MatMul search")
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
+    import yaml
+
     with log_to(args.log):
         onnx_to_savedmodel(
-            args.onnx, args.inputs, args.reference, args.out, min_top1=args.min_top1, metrics_json=args.metrics
+            args.onnx,
+            args.inputs,
+            args.reference,
+            args.out,
+            min_top1=args.min_top1,
+            onnx2tf_options=yaml.safe_load(args.onnx2tf),
+            fast_weight_matmul=not args.no_fast_weight_matmul,
+            metrics_json=args.metrics,
         )
 
 

@@ -21,7 +21,8 @@ rule savedmodel:
         runtime=40,
         bench_lock=1,
     params:
-        onnx2tf=config["onnx2tf"],
+        onnx2tf=config["savedmodel"]["onnx2tf"],
+        fast_weight_matmul=config["savedmodel"]["fast_weight_matmul"],
         min_top1=config["conversion_gate"]["fp32"],
     script:
         "../scripts/savedmodel.py"

@@ -17,5 +17,6 @@ with log_to(smk.log[0]):
         Path(smk.output.saved_model),
         min_top1=smk.params.min_top1,
         onnx2tf_options=dict(smk.params.onnx2tf),
+        fast_weight_matmul=smk.params.fast_weight_matmul,
         metrics_json=Path(smk.output.metrics),
     )
