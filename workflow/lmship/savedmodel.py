@@ -11,8 +11,8 @@ The Keras model is checked against the PyTorch reference before saving.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +44,7 @@ def _weight_matmul_validation_skipped(enabled: bool) -> Iterator[None]:
     against PyTorch afterwards; set ``onnx2tf_fast_weight_matmul: false`` to
     turn this off.
     """
-    module = sys.modules.get("onnx2tf.ops.MatMul")
+    module = importlib.import_module("onnx2tf.ops.MatMul") if enabled else None
     original = getattr(module, "acquisition_of_validation_data", None)
     if not enabled or original is None:
         if enabled:
