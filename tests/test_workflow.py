@@ -61,7 +61,8 @@ def test_every_artifact_is_built(full_run):
             "model_fp16.tflite",
             "model_int8.tflite",
             "model.int8-dynamic.onnx",
-            "model.int8-mixed.onnx",
+            "model.int8-block.onnx",
+            "model.int8-q4exact.onnx",
             "accuracy.csv",
         ):
             assert (seq / name).exists(), name

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 class Backend:
     name: str
     runtime: str  # torch | torch_int8 | ort | tflite (see lmship.runtimes)
-    precision: str  # fp32 | fp16 | int8: selects the accuracy tolerance
+    precision: str  # fp32 | fp16 | int8 | int4: selects the accuracy tolerance
     artifact: str
     label: str
     note: str = ""
@@ -51,12 +51,20 @@ BACKENDS: dict[str, Backend] = {
             "quantize_dynamic of every MatMul: the naive int8",
         ),
         Backend(
-            "onnx-int8-mixed",
+            "onnx-int8-block",
             "ort",
             "int8",
-            "seq{seq}/model.int8-mixed.onnx",
-            "ORT int8 mixed",
-            "quantize_dynamic, sensitive MatMuls kept fp32",
+            "seq{seq}/model.int8-block.onnx",
+            "ORT int8 block-wise",
+            "MatMulNBits 8-bit, int8 activations per block of 32",
+        ),
+        Backend(
+            "onnx-q4-exact",
+            "ort",
+            "int4",
+            "seq{seq}/model.int8-q4exact.onnx",
+            "ORT 4-bit exact grid",
+            "GGUF-grid weights stored losslessly in 4 bits, fp32 compute",
         ),
         Backend("tflite-fp32", "tflite", "fp32", "seq{seq}/model_fp32.tflite", "TFLite fp32", "builtins only"),
         Backend("tflite-fp16", "tflite", "fp16", "seq{seq}/model_fp16.tflite", "TFLite fp16", "fp16 weights"),
@@ -71,7 +79,7 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 REFERENCE = "pytorch"
 
 

@@ -124,7 +124,7 @@ wildcard_constraints:
     threads=r"\d+",
     backend="|".join(map(re.escape, BACKENDS)),
     precision="fp32|fp16|int8",
-    variant="dynamic|mixed",
+    variant="dynamic|block|q4exact",
 
 
 # --------------------------------------------------------------------------- paths
