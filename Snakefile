@@ -25,6 +25,12 @@ include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
 
 
+# Note which process holds the directory lock, so that a run killed with the
+# lock held does not block the next one (see workflow/lmship/runlock.py).
+onstart:
+    record_owner()
+
+
 rule all:
     default_target: True
     input:

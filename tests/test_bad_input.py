@@ -35,8 +35,8 @@ BAD_CONFIGS = {
     "zero sequence length": ({"seq_lens": [0]}, ["seq_lens[0] = 0", "minimum of 2"]),
     "unknown backend": ({"backends": ["pytorch", "tensorrt"]}, ["backends[1] = 'tensorrt'", "choose one of"]),
     "unknown precision": (
-        {"tolerances": {"int4": {"min_top1_pct": 90, "min_cosine": 0.9, "max_ppl_change_pct": 5}}},
-        ["unknown key 'tolerances.int4'", "fp16, fp32, int8"],
+        {"tolerances": {"bf16": {"min_top1_pct": 90, "min_cosine": 0.9, "max_ppl_change_pct": 5}}},
+        ["unknown key 'tolerances.bf16'", "fp16, fp32, int4, int8"],
     ),
     "empty model list": ({"models": {}}, ["models", "should be non-empty"]),
     "model name not a file name": (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,10 +99,15 @@ def onnx_to_savedmodel(
     log.info("onnx2tf: converting %s with %s (fast weight MatMul: %s)", in_onnx, options, fast_weight_matmul)
     with atomic_output(Path(out_dir)) as tmp:
         work = tmp.with_name(tmp.name + "-onnx2tf")
+        work.mkdir()
+        # onnx2tf rewrites its input file in place (op names, inferred shapes): give it a
+        # private copy so the upstream artifact is never modified (nor its mtime).
+        private = work / "input.onnx"
+        shutil.copyfile(in_onnx, private)
         try:
             with _weight_matmul_validation_skipped(fast_weight_matmul):
                 model = onnx2tf.convert(
-                    input_onnx_file_path=str(in_onnx),
+                    input_onnx_file_path=str(private),
                     output_folder_path=str(work),
                     disable_model_save=True,
                     **options,
@@ -111,10 +117,7 @@ def onnx_to_savedmodel(
         except Exception as exc:
             raise StageError(f"onnx2tf failed on {in_onnx}: {type(exc).__name__}: {str(exc)[:2000]}") from exc
         finally:
-            if work.exists():
-                import shutil
-
-                shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
         if model is None:
             raise StageError(f"onnx2tf returned no model for {in_onnx}")
         convert_s = time.monotonic() - started

@@ -65,7 +65,7 @@ if "bench_lock" not in workflow.global_resources:
     workflow.register_resource("bench_lock", BENCH_LOCK)
 
 
-# Memory each rule declares (MB): peak RSS measured on SmolLM2-135M at sequence
+# Memory (MB) declared by the rules, from the peak RSS measured on SmolLM2-135M at sequence
 # length 128 (benchmarks/*.tsv, max_rss) plus headroom. Bigger models need more:
 # raise them with --set-resources <rule>:mem_mb=<MB>.
 MEM_MB = {
@@ -112,10 +112,6 @@ if workflow.is_main_process:
     _stale = remove_stale_lock()
     if _stale:
         logger.warning(_stale)
-
-
-onstart:
-    record_owner()
 
 
 wildcard_constraints:
