@@ -376,3 +376,8 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("boom")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+    # a killed attempt's leftover is removed by the next one
+    (tmp_path / ".out.bin.partial-999999").write_bytes(b"stale")
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from workflow_helpers import TINY_ARCH, planned_jobs, snakemake, tiny_config, write_config
 
 from lmship.backends import BACKENDS
@@ -128,8 +129,13 @@ def test_nothing_to_do_after_a_full_run(full_run):
 
 
 def test_changing_a_conversion_parameter_reruns_only_downstream(full_run):
-    proc = snakemake(full_run, "-n", "--config", "savedmodel={fast_weight_matmul: false}")
-    jobs = planned_jobs(proc.stdout)
+    config = yaml.safe_load((full_run / "config.yaml").read_text())
+    changed = {**config, "savedmodel": {"fast_weight_matmul": False}}
+    try:
+        write_config(full_run, changed)
+        jobs = planned_jobs(snakemake(full_run, "-n").stdout)
+    finally:
+        write_config(full_run, config)
     assert jobs.get("savedmodel") == 2  # both models
     assert jobs.get("tflite") == 6
     for upstream in ("prepare_model", "eval_inputs", "reference_logits", "export_onnx", "simplify_onnx"):

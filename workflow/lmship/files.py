@@ -24,12 +24,14 @@ def atomic_output(target: Path) -> Iterator[Path]:
 
     Works for files and directories. A crash, an exception or a kill leaves at
     most a hidden ``.<name>.partial-<pid>`` sibling, never a half-written
-    ``target``.
+    ``target``; the next attempt removes such leftovers.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a killed earlier attempt (one job writes a target at a time).
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        _remove(stale)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
         if not tmp.exists():
