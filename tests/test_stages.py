@@ -320,34 +320,24 @@ def test_timing_rejects_zero_threads(chain_dir, eval_set, tmp_path):
 def test_evaluate_pass_and_fail(simplified, eval_set, tmp_path):
     from lmship.evaluate import evaluate_backend
 
-    strict = {"min_top1_pct": 99.0, "min_cosine": 0.9999, "max_ppl_change_pct": 0.5}
-    r = evaluate_backend(
-        "ort",
-        simplified,
-        eval_set["inputs"],
-        eval_set["reference"],
-        eval_set["reference_json"],
-        tmp_path / "a.json",
-        model="tiny",
-        backend="onnx-simplified",
-        precision="fp32",
-        tolerance=strict,
-    )
+    def evaluate(tolerance: dict) -> dict:
+        return evaluate_backend(
+            "ort",
+            simplified,
+            eval_set["inputs"],
+            eval_set["reference"],
+            eval_set["reference_json"],
+            tmp_path / "a.json",
+            model="tiny",
+            backend="onnx-simplified",
+            precision="fp32",
+            tolerance=tolerance,
+        )
+
+    r = evaluate({"min_top1_pct": 99.0, "min_cosine": 0.9999, "max_ppl_change_pct": 0.5})
     assert r["passed"] and r["failures"] == []
     assert r["ppl_change_pct"] == pytest.approx(0.0, abs=0.01)
-    impossible = {"min_top1_pct": 100.0, "min_cosine": 1.01, "max_ppl_change_pct": 0.0}
-    r = evaluate_backend(
-        "ort",
-        simplified,
-        eval_set["inputs"],
-        eval_set["reference"],
-        eval_set["reference_json"],
-        tmp_path / "b.json",
-        model="tiny",
-        backend="onnx-simplified",
-        precision="fp32",
-        tolerance=impossible,
-    )
+    r = evaluate({"min_top1_pct": 100.0, "min_cosine": 1.01, "max_ppl_change_pct": 0.0})
     assert not r["passed"] and any("cosine" in f for f in r["failures"])
 
 

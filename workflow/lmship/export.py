@@ -19,7 +19,7 @@ from . import StageError
 from .evalset import load_inputs
 from .files import atomic_output, size_bytes, write_json
 from .logs import log_to, peak_rss_mb
-from .validate import validate_artifact
+from .validate import add_checked_stage_arguments, validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,8 @@ def export_onnx(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmship export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="prepared HF folder")
-    parser.add_argument("--inputs", type=Path, required=True, help="eval inputs .npz")
-    parser.add_argument("--reference", type=Path, required=True, help="reference logits .npy")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path)
+    add_checked_stage_arguments(parser, "--model", "prepared HF folder")
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--min-top1", type=float, default=99.0)
-    parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     with log_to(args.log):
         export_onnx(

@@ -25,7 +25,7 @@ from . import StageError
 from .evalset import load_inputs
 from .files import atomic_output, size_bytes, write_json
 from .logs import log_to, peak_rss_mb
-from .validate import check_agreement, run_all
+from .validate import add_checked_stage_arguments, check_agreement, run_all
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,9 @@ def onnx_to_savedmodel(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmship savedmodel", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--onnx", type=Path, required=True)
-    parser.add_argument("--inputs", type=Path, required=True)
-    parser.add_argument("--reference", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path)
-    parser.add_argument("--min-top1", type=float, default=99.0)
+    add_checked_stage_arguments(parser, "--onnx", "simplified ONNX model")
     parser.add_argument("--onnx2tf", default="{}", help="extra onnx2tf.convert() arguments as YAML/JSON")
     parser.add_argument("--no-fast-weight-matmul", action="store_true", help="keep onnx2tf's full MatMul search")
-    parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     import yaml
 

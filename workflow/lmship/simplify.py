@@ -15,7 +15,7 @@ from pathlib import Path
 from . import StageError
 from .files import atomic_output, size_bytes, write_json
 from .logs import log_to, peak_rss_mb
-from .validate import validate_artifact
+from .validate import add_checked_stage_arguments, validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,7 @@ def simplify_onnx(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmship simplify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--onnx", type=Path, required=True)
-    parser.add_argument("--inputs", type=Path, required=True)
-    parser.add_argument("--reference", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path)
-    parser.add_argument("--min-top1", type=float, default=99.0)
-    parser.add_argument("--log", type=Path)
+    add_checked_stage_arguments(parser, "--onnx", "exported ONNX model")
     args = parser.parse_args(argv)
     with log_to(args.log):
         simplify_onnx(

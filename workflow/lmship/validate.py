@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -57,3 +58,14 @@ def check_agreement(
             f"max abs logit diff {metrics['max_abs_diff']:.3g}. The conversion changed the model's answers."
         )
     return metrics
+
+
+def add_checked_stage_arguments(parser: argparse.ArgumentParser, source: str, help: str) -> None:
+    """Command-line arguments shared by the conversion stages checked against PyTorch."""
+    parser.add_argument(source, type=Path, required=True, help=help)
+    parser.add_argument("--inputs", type=Path, required=True, help="evaluation inputs (.npz)")
+    parser.add_argument("--reference", type=Path, required=True, help="PyTorch reference logits (.npy)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, help="write the stage's metrics here (JSON)")
+    parser.add_argument("--min-top1", type=float, default=99.0, help="fail below this top-1 agreement (%%)")
+    parser.add_argument("--log", type=Path)
