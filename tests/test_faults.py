@@ -84,4 +84,4 @@ def test_small_memory_budget_is_announced(tmp_path):
     proc = snakemake(tmp_path, f"results/tiny/seq{SEQ}/model.onnx", "-n", "--resources", "mem_mb=4000")
     out = proc.stdout + proc.stderr
     assert "mem_mb=4000 is below" in out
-    assert "savedmodel 9000 MB" in out and "tflite 10000 MB" in out
+    assert "savedmodel 8000 MB" in out and "tflite 10000 MB" in out

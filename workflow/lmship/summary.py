@@ -183,7 +183,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         lines.append(f"### {model}, sequence length {seq}, batch {block['batch'].iloc[0]} ({cpu})\n")
         lines.append(
             "| backend | threads | median ms | p90 ms | p99 ms | speed-up vs PyTorch | size MB | size reduction "
-            "| top-1 agree % | perplexity Δ % | max abs diff | GOP/s (share of limit) | accuracy |"
+            "| top-1 agree % (text / all) | perplexity Δ % | max abs diff | GOP/s (share of limit) | accuracy |"
         )
         lines.append("|" + "---|" * 13)
         for _, r in block.iterrows():
@@ -196,7 +196,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             lines.append(
                 f"| {r['label']} | {r['threads']} | {_fmt(r['median_ms'], '.1f')} | {_fmt(r['p90_ms'], '.1f')} "
                 f"| {_fmt(r['p99_ms'], '.1f')} | {_fmt(r['speedup_vs_pytorch'], '.2f')}x | {_fmt(r['size_mb'], '.1f')} "
-                f"| {_fmt(r['size_reduction'], '.2f')}x | {_fmt(r['top1_agreement_pct'], '.2f')} "
+                f"| {_fmt(r['size_reduction'], '.2f')}x "
+                f"| {_fmt(r['top1_agreement_text_pct'], '.1f')} / {_fmt(r['top1_agreement_pct'], '.1f')} "
                 f"| {_fmt(r['ppl_change_pct'], '+.2f')} | {_fmt(r['max_abs_diff'], '.2g')} | {share} | {verdict} |"
             )
         lines.append("")

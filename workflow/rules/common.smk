@@ -75,11 +75,11 @@ MEM_MB = {
     "quantize_pytorch": 3000,
     "export_onnx": 6000,
     "simplify_onnx": 8000,
-    "quantize_onnx": 6000,
-    "savedmodel": 9000,
+    "quantize_onnx": 4000,
+    "savedmodel": 8000,
     "tflite": 10000,
     "timing": 3000,
-    "evaluate": 4000,
+    "evaluate": 5000,
     "machine_limit": 1000,
 }
 
