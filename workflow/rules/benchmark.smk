@@ -58,6 +58,8 @@ rule machine_limit:
         json="results/machine/matmul_t{threads}.json",
     log:
         "logs/machine_limit/t{threads}.log",
+    benchmark:
+        "benchmarks/machine_limit/t{threads}.tsv"
     conda:
         "../../envs/runtimes.yaml"
     threads: lambda wc: int(wc.threads)

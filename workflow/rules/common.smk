@@ -81,6 +81,9 @@ MEM_MB = {
     "timing": 3000,
     "evaluate": 5000,
     "machine_limit": 1000,
+    "accuracy_table": 1000,
+    "summary": 1000,
+    "plot": 1000,
 }
 
 

@@ -28,6 +28,8 @@ rule eval_inputs:
         inputs="results/{model}/seq{seq}/inputs.npz",
     log:
         "logs/eval_inputs/{model}_seq{seq}.log",
+    benchmark:
+        "benchmarks/eval_inputs/{model}_seq{seq}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: 1

@@ -18,9 +18,14 @@ rule accuracy_table:
         ),
     log:
         "logs/accuracy_table/{model}_seq{seq}.log",
+    benchmark:
+        "benchmarks/accuracy_table/{model}_seq{seq}.tsv"
     localrule: True
     conda:
         "../../envs/report.yaml"
+    resources:
+        mem_mb=MEM_MB["accuracy_table"],
+        runtime=5,
     script:
         "../scripts/accuracy_table.py"
 
@@ -38,9 +43,14 @@ rule summary:
         md="results/summary.md",
     log:
         "logs/summary.log",
+    benchmark:
+        "benchmarks/summary.tsv"
     localrule: True
     conda:
         "../../envs/report.yaml"
+    resources:
+        mem_mb=MEM_MB["summary"],
+        runtime=5,
     params:
         models=MODELS,
     script:
@@ -54,8 +64,13 @@ rule plot:
         png=report("results/plot.png", caption="../report/plot.rst", category="Summary"),
     log:
         "logs/plot.log",
+    benchmark:
+        "benchmarks/plot.tsv"
     localrule: True
     conda:
         "../../envs/report.yaml"
+    resources:
+        mem_mb=MEM_MB["plot"],
+        runtime=5,
     script:
         "../scripts/plot.py"
