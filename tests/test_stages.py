@@ -193,7 +193,7 @@ def test_onnx_int8(simplified, eval_set, chain_dir, variant):
     from lmship.validate import validate_artifact
 
     out = chain_dir / f"model.int8-{variant}.onnx"
-    m = quantize_onnx(simplified, out, variant=variant, inputs_npz=eval_set["inputs"])
+    m = quantize_onnx(simplified, out, variant=variant)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
     assert m["size_mb"] < read_json(chain_dir / "simplify.json")["size_mb"]

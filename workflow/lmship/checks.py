@@ -63,7 +63,7 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", HUB_ENDPOINT).rstrip("/")
 
 
-def hub_cached(repo_id: str, revision: str | None = None) -> bool:
+def hub_cached(repo_id: str) -> bool:
     """True when the model's config.json is already in the local Hugging Face cache."""
     home = Path(
         os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"

@@ -86,7 +86,6 @@ def quantize_onnx(
     out_onnx: Path,
     *,
     variant: str,
-    inputs_npz: Path | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
     """Write the ``variant`` quantised model of ``in_onnx`` to ``out_onnx``."""
@@ -118,12 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variant", choices=VARIANTS, default="dynamic")
-    parser.add_argument("--inputs", type=Path)
     parser.add_argument("--metrics", type=Path)
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     with log_to(args.log):
-        quantize_onnx(args.onnx, args.out, variant=args.variant, inputs_npz=args.inputs, metrics_json=args.metrics)
+        quantize_onnx(args.onnx, args.out, variant=args.variant, metrics_json=args.metrics)
 
 
 if __name__ == "__main__":

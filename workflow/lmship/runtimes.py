@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .host import cpu_flags, cpu_model  # noqa: F401 (re-exported)
 
 RUNTIMES = ("torch", "torch_int8", "ort", "tflite")
 

@@ -55,7 +55,6 @@ rule simplify_onnx:
 rule quantize_onnx:
     input:
         onnx=rules.simplify_onnx.output.onnx,
-        inputs=rules.eval_inputs.output.inputs,
     output:
         onnx="results/{model}/seq{seq}/model.int8-{variant}.onnx",
         metrics="results/{model}/seq{seq}/metrics/int8-{variant}.json",

@@ -14,6 +14,5 @@ with log_to(smk.log[0]):
         Path(smk.input.onnx),
         Path(smk.output.onnx),
         variant=smk.wildcards.variant,
-        inputs_npz=Path(smk.input.inputs),
         metrics_json=Path(smk.output.metrics),
     )
