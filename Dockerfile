@@ -12,9 +12,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     TQDM_DISABLE=1
 
 WORKDIR /work
-COPY envs/requirements.txt envs/requirements.txt
+COPY envs/requirements.lock envs/requirements.lock
 # CPU build of torch (the default PyPI wheel for Linux bundles CUDA: several GB).
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r envs/requirements.txt
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r envs/requirements.lock
 
 COPY Snakefile config.yaml ./
 COPY workflow workflow

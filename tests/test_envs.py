@@ -1,7 +1,10 @@
-"""The per-rule conda env files agree with the default install, and each one resolves.
+"""The lock file, the per-rule conda env files and the installed packages agree.
 
-No conda channel is reachable here, so the pip section of each env file is
-resolved with ``pip install --dry-run`` against PyPI instead.
+envs/requirements.lock (made by pip-compile from envs/requirements.in) is the
+one source of versions: every env file's pins are checked against it, not
+against whatever pip happened to install, so an upstream release cannot make
+them disagree. No conda channel is reachable here, so the pip section of each
+env file is resolved with ``pip install --dry-run`` against PyPI instead.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 
-# Deliberate differences from the default install (envs/requirements.txt), with the reason.
+LOCK = REPO / "envs" / "requirements.lock"
+TOP_LEVEL = REPO / "envs" / "requirements.in"
+
+# Deliberate differences from the lock, with the reason.
 # onnx2tf 1.29.24 pins onnxruntime 1.23.0, ai-edge-litert 2.1.0, onnx 1.19.1 and numpy 1.26.4
 # for the whole default environment; the timing rules run in their own env under
 # --sdm conda, so there they measure current runtimes.
@@ -41,12 +47,58 @@ def _pip_section(path: Path) -> list[str]:
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
+    """name -> version of every `name==version` line (a lock's trailing ` \\` and hashes ignored)."""
     pins = {}
     for line in lines:
-        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)$", line.strip())
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line.strip())
         if m:
             pins[m.group(1).lower().replace("_", "-")] = m.group(2)
     return pins
+
+
+def _public(v: str) -> str:
+    """The version without its local label: torch 2.13.0+cpu is torch==2.13.0."""
+    return v.split("+")[0]
+
+
+def _lock() -> dict[str, str]:
+    return _pins(LOCK.read_text().splitlines())
+
+
+def test_lock_pins_every_package_with_hashes():
+    entries: list[str] = []
+    for line in LOCK.read_text().splitlines():
+        if re.match(r"^[A-Za-z0-9]", line):
+            entries.append(line)
+        elif entries and line.strip().startswith("--hash="):
+            entries[-1] += " " + line.strip()
+    assert len(entries) > 100, "the lock should hold the whole environment, transitive packages included"
+    for entry in entries:
+        assert re.match(r"^[A-Za-z0-9_.\-]+==\S+", entry), f"not pinned with ==: {entry.splitlines()[0]}"
+        assert "--hash=sha256:" in entry, f"no hash: {entry.splitlines()[0]}"
+
+
+def test_lock_agrees_with_the_top_level_list():
+    lock = _lock()
+    for name, pinned in _pins(TOP_LEVEL.read_text().splitlines()).items():
+        assert name in lock, f"{name} is in requirements.in but not in the lock: run `bash envs/lock`"
+        assert _public(lock[name]) == _public(pinned), (
+            f"requirements.in has {name}=={pinned}, the lock {lock[name]}: run `bash envs/lock`"
+        )
+
+
+def test_installed_packages_are_the_lock():
+    """What this environment runs is exactly what the lock says (CI installs only the lock)."""
+    wrong = {}
+    for name, pinned in _lock().items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            wrong[name] = (pinned, "missing")
+            continue
+        if installed != pinned:
+            wrong[name] = (pinned, installed)
+    assert not wrong, f"installed differs from envs/requirements.lock (lock, installed): {wrong}"
 
 
 def test_every_rule_names_an_existing_env_file():
@@ -62,23 +114,21 @@ def test_every_rule_names_an_existing_env_file():
 
 
 @pytest.mark.parametrize("env_file", ENVS, ids=lambda p: p.name)
-def test_env_pins_match_the_default_install(env_file):
+def test_env_pins_match_the_lock(env_file):
     pins = _pins(_pip_section(env_file))
     assert pins, f"{env_file.name} pins nothing"
     unpinned = [
         line for line in _pip_section(env_file) if not line.startswith("-") and "==" not in line and line.strip()
     ]
     assert not unpinned, f"{env_file.name}: unpinned {unpinned}"
-    default = _pins((REPO / "envs" / "requirements.txt").read_text().splitlines())
+    lock = _lock()
     deliberate = DELIBERATE.get(env_file.name, {})
     for name, pinned in pins.items():
         if name in deliberate:
             assert pinned == deliberate[name], (env_file.name, name)
             continue
-        installed = version(name)
-        assert installed.split("+")[0] == pinned, f"{env_file.name}: {name}=={pinned}, default install has {installed}"
-        if name in default:
-            assert default[name] == pinned
+        assert name in lock, f"{env_file.name}: {name} is not in envs/requirements.lock"
+        assert _public(lock[name]) == pinned, f"{env_file.name}: {name}=={pinned}, the lock has {lock[name]}"
 
 
 @pytest.mark.parametrize("env_file", ENVS, ids=lambda p: p.name)
