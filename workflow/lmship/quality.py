@@ -1,0 +1,192 @@
+"""Quality of a backend's logits against the PyTorch reference, as the field measures it.
+
+Streamed one evaluation sample at a time (``Agreement.add``), so 4,096+ positions
+of a 49,152-token vocabulary never sit in memory at once. Per position it keeps:
+
+- the KL divergence KL(P_ref || P_backend) in nats (llama.cpp's ``--kl-divergence``);
+- whether the top-1 token agrees;
+- the next-token log-likelihood of both models (text samples only: perplexity);
+- absolute logit difference and cosine similarity (the conversion gates' old yardsticks).
+
+``summarise`` turns those into the figures a user reads: mean / p99 / max KLD,
+top-1 agreement with its 95 % Wilson interval, perplexity and its change, all on
+the text positions (the random-id samples are reported apart), and ``tier``
+places the backend in the first quality tier whose limits it meets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: z for a two-sided 95 % interval.
+Z95 = 1.959963984540054
+
+#: Tier name given when no configured tier's limits are met.
+BROKEN = "broken"
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """KL(P_ref || P) in nats for every position (``[..., vocab]`` -> ``[...]``)."""
+    ref = log_softmax(reference_logits)
+    cand = log_softmax(logits)
+    kld = (np.exp(ref) * (ref - cand)).sum(axis=-1)
+    return np.maximum(kld, 0.0)  # rounding can give -1e-17 for identical rows
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion, in percent (exact 0 and 100 stay inside)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half))
+
+
+@dataclass
+class Agreement:
+    """Per-position statistics of one backend against the reference, gathered sample by sample."""
+
+    kld: list[np.ndarray] = field(default_factory=list)
+    top1: list[np.ndarray] = field(default_factory=list)
+    text: list[np.ndarray] = field(default_factory=list)
+    nll_ref: list[np.ndarray] = field(default_factory=list)
+    nll: list[np.ndarray] = field(default_factory=list)
+    cosine: list[np.ndarray] = field(default_factory=list)
+    max_abs_diff: float = 0.0
+    abs_diff_sum: float = 0.0
+    values: int = 0
+    finite: bool = True
+
+    def add(self, reference_logits: np.ndarray, logits: np.ndarray, input_ids: np.ndarray, is_text: bool) -> None:
+        """One sample: logits ``[batch, seq, vocab]`` of both models and its ``[batch, seq]`` ids."""
+        reference_logits = np.asarray(reference_logits, dtype=np.float64)
+        logits = np.asarray(logits, dtype=np.float64)
+        if reference_logits.shape != logits.shape:
+            raise ValueError(f"logits shape {logits.shape} differs from the reference {reference_logits.shape}")
+        if not np.isfinite(logits).all():
+            self.finite = False
+            logits = np.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)
+        vocab = logits.shape[-1]
+        ref2 = reference_logits.reshape(-1, vocab)
+        cand2 = logits.reshape(-1, vocab)
+        ref_lp = log_softmax(ref2)
+        cand_lp = log_softmax(cand2)
+        self.kld.append(np.maximum((np.exp(ref_lp) * (ref_lp - cand_lp)).sum(-1), 0.0))
+        self.top1.append(ref2.argmax(-1) == cand2.argmax(-1))
+        self.text.append(np.full(ref2.shape[0], bool(is_text)))
+        diff = np.abs(ref2 - cand2)
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
+        self.abs_diff_sum += float(diff.sum())
+        self.values += diff.size
+        dot = (ref2 * cand2).sum(-1)
+        norms = np.linalg.norm(ref2, axis=-1) * np.linalg.norm(cand2, axis=-1)
+        self.cosine.append(np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0))
+        if is_text:
+            # position t predicts token t + 1: the last position of a window has no target
+            seq = logits.shape[-2]
+            ids = np.asarray(input_ids).reshape(-1, seq)
+            target = ids[:, 1:].reshape(-1)
+            rows = ref_lp.reshape(ids.shape[0], seq, vocab)[:, :-1, :].reshape(-1, vocab)
+            cand_rows = cand_lp.reshape(ids.shape[0], seq, vocab)[:, :-1, :].reshape(-1, vocab)
+            idx = np.arange(target.size)
+            self.nll_ref.append(-rows[idx, target])
+            self.nll.append(-cand_rows[idx, target])
+
+    def summarise(self) -> dict:
+        """The figures of the evaluation (see the module docstring); KLD in nats, shares in %."""
+        if not self.kld:
+            raise ValueError("no sample was added")
+        kld = np.concatenate(self.kld)
+        top1 = np.concatenate(self.top1)
+        text = np.concatenate(self.text)
+        cosine = np.concatenate(self.cosine)
+        out: dict = {
+            "positions": int(top1.size),
+            "text_positions": int(text.sum()),
+            "finite": self.finite,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.abs_diff_sum / max(self.values, 1),
+            "cosine_similarity": float(cosine.mean()),
+            "min_cosine_similarity": float(cosine.min()),
+            "top1_agreement_pct": float(100.0 * top1.mean()),
+        }
+        # the yardsticks a tier is judged on: text positions when there are any
+        judged = text if text.any() else np.ones_like(text)
+        out["judged_on"] = "text" if text.any() else "all"
+        k = kld[judged]
+        agree = int(top1[judged].sum())
+        n = int(judged.sum())
+        low, high = wilson_interval(agree, n)
+        out.update(
+            {
+                "kld_mean": float(k.mean()),
+                "kld_p99": float(np.percentile(k, 99)),
+                "kld_max": float(k.max()),
+                "top1_pct": 100.0 * agree / n,
+                "top1_ci95_low": low,
+                "top1_ci95_high": high,
+            }
+        )
+        if (~text).any():
+            out["kld_mean_random"] = float(kld[~text].mean())
+            out["top1_random_pct"] = float(100.0 * top1[~text].mean())
+        if self.nll:
+            nll_ref = np.concatenate(self.nll_ref)
+            nll = np.concatenate(self.nll)
+            out["perplexity_reference"] = float(np.exp(nll_ref.mean()))
+            out["perplexity"] = float(np.exp(nll.mean()))
+            out["ppl_change_pct"] = 100.0 * (out["perplexity"] / out["perplexity_reference"] - 1.0)
+        else:
+            out["perplexity_reference"] = out["perplexity"] = out["ppl_change_pct"] = None
+        return out
+
+
+def perplexity(logits: np.ndarray, input_ids: np.ndarray) -> float:
+    """Next-token perplexity of ``[batch, seq, vocab]`` logits on their own ``[batch, seq]`` ids."""
+    lp = log_softmax(logits)[..., :-1, :]
+    target = np.asarray(input_ids)[..., 1:]
+    picked = np.take_along_axis(lp, target[..., None], axis=-1)[..., 0]
+    return float(np.exp(-picked.mean()))
+
+
+def tier_failures(summary: dict, limits: dict) -> list[str]:
+    """Why ``summary`` misses a tier's ``limits`` (empty when it meets them)."""
+    failures = []
+    if not summary.get("finite", True):
+        failures.append("non-finite logits")
+    if summary["top1_pct"] < limits["min_top1_pct"]:
+        failures.append(f"top-1 {summary['top1_pct']:.2f}% < {limits['min_top1_pct']}%")
+    if summary["kld_mean"] > limits["max_mean_kld"]:
+        failures.append(f"mean KLD {summary['kld_mean']:.2e} > {limits['max_mean_kld']:g}")
+    change = summary.get("ppl_change_pct")
+    if change is not None and abs(change) > limits["max_ppl_change_pct"]:
+        failures.append(f"perplexity {change:+.2f}% beyond ±{limits['max_ppl_change_pct']}%")
+    return failures
+
+
+def tier(summary: dict, tiers: dict[str, dict]) -> tuple[str, dict[str, list[str]]]:
+    """The first tier (in config order, strictest first) whose limits ``summary`` meets.
+
+    Returns the tier's name, or :data:`BROKEN`, and for every stricter tier the
+    reasons it was missed.
+    """
+    missed: dict[str, list[str]] = {}
+    for name, limits in tiers.items():
+        failures = tier_failures(summary, limits)
+        if not failures:
+            return name, missed
+        missed[name] = failures
+    return BROKEN, missed
