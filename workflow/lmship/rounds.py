@@ -1,0 +1,168 @@
+"""Timing in interleaved rounds, and what the rounds say about the machine's noise.
+
+A timing job measures every configured backend at one thread count: in each
+round every backend runs once, one after another, each in a fresh process
+(so one backend's memory and thread pools never touch the next), and the order
+rotates from round to round. A slow phase of the machine then hits all
+backends alike, and every ratio in the summary divides numbers of one run.
+Each row carries the run id, the round, the host and the CPU.
+
+:func:`stability` flags a figure whose rounds disagree, or whose tail is long;
+:func:`fastest` names the winner only when it beats the runner-up by more than
+their measured spread, and otherwise reports a tie.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+from .files import atomic_output
+
+log = logging.getLogger(__name__)
+
+#: Columns added to each timing row by the round that produced it.
+ROUND_FIELDS = ["run_id", "round", "node"]
+
+
+def new_run_id() -> str:
+    """A run id: UTC time, host and a random suffix (unique across machines and reruns)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def rotated(items: list, k: int) -> list:
+    """``items`` rotated left by ``k``: round ``k`` starts with a different backend."""
+    if not items:
+        return []
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def time_in_rounds(
+    backends: list[dict],
+    inputs_npz: Path,
+    out_csv: Path,
+    *,
+    model: str,
+    threads: int,
+    rounds: int,
+    warmup: int,
+    repeats: int,
+    min_seconds: float,
+    timeout_s: float = 1800.0,
+) -> Path:
+    """Time every backend in ``rounds`` interleaved rounds; one CSV row per timed forward pass.
+
+    ``backends`` holds dicts with ``backend``, ``runtime``, ``precision`` and
+    ``artifact``. Each (round, backend) runs :func:`lmship.timing.time_backend`
+    in its own Python process with ``threads`` threads.
+    """
+    if rounds < 1:
+        raise StageError(f"rounds ({rounds}) must be >= 1")
+    run_id = new_run_id()
+    node = socket.gethostname()
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    rows: list[dict] = []
+    fields: list[str] | None = None
+    with tempfile.TemporaryDirectory(prefix="lmship-rounds-") as tmp:
+        for r in range(rounds):
+            for b in rotated(backends, r):
+                part = Path(tmp) / f"r{r}_{b['backend']}.csv"
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    "import sys; from lmship.timing import main; main(sys.argv[1:])",
+                    "--runtime", b["runtime"],
+                    "--artifact", str(b["artifact"]),
+                    "--inputs", str(inputs_npz),
+                    "--out", str(part),
+                    "--model", model,
+                    "--backend", b["backend"],
+                    "--precision", b["precision"],
+                    "--threads", str(threads),
+                    "--warmup", str(warmup),
+                    "--repeats", str(repeats),
+                    "--min-seconds", str(min_seconds),
+                ]  # fmt: skip
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+                if proc.returncode != 0:
+                    raise StageError(
+                        f"timing {b['backend']} at {threads} thread(s), round {r + 1}/{rounds} failed "
+                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                    )
+                with open(part, newline="") as f:
+                    reader = csv.DictReader(f)
+                    fields = fields or [*ROUND_FIELDS, *(reader.fieldnames or [])]
+                    part_rows = [{"run_id": run_id, "round": r, "node": node, **row} for row in reader]
+                rows.extend(part_rows)
+                median = float(np.median([float(x["latency_ms"]) for x in part_rows]))
+                log.info("round %d/%d %s t%d: median %.2f ms", r + 1, rounds, b["backend"], threads, median)
+    with atomic_output(Path(out_csv)) as tmp_csv, open(tmp_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or ROUND_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(out_csv)
+
+
+def stability(latency_ms: np.ndarray, rounds: np.ndarray, *, max_round_spread_pct: float, max_p90_ratio: float) -> dict:
+    """The median over all runs, the spread between the rounds' medians, and whether to trust it.
+
+    ``spread_pct`` is (slowest round median - fastest round median) / overall
+    median, in percent. A figure is ``unstable`` when that spread exceeds
+    ``max_round_spread_pct`` or p90 / median exceeds ``max_p90_ratio``.
+    """
+    latency_ms = np.asarray(latency_ms, dtype=float)
+    rounds = np.asarray(rounds)
+    median = float(np.median(latency_ms))
+    per_round = [float(np.median(latency_ms[rounds == r])) for r in np.unique(rounds)]
+    spread = 100.0 * (max(per_round) - min(per_round)) / median if len(per_round) > 1 else 0.0
+    p90_ratio = float(np.percentile(latency_ms, 90)) / median
+    reasons = []
+    if spread > max_round_spread_pct:
+        reasons.append(f"rounds differ by {spread:.0f}% (> {max_round_spread_pct:g}%)")
+    if p90_ratio > max_p90_ratio:
+        reasons.append(f"p90 is {p90_ratio:.2f}x the median (> {max_p90_ratio:g}x)")
+    return {
+        "median_ms": median,
+        "rounds": len(per_round),
+        "round_medians_ms": per_round,
+        "spread_pct": spread,
+        "p90_over_median": p90_ratio,
+        "unstable": bool(reasons),
+        "unstable_why": "; ".join(reasons),
+    }
+
+
+def fastest(candidates: list[dict]) -> tuple[dict, list[dict]]:
+    """The fastest candidate and the ones it does not clearly beat.
+
+    Each candidate has ``median_ms``, ``spread_pct`` and ``size_mb``. The
+    runner-up is tied with the winner when the gap between their medians is
+    not larger than the larger of their measured spreads; among tied
+    candidates the smaller file is named first. Returns (winner, others tied
+    with it).
+    """
+    if not candidates:
+        raise ValueError("no candidates")
+    by_speed = sorted(candidates, key=lambda c: c["median_ms"])
+    best = by_speed[0]
+    tied = [best]
+    for c in by_speed[1:]:
+        gap_pct = 100.0 * (c["median_ms"] - best["median_ms"]) / best["median_ms"]
+        if gap_pct <= max(best["spread_pct"], c["spread_pct"]):
+            tied.append(c)
+    tied.sort(key=lambda c: (c["size_mb"], c["median_ms"]))
+    return tied[0], tied[1:]
