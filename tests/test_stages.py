@@ -201,60 +201,6 @@ def test_onnx_int8(simplified, eval_set, chain_dir, variant):
     assert check["finite"]
 
 
-def test_q4exact_leaves_off_grid_weights_alone(simplified, eval_set, chain_dir):
-    """Random weights are on no GGUF grid: nothing is re-encoded, the answers are the fp32 ones."""
-    from lmship.onnx_int8 import quantize_onnx
-    from lmship.validate import validate_artifact
-
-    out = chain_dir / "model.int8-q4exact.onnx"
-    m = quantize_onnx(simplified, out, variant="q4exact")
-    assert m["matmul_q4_1"] == 0 and m["matmul_fp32"] > 0
-    check = validate_artifact("ort", out, eval_set["inputs"], eval_set["reference"], min_top1=100, stage="t")
-    assert check["max_abs_diff"] < 1e-3
-
-
-def test_exact_grid_is_lossless_on_gguf_grids(tmp_path):
-    """Q4_1 weights and a Q8_0 embedding re-encoded in 4 / 8 bits give the same outputs as fp32."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from lmship.exact_grid import reencode_file
-
-    rng = np.random.default_rng(0)
-    vocab, hidden, out_dim = 50, 64, 48
-    # Q4_1 along the input dim: w = d * q + m per block of 32
-    q = rng.integers(0, 16, (out_dim, hidden // 32, 32))
-    q[..., 0], q[..., 1] = 0, 15  # GGUF sets m to the block's min and d to (max - min) / 15
-    d = rng.uniform(0.01, 0.05, (out_dim, hidden // 32, 1))
-    m = rng.uniform(-0.3, 0.0, (out_dim, hidden // 32, 1))
-    w = (d * q + m).reshape(out_dim, hidden).T.astype(np.float32)  # [K, N]
-    # Q8_0 embedding rows: e = d * q, q in -127..127, blocks along hidden
-    eq = rng.integers(-127, 128, (vocab, hidden // 32, 32))
-    eq[..., 0] = 127  # d = max |w| / 127
-    ed = rng.uniform(0.001, 0.01, (vocab, hidden // 32, 1))
-    emb = (ed * eq).reshape(vocab, hidden).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gather", ["E", "ids"], ["x"], axis=0),
-            helper.make_node("MatMul", ["x", "W"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 7])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, out_dim])],
-        [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    onnx.save(model, str(tmp_path / "fp32.onnx"))
-    stats = reencode_file(tmp_path / "fp32.onnx", tmp_path / "q4.onnx")
-    assert stats == {"matmul_q4_1": 1, "matmul_fp32": 0, "gather_q8_0": 1}
-    ids = rng.integers(0, vocab, (1, 7))
-    ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"ids": ids})[0]
-    got = ort.InferenceSession(str(tmp_path / "q4.onnx")).run(None, {"ids": ids})[0]
-    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
-    assert (tmp_path / "q4.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
-
-
 def test_torch_int8_round_trip(tiny_model, eval_set, tmp_path):
     from lmship.runtimes import open_backend
     from lmship.torch_int8 import quantize_pytorch

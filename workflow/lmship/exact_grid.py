@@ -7,15 +7,19 @@ every decoder weight is exactly ``d * q + m`` with ``q`` in 0..15 per block of
 them on their own grid loses none. This module finds those grids and writes
 them with ONNX Runtime's block-quantised contrib ops:
 
-* Q4_1 MatMul weight -> ``com.microsoft.MatMulNBits`` (4 bits, block 32, integer
-  zero point ``zp = round(-m / d)``) plus an exact fp32 correction
-  ``Y += blocksum(X) @ (m + d * zp)`` (the zero point's rounding remainder);
+* Q4_1 MatMul weight -> ``com.microsoft.MatMulNBits`` (4 bits, block 32, zero
+  point 0, so it computes ``X @ (d * q)``) plus the block minimum as an fp32
+  correction ``Y += blocksum(X) @ m``: the stored ``q``, ``d`` and ``m`` are
+  exactly GGUF's, and ``d * q + m`` rebuilds every weight bit for bit;
 * Q8_0 embedding -> ``com.microsoft.GatherBlockQuantized`` (8 bits, block 32);
 * anything not on a grid (here: the LM head, kept fp32 for speed) is left as is.
 
 Nothing is re-quantised, so the model's answers do not change (compute stays
-fp32: ``accuracy_level`` 0). For a model whose weights are not on such a grid
-the result is simply the fp32 model, and the stage says so.
+fp32: ``accuracy_level`` 0). :func:`verify_lossless` proves it on the written
+file: every re-encoded weight is rebuilt from what was stored and compared bit
+for bit with the original, and the stage fails on any difference. A model with
+no weight on such a grid is not applicable: the stage fails rather than write
+an fp32 copy under a 4-bit name.
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ def reencode(model) -> dict[str, int]:
             continue
         q, d, m = grid
         k, n = weight.shape
-        zp = np.clip(np.round(np.where(d == 0, 0.0, -m / np.where(d == 0, 1.0, d))), 0, 15)
-        correction = (m + d * zp).T.astype(np.float32)  # [K/32, N]
+        zp = np.zeros_like(d)  # MatMulNBits then computes X @ (d * q); the minimum m is the correction
+        correction = m.T.astype(np.float32)  # [K/32, N]
         base, y = node.input[1] + "_q4", node.output[0]
         tensors = [
             numpy_helper.from_array(_pack_nibbles(q), base),
@@ -157,12 +161,85 @@ def reencode(model) -> dict[str, int]:
     return stats
 
 
+def _unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`_pack_nibbles` for ``count`` values along the last axis."""
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), np.uint8)
+    out[..., 0::2] = packed & 0x0F
+    out[..., 1::2] = packed >> 4
+    return out[..., :count]
+
+
+def verify_lossless(original, reencoded) -> dict[str, int]:
+    """Rebuild every re-encoded weight of ``reencoded`` from its stored codes and compare bit for bit.
+
+    Both are onnx.ModelProto. MatMulNBits weights are rebuilt as
+    ``float32(d * q) + m`` (GGUF's Q4_1 dequantisation, zero point checked to
+    be 0) and GatherBlockQuantized tables as ``float32(d * (q - 128))`` (Q8_0).
+    Raises :class:`StageError` naming every weight that differs in any bit.
+    """
+    from onnx import numpy_helper
+
+    from . import StageError
+
+    before = {i.name: i for i in original.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in reencoded.graph.initializer}
+    checked = {"matmul_q4_1": 0, "gather_q8_0": 0}
+    wrong = []
+    for node in reencoded.graph.node:
+        if node.op_type == "MatMulNBits":
+            qn, sn, zn = node.input[1], node.input[2], node.input[3]
+            name = qn.removesuffix("_q4")
+            attrs = {a.name: a.i for a in node.attribute}
+            k, n = attrs["K"], attrs["N"]
+            blocks = k // BLOCK
+            q = _unpack_nibbles(after[qn], BLOCK).reshape(n, blocks, BLOCK).astype(np.float32)
+            d = after[sn].reshape(n, blocks, 1).astype(np.float32)
+            zp = _unpack_nibbles(after[zn].reshape(n, -1), blocks)
+            m = after[qn + "_corr"].T.reshape(n, blocks, 1).astype(np.float32)
+            rebuilt = (d * q + m).reshape(n, k).T
+            checked["matmul_q4_1"] += 1
+        elif node.op_type == "GatherBlockQuantized":
+            data, sn = node.input[0], node.input[2]
+            name = data.removesuffix("_q8")
+            table = after[data]
+            d = np.repeat(after[sn].astype(np.float32), BLOCK, axis=-1)[:, : table.shape[1]]
+            rebuilt = d * (table.astype(np.float32) - 128.0)
+            zp = np.zeros(1)
+            checked["gather_q8_0"] += 1
+        else:
+            continue
+        source = numpy_helper.to_array(before[name]).astype(np.float32)
+        if (
+            zp.any()
+            or rebuilt.shape != source.shape
+            or not np.array_equal(rebuilt.view(np.uint32), source.view(np.uint32))
+        ):
+            diff = int((rebuilt != source).sum()) if rebuilt.shape == source.shape else -1
+            wrong.append(f"{name} ({diff} of {source.size} values differ)")
+    if wrong:
+        raise StageError(
+            "the 4-bit exact-grid model does not rebuild the original weights bit for bit: "
+            + ", ".join(wrong[:5])
+            + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        )
+    return checked
+
+
 def reencode_file(in_onnx: Path, out_onnx: Path) -> dict[str, int]:
+    """Re-encode ``in_onnx`` to ``out_onnx`` and prove on the written file that nothing was lost."""
     import onnx
+
+    from . import StageError
 
     model = onnx.load(str(in_onnx))
     stats = reencode(model)
-    onnx.save(model, str(out_onnx))
     if stats["matmul_q4_1"] == 0:
-        log.warning("no MatMul weight of %s is on a Q4_1 grid: the output is the fp32 model", in_onnx)
-    return stats
+        raise StageError(
+            f"not applicable: no MatMul weight of {in_onnx} sits on a GGUF Q4_1 grid (the model's weights "
+            "were not dequantised from a Q4_1 GGUF file), so there is nothing to store losslessly in 4 bits; "
+            "remove onnx-q4-exact from `backends` for this model"
+        )
+    onnx.save(model, str(out_onnx))
+    proof = verify_lossless(onnx.load(str(in_onnx)), onnx.load(str(out_onnx)))
+    log.info("%s: %s re-encoded weights rebuild the originals bit for bit", out_onnx, proof)
+    return {**stats, **{f"bit_exact_{k}": v for k, v in proof.items()}}

@@ -1,0 +1,78 @@
+"""The lossless 4-bit grid: bit-for-bit proof on GGUF-made weights, refusal where it does not apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lmship import StageError
+from lmship.exact_grid import reencode_file, verify_lossless
+
+
+def _gguf_like_model(path, rng):
+    """A Gather + MatMul graph whose weights were made the way GGUF dequantises Q4_1 and Q8_0 (fp16 d, m)."""
+    vocab, hidden, out_dim = 50, 64, 48
+    q = rng.integers(0, 16, (out_dim, hidden // 32, 32)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, 15  # GGUF sets m to the block's min and d to (max - min) / 15
+    d = rng.uniform(0.01, 0.05, (out_dim, hidden // 32, 1)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.3, 0.0, (out_dim, hidden // 32, 1)).astype(np.float16).astype(np.float32)
+    w = (d * q + m).reshape(out_dim, hidden).T.copy()  # float32 arithmetic, as GGUF does; [K, N]
+    eq = rng.integers(-127, 128, (vocab, hidden // 32, 32)).astype(np.float32)
+    eq[..., 0] = 127  # d = max |w| / 127
+    ed = rng.uniform(0.001, 0.01, (vocab, hidden // 32, 1)).astype(np.float16).astype(np.float32)
+    emb = (ed * eq).reshape(vocab, hidden)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["x"], axis=0),
+            helper.make_node("MatMul", ["x", "W"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, out_dim])],
+        [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, str(path))
+    return vocab
+
+
+def test_exact_grid_rebuilds_every_weight_bit_for_bit(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    vocab = _gguf_like_model(tmp_path / "fp32.onnx", rng)
+    stats = reencode_file(tmp_path / "fp32.onnx", tmp_path / "q4.onnx")
+    assert stats["matmul_q4_1"] == 1 and stats["gather_q8_0"] == 1 and stats["matmul_fp32"] == 0
+    assert stats["bit_exact_matmul_q4_1"] == 1 and stats["bit_exact_gather_q8_0"] == 1
+    ids = rng.integers(0, vocab, (1, 7))
+    ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"ids": ids})[0]
+    got = ort.InferenceSession(str(tmp_path / "q4.onnx")).run(None, {"ids": ids})[0]
+    assert np.abs(got - ref).max() < 1e-5 * np.abs(ref).max()
+    assert (tmp_path / "q4.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("tensor", ["W_q4", "W_q4_scales", "W_q4_corr", "E_q8"])
+def test_one_changed_code_or_scale_fails_the_proof(tmp_path, tensor):
+    rng = np.random.default_rng(1)
+    _gguf_like_model(tmp_path / "fp32.onnx", rng)
+    reencode_file(tmp_path / "fp32.onnx", tmp_path / "q4.onnx")
+    model = onnx.load(str(tmp_path / "q4.onnx"))
+    init = next(i for i in model.graph.initializer if i.name == tensor)
+    values = numpy_helper.to_array(init).copy()
+    flat = values.reshape(-1)
+    if values.dtype == np.uint8:
+        flat[0] ^= 1  # one code off by one nibble step
+    else:
+        flat[0] = np.nextafter(flat[0], np.float32(np.inf))  # one scale or minimum off by one ulp
+    init.CopyFrom(numpy_helper.from_array(values, tensor))
+    with pytest.raises(StageError, match="does not rebuild the original weights bit for bit"):
+        verify_lossless(onnx.load(str(tmp_path / "fp32.onnx")), model)
+
+
+def test_weights_off_any_grid_are_not_applicable(simplified, chain_dir):
+    """Random weights sit on no GGUF grid: the stage refuses instead of writing an fp32 copy."""
+    with pytest.raises(StageError, match="not applicable: no MatMul weight"):
+        reencode_file(simplified, chain_dir / "not-applicable.onnx")
+    assert not (chain_dir / "not-applicable.onnx").exists()
