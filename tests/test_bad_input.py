@@ -158,3 +158,48 @@ def test_truncated_onnx_is_named(tmp_path, onnx_model, eval_set):
     with pytest.raises(StageError, match=r"model\.onnx is not a readable ONNX model"):
         simplify_onnx(broken, eval_set["inputs"], eval_set["reference"], tmp_path / "s.onnx", min_top1=99)
     assert not (tmp_path / "s.onnx").exists()
+
+
+SEMANTIC_CASES = {
+    "model named like a workflow output": (
+        {"models": {"summary.csv": {"source": "random", "seed": 0}}},
+        ["'summary.csv' collides with the workflow's own output results/summary.csv"],
+    ),
+    "hidden size the heads do not divide": (
+        {"models": {"m": {"source": "random", "architecture": {"hidden_size": 30, "num_attention_heads": 4}}}},
+        ["models.m.architecture: hidden_size 30 is not divisible by num_attention_heads 4", "e.g. 32"],
+    ),
+    "heads the KV heads do not divide": (
+        {
+            "models": {
+                "m": {
+                    "source": "random",
+                    "architecture": {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3},
+                }
+            }
+        },
+        ["num_attention_heads 4 is not divisible by num_key_value_heads 3"],
+    ),
+    "misspelled onnx2tf option": (
+        {"savedmodel": {"onnx2tf": {"disable_strict_mod": True}}},
+        ["savedmodel.onnx2tf.disable_strict_mod", "did you mean 'disable_strict_mode'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SEMANTIC_CASES))
+def test_values_the_schema_accepts_but_cannot_work(case):
+    from lmship.configcheck import ConfigError, check_config
+
+    override, expected = SEMANTIC_CASES[case]
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    with pytest.raises(ConfigError) as err:
+        check_config({**tiny_config(), **override}, schema)
+    for fragment in expected:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_model_named_like_an_output_stops_before_the_dag(tmp_path):
+    out = _rejected(tmp_path, {**tiny_config(), "models": {"summary.csv": {"source": "random", "seed": 0}}})
+    assert "collides with the workflow's own output" in out
+    assert "Traceback" not in out

@@ -84,12 +84,76 @@ def check_config(config: dict, schema_path: Path) -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
     problems = describe_errors(config, schema)
+    if not problems:  # the meaning of values the schema accepted
+        problems = semantic_problems(config)
     if problems:
         raise ConfigError(
             "invalid configuration (config.yaml or --config):\n  - "
             + "\n  - ".join(problems)
             + f"\nEvery key is documented in {schema_path}."
         )
+
+
+#: Names directly under results/ that the workflow itself writes: a model of that name would collide.
+RESERVED_NAMES = ("machine", "summary.csv", "summary.md", "plot.png", "quality.png", "eval_text.txt")
+
+
+def semantic_problems(config: dict) -> list[str]:
+    """What the schema cannot say: names that collide, sizes that do not divide, unknown onnx2tf options."""
+    problems = []
+    for name, spec in (config.get("models") or {}).items():
+        if name in RESERVED_NAMES or name.startswith("."):
+            problems.append(
+                f"models: name {name!r} collides with the workflow's own output results/{name}; "
+                f"choose another name (reserved: {', '.join(RESERVED_NAMES)})"
+            )
+        arch = (spec or {}).get("architecture") or {}
+        hidden, heads, kv = arch.get("hidden_size"), arch.get("num_attention_heads"), arch.get("num_key_value_heads")
+        explicit_head_dim = "head_dim" in arch  # then q/k/v widths need not equal hidden_size
+        if isinstance(hidden, int) and isinstance(heads, int) and not explicit_head_dim and hidden % heads:
+            fits = [h for h in range(1, hidden + 1) if hidden % h == 0 and abs(h - heads) <= 4]
+            problems.append(
+                f"models.{name}.architecture: hidden_size {hidden} is not divisible by num_attention_heads "
+                f"{heads}; each head gets hidden_size / num_attention_heads dimensions. Choose a hidden_size "
+                f"that {heads} divides (e.g. {heads * max(1, round(hidden / heads))}), heads that divide "
+                f"{hidden} (e.g. {fits}), or set head_dim"
+            )
+        if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
+            problems.append(
+                f"models.{name}.architecture: num_attention_heads {heads} is not divisible by "
+                f"num_key_value_heads {kv}; grouped-query attention shares each KV head among heads / kv_heads heads"
+            )
+    options = ((config.get("savedmodel") or {}).get("onnx2tf")) or {}
+    known = onnx2tf_options()
+    if known is not None:
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                guess = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"savedmodel.onnx2tf.{key}: not an option of the installed onnx2tf.convert(){guess}")
+    return problems
+
+
+def onnx2tf_options() -> set[str] | None:
+    """Keyword arguments of the installed ``onnx2tf.convert``, read from its source without importing it.
+
+    Importing onnx2tf loads TensorFlow (seconds); the signature is all that is needed.
+    None when onnx2tf is not installed here (e.g. only the conda envs have it).
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnx2tf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "onnx2tf.py"
+    if not source.is_file():
+        return None
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef) and node.name == "convert":
+            args = node.args
+            return {a.arg for a in [*args.args, *args.kwonlyargs]}
+    return None
 
 
 def load_config(path: Path) -> dict[str, Any]:
