@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -90,7 +89,3 @@ def check_config(config: dict, schema_path: Path) -> None:
             + "\n  - ".join(problems)
             + f"\nEvery key is documented in {schema_path}."
         )
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text()) or {}

@@ -1,4 +1,4 @@
-"""Stage 4: simplify the exported ONNX graph with onnxsim, then check it.
+"""Simplify the exported ONNX graph with onnxsim, then check it.
 
 Records node counts (total and per op type) before and after, and runs the
 simplified model in ONNX Runtime against the PyTorch reference.
@@ -6,32 +6,18 @@ simplified model in ONNX Runtime against the PyTorch reference.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 
 from . import StageError
-from .files import atomic_output, size_bytes, write_json
-from .logs import log_to, peak_rss_mb
-from .validate import add_checked_stage_arguments, validate_artifact
+from .cli import add_checked_stage_arguments, parser
+from .files import atomic_output, load_onnx, size_bytes, stage_metrics
+from .logs import log_to
+from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
-
-
-def load_onnx(path: Path):
-    """``onnx.load`` that names the file when it is truncated or not ONNX."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        return onnx.load(str(path))
-    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
-        raise StageError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); it may be truncated. "
-            "Delete it and rerun the workflow to rebuild it."
-        ) from exc
 
 
 def op_counts(model) -> dict[str, int]:
@@ -51,9 +37,10 @@ def simplify_onnx(
     import onnx
     import onnxsim
 
+    started = time.monotonic()
     model = load_onnx(in_onnx)
     before = op_counts(model)
-    started = time.monotonic()
+    simplify_started = time.monotonic()
     try:
         simplified, ok = onnxsim.simplify(model, check_n=0)
     except Exception as exc:
@@ -61,35 +48,32 @@ def simplify_onnx(
     if not ok:
         raise StageError(f"onnxsim could not validate the simplified model of {in_onnx}")
     del model
-    seconds = time.monotonic() - started
+    seconds = time.monotonic() - simplify_started
     after = op_counts(simplified)
     with atomic_output(Path(out_onnx)) as tmp:
         onnx.save(simplified, str(tmp))
         del simplified
-        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="simplify")
-    metrics = {
-        "artifact": str(out_onnx),
-        "size_mb": round(size_bytes(out_onnx) / 1e6, 1),
-        "size_mb_before": round(size_bytes(in_onnx) / 1e6, 1),
-        "nodes_before": sum(before.values()),
-        "nodes_after": sum(after.values()),
-        "ops_before": before,
-        "ops_after": after,
-        "simplify_seconds": round(seconds, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
-        "onnxsim_version": onnxsim.__version__,
-        "vs_pytorch": check,
-    }
-    log.info("onnxsim: %d -> %d nodes", metrics["nodes_before"], metrics["nodes_after"])
-    if metrics_json is not None:
-        write_json(metrics_json, metrics)
-    return metrics
+        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="simplify_onnx")
+    log.info("onnxsim: %d -> %d nodes", sum(before.values()), sum(after.values()))
+    return stage_metrics(
+        metrics_json,
+        out_onnx,
+        started,
+        size_mb_before=round(size_bytes(in_onnx) / 1e6, 1),
+        nodes_before=sum(before.values()),
+        nodes_after=sum(after.values()),
+        ops_before=before,
+        ops_after=after,
+        simplify_seconds=round(seconds, 1),
+        onnxsim_version=onnxsim.__version__,
+        vs_pytorch=check,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship simplify", description=__doc__.split("\n\n")[0])
-    add_checked_stage_arguments(parser, "--onnx", "exported ONNX model")
-    args = parser.parse_args(argv)
+    p = parser("simplify_onnx", __doc__)
+    add_checked_stage_arguments(p, "--onnx", "exported ONNX model")
+    args = p.parse_args(argv)
     with log_to(args.log):
         simplify_onnx(
             args.onnx, args.inputs, args.reference, args.out, min_top1=args.min_top1, metrics_json=args.metrics
