@@ -12,10 +12,13 @@ from snakemake.utils import validate
 
 # The one place that makes the lmship package (workflow/lmship) importable: for this
 # file, and through PYTHONPATH for every job's script (cluster jobs parse this file again).
+# PYTHONPATH is set here, not required from the user, so it is no `envvars:` entry.
 _PACKAGE_PARENT = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, _PACKAGE_PARENT)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (_PACKAGE_PARENT, os.getenv("PYTHONPATH")) if p
+    )
 )
 
 from lmship import StageError  # noqa: E402
