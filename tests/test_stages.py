@@ -400,3 +400,34 @@ def test_cli_defaults_are_the_config_defaults(simplified, eval_set, tmp_path):
     cmd += ["--reference", str(eval_set["reference"]), "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=REPO / "workflow", capture_output=True)
     assert read_json(out)["tolerance"] == schema["properties"]["tolerances"]["properties"]["fp32"]["default"]
+
+
+def test_summary_reference_perplexity_without_other_backends(tmp_path):
+    """The reference row's perplexity comes from reference_logits' own metrics: with only
+    `pytorch` configured there is no other backend's accuracy file to take it from."""
+    import pandas as pd
+
+    from lmship.files import write_json
+    from lmship.summary import build_summary
+    from lmship.timing import FIELDS
+
+    rows = [
+        {f: 0 for f in FIELDS}
+        | {
+            "model": "m",
+            "backend": "pytorch",
+            "precision": "fp32",
+            "threads": 1,
+            "batch": 1,
+            "seq_len": 16,
+            "repeat": i,
+            "latency_ms": 10.0 + i,
+            "artifact_mb": 5.0,
+        }
+        for i in range(3)
+    ]
+    pd.DataFrame(rows, columns=FIELDS).to_csv(tmp_path / "t.csv", index=False)
+    ref = write_json(tmp_path / "reference_logits.json", {"perplexity_text": 123.4})
+    table = build_summary([tmp_path / "t.csv"], [], {("m", 16): ref}, [], {})
+    assert table["perplexity"].tolist() == [123.4]
+    assert table["accuracy"].tolist() == ["reference"] and table["speedup_vs_pytorch"].tolist() == [1.0]

@@ -88,7 +88,8 @@ def finish_rules():
     for r in workflow.rules:
         r.resources.setdefault("bench_lock", 1)
     _warn_memory_budget()
-    _check_sources()
+    if workflow.is_main_process:  # not again in every cluster job
+        _check_sources()
 
 
 def _warn_memory_budget():
