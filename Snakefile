@@ -36,3 +36,7 @@ rule all:
     input:
         all_targets(),
     localrule: True
+
+
+# Every rule takes a bench_lock; checks that need all rules (see common.smk).
+finish_rules()

@@ -46,59 +46,61 @@ def tiny_model(chain_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def eval_set(tiny_model, chain_dir) -> dict[str, Path]:
-    from lmship.evalset import make_inputs, reference_logits
+    from lmship.evalset import eval_inputs, reference_logits
 
-    inputs = make_inputs(
-        tiny_model, chain_dir / "inputs.npz", seq_len=SEQ, batch_size=1, text_samples=4, random_samples=2, seed=0
+    inputs = eval_inputs(
+        tiny_model, chain_dir / "eval_inputs.npz", seq_len=SEQ, batch_size=1, text_samples=4, random_samples=2, seed=0
     )
-    logits = reference_logits(tiny_model, inputs, chain_dir / "reference.npy", chain_dir / "reference.json")
-    return {"inputs": inputs, "reference": logits, "reference_json": chain_dir / "reference.json"}
+    logits = reference_logits(
+        tiny_model, inputs, chain_dir / "reference_logits.npy", chain_dir / "reference_logits.json"
+    )
+    return {"inputs": inputs, "reference": logits, "reference_json": chain_dir / "reference_logits.json"}
 
 
 @pytest.fixture(scope="session")
 def onnx_model(tiny_model, eval_set, chain_dir) -> Path:
-    from lmship.export import export_onnx
+    from lmship.export_onnx import export_onnx
 
     export_onnx(
         tiny_model,
         eval_set["inputs"],
         eval_set["reference"],
-        chain_dir / "model.onnx",
+        chain_dir / "onnx.onnx",
         opset=18,
         min_top1=99.0,
         metrics_json=chain_dir / "export.json",
     )
-    return chain_dir / "model.onnx"
+    return chain_dir / "onnx.onnx"
 
 
 @pytest.fixture(scope="session")
 def simplified(onnx_model, eval_set, chain_dir) -> Path:
-    from lmship.simplify import simplify_onnx
+    from lmship.simplify_onnx import simplify_onnx
 
     simplify_onnx(
         onnx_model,
         eval_set["inputs"],
         eval_set["reference"],
-        chain_dir / "model.simplified.onnx",
+        chain_dir / "onnx_simplified.onnx",
         min_top1=99.0,
         metrics_json=chain_dir / "simplify.json",
     )
-    return chain_dir / "model.simplified.onnx"
+    return chain_dir / "onnx_simplified.onnx"
 
 
 @pytest.fixture(scope="session")
 def saved_model(simplified, eval_set, chain_dir) -> Path:
-    from lmship.savedmodel import onnx_to_savedmodel
+    from lmship.savedmodel import savedmodel
 
-    onnx_to_savedmodel(
+    savedmodel(
         simplified,
         eval_set["inputs"],
         eval_set["reference"],
-        chain_dir / "saved_model",
+        chain_dir / "savedmodel",
         min_top1=99.0,
         metrics_json=chain_dir / "savedmodel.json",
     )
-    return chain_dir / "saved_model"
+    return chain_dir / "savedmodel"
 
 
 @pytest.fixture(scope="session")
@@ -116,10 +118,10 @@ def tflite_models(saved_model, eval_set, chain_dir) -> dict[str, dict]:
             "-m",
             "lmship",
             "tflite",
-            "--saved-model",
+            "--savedmodel",
             str(saved_model),
             "--out",
-            str(chain_dir / f"model_{precision}.tflite"),
+            str(chain_dir / f"tflite_{precision}.tflite"),
             "--precision",
             precision,
             "--inputs",
@@ -129,7 +131,7 @@ def tflite_models(saved_model, eval_set, chain_dir) -> dict[str, dict]:
             "--min-top1",
             "95" if precision != "int8" else "0",
             "--census",
-            str(chain_dir / f"model_{precision}.ops.json"),
+            str(chain_dir / f"tflite_{precision}.ops.json"),
             "--metrics",
             str(chain_dir / f"tflite_{precision}.json"),
             "--log",

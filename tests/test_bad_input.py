@@ -151,7 +151,7 @@ def test_truncated_safetensors_is_named(tmp_path):
 
 
 def test_truncated_onnx_is_named(tmp_path, onnx_model, eval_set):
-    from lmship.simplify import simplify_onnx
+    from lmship.simplify_onnx import simplify_onnx
 
     broken = tmp_path / "model.onnx"
     broken.write_bytes(onnx_model.read_bytes()[:5000])

@@ -15,13 +15,13 @@ UPSTREAM = ("prepare_model", "eval_inputs", "reference_logits", "export_onnx", "
 
 
 def _tflite_targets(model: str = "tiny") -> list[str]:
-    return [f"results/{model}/seq{SEQ}/model_{p}.tflite" for p in ("fp32", "fp16")]
+    return [f"results/{model}/seq{SEQ}/tflite_{p}.tflite" for p in ("fp32", "fp16")]
 
 
 def test_sigkill_during_onnx2tf_reruns_that_stage_and_nothing_before(tmp_path):
     write_config(tmp_path, tiny_config())
     log = tmp_path / "logs" / "savedmodel" / f"tiny_seq{SEQ}.log"
-    saved = tmp_path / "results" / "tiny" / f"seq{SEQ}" / "saved_model"
+    saved = tmp_path / "results" / "tiny" / f"seq{SEQ}" / "savedmodel"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path)]
     proc = subprocess.Popen(
         [*cmd, "--cores", "2", *_tflite_targets()],
@@ -46,7 +46,7 @@ def test_sigkill_during_onnx2tf_reruns_that_stage_and_nothing_before(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not saved.exists(), "the SavedModel was complete before the kill: the test did not interrupt it"
     assert not any((tmp_path / "results" / "tiny" / f"seq{SEQ}").glob("model_*.tflite"))
-    assert (tmp_path / "results" / "tiny" / f"seq{SEQ}" / "model.simplified.onnx").is_file()
+    assert (tmp_path / "results" / "tiny" / f"seq{SEQ}" / "onnx_simplified.onnx").is_file()
 
     plan = planned_jobs(snakemake(tmp_path, "-n", *_tflite_targets()).stdout)
     assert plan == {"savedmodel": 1, "tflite": 2}, plan
@@ -81,7 +81,7 @@ def test_failed_stage_logs_its_cause_and_other_branches_finish(tmp_path):
 def test_small_memory_budget_is_announced(tmp_path):
     """On a machine too small for the 135M stages, the run says so before any job."""
     write_config(tmp_path, tiny_config())
-    proc = snakemake(tmp_path, f"results/tiny/seq{SEQ}/model.onnx", "-n", "--resources", "mem_mb=4000")
+    proc = snakemake(tmp_path, f"results/tiny/seq{SEQ}/onnx.onnx", "-n", "--resources", "mem_mb=4000")
     out = proc.stdout + proc.stderr
     assert "mem_mb=4000 is below" in out
     assert "savedmodel 8000 MB" in out and "tflite 10000 MB" in out

@@ -31,7 +31,7 @@ needs_cluster = pytest.mark.skipif(
 
 def slurm_config() -> dict:
     return tiny_config(
-        backends=["pytorch", "onnx", "tflite-fp32"],
+        backends=["pytorch", "onnx", "tflite_fp32"],
         benchmark={"threads": [1, 2], "repeats": 3, "warmup": 1, "min_seconds": 0},
     )
 
@@ -81,7 +81,7 @@ def test_every_rule_is_its_own_slurm_job_with_its_resources(tmp_path):
         records = job_records(info)
     _check_records(records, declared, info)
     assert (workdir / "results" / "plot.png").is_file()
-    assert (workdir / "results" / "tiny" / f"seq{SEQ}" / "model_fp32.tflite").is_file()
+    assert (workdir / "results" / "tiny" / f"seq{SEQ}" / "tflite_fp32.tflite").is_file()
 
 
 def _check_records(records: list[dict], declared: Counter, info: ClusterInfo) -> None:

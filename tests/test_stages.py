@@ -50,12 +50,12 @@ def test_prepare_local_folder_round_trip(tiny_model, tmp_path):
 
 
 def test_eval_inputs_are_deterministic_text_then_random(tiny_model, eval_set, tmp_path):
-    from lmship.evalset import load_inputs, make_inputs
+    from lmship.evalset import eval_inputs, load_inputs
 
     ids, is_text = load_inputs(eval_set["inputs"])
     assert ids.shape == (6, 1, SEQ) and ids.dtype == np.int64
     assert is_text.tolist() == [True] * 4 + [False] * 2
-    again = make_inputs(
+    again = eval_inputs(
         tiny_model, tmp_path / "again.npz", seq_len=SEQ, batch_size=1, text_samples=4, random_samples=2, seed=0
     )
     assert np.array_equal(load_inputs(again)[0], ids)
@@ -81,7 +81,7 @@ def test_export_checks_against_pytorch(onnx_model, chain_dir):
 
 def test_export_gate_fails_the_stage(tiny_model, eval_set, tmp_path):
     """A reference the export cannot match makes the stage fail and leaves no file."""
-    from lmship.export import export_onnx
+    from lmship.export_onnx import export_onnx
 
     wrong = np.load(eval_set["reference"])
     wrong = np.roll(wrong, 1, axis=-1)  # shift every argmax
@@ -104,13 +104,13 @@ def test_savedmodel(saved_model, chain_dir):
     m = read_json(chain_dir / "savedmodel.json")
     assert m["input"] == {"shape": [1, SEQ], "dtype": "int64"}
     assert m["vs_pytorch"]["top1_agreement_pct"] == 100.0
-    assert not list(chain_dir.glob(".saved_model.partial*"))
+    assert not list(chain_dir.glob(".savedmodel.partial*"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tflite_builtins_only_with_census(tflite_models, chain_dir, precision):
     m = tflite_models[precision]
-    census = read_json(chain_dir / f"model_{precision}.ops.json")
+    census = read_json(chain_dir / f"tflite_{precision}.ops.json")
     assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
     assert census["total"] == census["counts"]["builtin"] == sum(census["builtin"].values())
     assert "FULLY_CONNECTED" in census["builtin"] or "BATCH_MATMUL" in census["builtin"]
@@ -149,13 +149,13 @@ def test_op_census_counts_flex_ops():
 def test_tflite_stage_refuses_flex_and_names_the_op(tmp_path):
     import tensorflow as tf
 
-    from lmship.tflite import convert_tflite
+    from lmship.tflite import tflite
 
     module = tf.Module()
     module.det = _det_function()
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures=module.det)
     with pytest.raises(StageError, match="MatrixDeterminant"):
-        convert_tflite(tmp_path / "sm", tmp_path / "m.tflite", precision="fp32")
+        tflite(tmp_path / "sm", tmp_path / "m.tflite", precision="fp32")
     assert not (tmp_path / "m.tflite").exists()
 
 
@@ -185,14 +185,14 @@ def test_flops_of_smollm_135m():
     assert ops["total"] / 1e9 == pytest.approx(35.6, abs=0.05)
 
 
-@pytest.mark.parametrize("variant", ["dynamic", "block"])
-def test_onnx_int8(simplified, eval_set, chain_dir, variant):
+@pytest.mark.parametrize("variant", ["int8_dynamic", "int8_block"])
+def test_quantize_onnx_int8(simplified, eval_set, chain_dir, variant):
     import onnx
 
-    from lmship.onnx_int8 import quantize_onnx
+    from lmship.quantize_onnx import quantize_onnx
     from lmship.validate import validate_artifact
 
-    out = chain_dir / f"model.int8-{variant}.onnx"
+    out = chain_dir / f"onnx_{variant}.onnx"
     m = quantize_onnx(simplified, out, variant=variant)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
@@ -201,12 +201,12 @@ def test_onnx_int8(simplified, eval_set, chain_dir, variant):
     assert check["finite"]
 
 
-def test_torch_int8_round_trip(tiny_model, eval_set, tmp_path):
+def test_quantize_pytorch_round_trip(tiny_model, eval_set, tmp_path):
+    from lmship.quantize_pytorch import quantize_pytorch
     from lmship.runtimes import open_backend
-    from lmship.torch_int8 import quantize_pytorch
 
     m = quantize_pytorch(tiny_model, tmp_path / "q")
-    session = open_backend("torch_int8", tmp_path / "q", threads=1)
+    session = open_backend("pytorch_int8", tmp_path / "q", threads=1)
     ids = np.load(eval_set["inputs"])["input_ids"][0]
     out = session.run(ids)
     ref = np.load(eval_set["reference"])[0]
@@ -217,12 +217,12 @@ def test_torch_int8_round_trip(tiny_model, eval_set, tmp_path):
 
 @pytest.mark.parametrize(
     ("runtime", "artifact"),
-    [("torch", "hf"), ("ort", "model.simplified.onnx"), ("tflite", "model_fp32.tflite")],
+    [("pytorch", "hf"), ("ort", "onnx_simplified.onnx"), ("tflite", "tflite_fp32.tflite")],
 )
 def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_path):
-    from lmship.timing import FIELDS, time_backend
+    from lmship.timing import FIELDS, timing
 
-    out = time_backend(
+    out = timing(
         runtime,
         chain_dir / artifact,
         eval_set["inputs"],
@@ -245,11 +245,11 @@ def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_p
 
 
 def test_timing_rejects_zero_threads(chain_dir, eval_set, tmp_path):
-    from lmship.timing import time_backend
+    from lmship.timing import timing
 
     with pytest.raises(StageError, match="threads"):
-        time_backend(
-            "torch",
+        timing(
+            "pytorch",
             chain_dir / "hf",
             eval_set["inputs"],
             tmp_path / "t.csv",
@@ -264,26 +264,25 @@ def test_timing_rejects_zero_threads(chain_dir, eval_set, tmp_path):
 
 
 def test_evaluate_pass_and_fail(simplified, eval_set, tmp_path):
-    from lmship.evaluate import evaluate_backend
+    from lmship.evaluate import evaluate
 
-    def evaluate(tolerance: dict) -> dict:
-        return evaluate_backend(
+    def run(tolerance: dict) -> dict:
+        return evaluate(
             "ort",
             simplified,
             eval_set["inputs"],
             eval_set["reference"],
-            eval_set["reference_json"],
             tmp_path / "a.json",
             model="tiny",
-            backend="onnx-simplified",
+            backend="onnx_simplified",
             precision="fp32",
             tolerance=tolerance,
         )
 
-    r = evaluate({"min_top1_pct": 99.0, "min_cosine": 0.9999, "max_ppl_change_pct": 0.5})
+    r = run({"min_top1_pct": 99.0, "min_cosine": 0.9999, "max_ppl_change_pct": 0.5})
     assert r["passed"] and r["failures"] == []
     assert r["ppl_change_pct"] == pytest.approx(0.0, abs=0.01)
-    r = evaluate({"min_top1_pct": 100.0, "min_cosine": 1.01, "max_ppl_change_pct": 0.0})
+    r = run({"min_top1_pct": 100.0, "min_cosine": 1.01, "max_ppl_change_pct": 0.0})
     assert not r["passed"] and any("cosine" in f for f in r["failures"])
 
 
@@ -294,14 +293,25 @@ def test_cli_runs_a_stage_alone(tiny_model, tmp_path):
 
     from conftest import REPO
 
-    out = tmp_path / "inputs.npz"
+    out = tmp_path / "eval_inputs.npz"
     subprocess.run(
-        [sys.executable, "-m", "lmship", "evalset", "inputs", "--model", str(tiny_model), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "lmship",
+            "eval_inputs",
+            "--seq-len",
+            "16",
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+        ],
         check=True,
         cwd=REPO / "workflow",
         capture_output=True,
     )
-    assert np.load(out)["input_ids"].shape == (10, 1, 128)
+    assert np.load(out)["input_ids"].shape == (10, 1, 16)  # the config's default eval set: 8 text + 2 random
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
@@ -317,3 +327,53 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_cli_defaults_are_the_config_defaults(simplified, eval_set, tmp_path):
+    """A stage run alone judges like the workflow with the default config (the evaluate CLI once
+    defaulted to cosine 0.999 / perplexity 1 % while the config's fp32 tolerance is 0.9999 / 0.5 %)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    out = tmp_path / "a.json"
+    cmd = [sys.executable, "-m", "lmship", "evaluate", "--runtime", "ort", "--backend", "onnx_simplified"]
+    cmd += ["--artifact", str(simplified), "--inputs", str(eval_set["inputs"])]
+    cmd += ["--reference", str(eval_set["reference"]), "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=REPO / "workflow", capture_output=True)
+    assert read_json(out)["tolerance"] == schema["properties"]["tolerances"]["properties"]["fp32"]["default"]
+
+
+def test_summary_reference_perplexity_without_other_backends(tmp_path):
+    """The reference row's perplexity comes from reference_logits' own metrics: with only
+    `pytorch` configured there is no other backend's accuracy file to take it from."""
+    import pandas as pd
+
+    from lmship.files import write_json
+    from lmship.summary import build_summary
+    from lmship.timing import FIELDS
+
+    rows = [
+        {f: 0 for f in FIELDS}
+        | {
+            "model": "m",
+            "backend": "pytorch",
+            "precision": "fp32",
+            "threads": 1,
+            "batch": 1,
+            "seq_len": 16,
+            "repeat": i,
+            "latency_ms": 10.0 + i,
+            "artifact_mb": 5.0,
+        }
+        for i in range(3)
+    ]
+    pd.DataFrame(rows, columns=FIELDS).to_csv(tmp_path / "t.csv", index=False)
+    ref = write_json(tmp_path / "reference_logits.json", {"perplexity_text": 123.4})
+    table = build_summary([tmp_path / "t.csv"], [], {("m", 16): ref}, [], {})
+    assert table["perplexity"].tolist() == [123.4]
+    assert table["accuracy"].tolist() == ["reference"] and table["speedup_vs_pytorch"].tolist() == [1.0]

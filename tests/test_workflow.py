@@ -53,22 +53,22 @@ def test_every_artifact_is_built(full_run):
         assert (base / "pytorch_int8" / "model_int8.pt").is_file()
         seq = base / f"seq{SEQ}"
         for name in (
-            "inputs.npz",
-            "pytorch_logits.npy",
-            "model.onnx",
-            "model.simplified.onnx",
-            "saved_model/saved_model.pb",
-            "model_fp32.tflite",
-            "model_fp16.tflite",
-            "model_int8.tflite",
-            "model.int8-dynamic.onnx",
-            "model.int8-block.onnx",
-            "model.int8-q4exact.onnx",
+            "eval_inputs.npz",
+            "reference_logits.npy",
+            "onnx.onnx",
+            "onnx_simplified.onnx",
+            "savedmodel/saved_model.pb",
+            "tflite_fp32.tflite",
+            "tflite_fp16.tflite",
+            "tflite_int8.tflite",
+            "onnx_int8_dynamic.onnx",
+            "onnx_int8_block.onnx",
+            "onnx_q4_exact.onnx",
             "accuracy.csv",
         ):
             assert (seq / name).exists(), name
         for precision in ("fp32", "fp16", "int8"):
-            census = json.loads((seq / f"model_{precision}.ops.json").read_text())
+            census = json.loads((seq / f"tflite_{precision}.ops.json").read_text())
             assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
     assert (full_run / "results" / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # every rule left a log, heavy rules a benchmark record
@@ -117,7 +117,7 @@ def test_summary_accuracy_matches_the_accuracy_table(full_run):
 
 def test_machine_limit_recorded_per_thread_count(full_run):
     for t in (1, 2):
-        m = json.loads((full_run / "results" / "machine" / f"matmul_t{t}.json").read_text())
+        m = json.loads((full_run / "results" / "machine_limit" / f"t{t}.json").read_text())
         assert m["threads"] == t and m["fp32_gflops"] > 0 and m["int8_gops"] > 0
     summary = pd.read_csv(full_run / "results" / "summary.csv")
     assert (summary["limit_share_pct"] > 0).all()
@@ -157,7 +157,7 @@ def test_report_contains_plot_and_tables(full_run):
 
 def test_one_target_builds_only_what_it_needs(tmp_path):
     write_config(tmp_path, tiny_config())
-    proc = snakemake(tmp_path, "-n", f"results/tiny/seq{SEQ}/model_fp16.tflite")
+    proc = snakemake(tmp_path, "-n", f"results/tiny/seq{SEQ}/tflite_fp16.tflite")
     assert planned_jobs(proc.stdout) == {
         "prepare_model": 1,
         "eval_inputs": 1,

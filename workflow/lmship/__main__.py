@@ -1,22 +1,29 @@
-"""Run one stage alone: ``python -m lmship <stage> --help`` (from the workflow/ folder)."""
+"""Run one stage alone: ``python -m lmship <stage> --help`` (from the workflow/ folder).
+
+The subcommand is the stage's rule name; it calls ``main()`` of the module
+holding the stage's function.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
+# subcommand (= rule name) -> "module" or "module:main function"
 STAGES = {
-    "prepare": "sources",
-    "evalset": "evalset",
-    "export": "export",
-    "simplify": "simplify",
+    "prepare_model": "sources",
+    "eval_inputs": "evalset:main_eval_inputs",
+    "reference_logits": "evalset:main_reference_logits",
+    "export_onnx": "export_onnx",
+    "simplify_onnx": "simplify_onnx",
     "savedmodel": "savedmodel",
     "tflite": "tflite",
-    "onnx-int8": "onnx_int8",
-    "torch-int8": "torch_int8",
+    "quantize_onnx": "quantize_onnx",
+    "quantize_pytorch": "quantize_pytorch",
     "timing": "timing",
     "evaluate": "evaluate",
-    "machine": "machine",
+    "machine_limit": "machine_limit",
+    "accuracy_table": "summary:main_accuracy_table",
     "summary": "summary",
     "plot": "plot",
 }
@@ -26,8 +33,8 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in STAGES:
         print(f"usage: python -m lmship {{{','.join(STAGES)}}} [--help]", file=sys.stderr)
         sys.exit(2)
-    module = importlib.import_module(f"lmship.{STAGES[sys.argv[1]]}")
-    module.main(sys.argv[2:])
+    module, _, function = STAGES[sys.argv[1]].partition(":")
+    getattr(importlib.import_module(f"lmship.{module}"), function or "main")(sys.argv[2:])
 
 
 if __name__ == "__main__":

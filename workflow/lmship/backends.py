@@ -1,90 +1,77 @@
-"""The backends the workflow can time and evaluate (standard library only).
+"""The backend catalogue: the one list of what the workflow can time and evaluate.
 
-A backend is a runtime plus the artifact it runs. Adding one is a local
-change: a line here and, if its artifact is new, the rule that makes it
-(``workflow/rules/*.smk``; the rule's output path must equal ``artifact``).
-``artifact`` is relative to ``results/{model}/`` and may contain ``{seq}``.
+A backend is a runtime plus the artifact it runs. The artifact is named by the
+rule that makes it and that rule's output (``rule``, ``output``) with the
+rule's own wildcards fixed (``wildcards``, e.g. the TFLite precision), so the
+workflow derives every path from the rule (``rules.<rule>.output.<output>``)
+and nothing here repeats a path. A backend's name is its artifact's file stem
+(``tflite_fp16`` runs ``tflite_fp16.tflite``); the reference ``pytorch`` runs
+the prepared Hugging Face folder ``hf/``.
+
+Adding a backend: a line here and, if its artifact is new, the rule that makes
+it. The schema's ``backends`` enum and ``tolerances`` keys must list the same
+names and precisions (``tests/test_catalogue.py`` checks). Standard library only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+RUNTIMES = ("pytorch", "pytorch_int8", "ort", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+REFERENCE = "pytorch"
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    runtime: str  # torch | torch_int8 | ort | tflite (see lmship.runtimes)
-    precision: str  # fp32 | fp16 | int8 | int4: selects the accuracy tolerance
-    artifact: str
+    runtime: str  # one of RUNTIMES (see lmship.runtimes)
+    precision: str  # one of PRECISIONS: selects the accuracy tolerance
+    rule: str  # the rule that makes the artifact ...
+    output: str  # ... and its named output
     label: str
     note: str = ""
+    wildcards: dict[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def _tflite(precision: str, label: str, note: str) -> Backend:
+    return Backend(
+        f"tflite_{precision}", "tflite", precision, "tflite", "tflite", label, note, {"precision": precision}
+    )
+
+
+def _quantized_onnx(variant: str, precision: str, label: str, note: str) -> Backend:
+    return Backend(f"onnx_{variant}", "ort", precision, "quantize_onnx", "onnx", label, note, {"variant": variant})
 
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("pytorch", "torch", "fp32", "hf", "PyTorch fp32", "eager, torch.inference_mode, sdpa"),
+        Backend("pytorch", "pytorch", "fp32", "prepare_model", "model", "PyTorch fp32", "eager, inference_mode, sdpa"),
         Backend(
-            "pytorch-int8",
-            "torch_int8",
-            "int8",
             "pytorch_int8",
+            "pytorch_int8",
+            "int8",
+            "quantize_pytorch",
+            "model",
             "PyTorch int8",
             "quantize_dynamic of every nn.Linear (qint8)",
         ),
-        Backend("onnx", "ort", "fp32", "seq{seq}/model.onnx", "ORT fp32", "exported ONNX"),
-        Backend(
-            "onnx-simplified",
-            "ort",
-            "fp32",
-            "seq{seq}/model.simplified.onnx",
-            "ORT fp32 (onnxsim)",
-            "simplified ONNX",
-        ),
-        Backend(
-            "onnx-int8-dynamic",
-            "ort",
-            "int8",
-            "seq{seq}/model.int8-dynamic.onnx",
-            "ORT int8 dynamic",
-            "quantize_dynamic of every MatMul: the naive int8",
-        ),
-        Backend(
-            "onnx-int8-block",
-            "ort",
-            "int8",
-            "seq{seq}/model.int8-block.onnx",
-            "ORT int8 block-wise",
-            "MatMulNBits 8-bit, int8 activations per block of 32",
-        ),
-        Backend(
-            "onnx-q4-exact",
-            "ort",
-            "int4",
-            "seq{seq}/model.int8-q4exact.onnx",
-            "ORT 4-bit exact grid",
-            "GGUF-grid weights stored losslessly in 4 bits, fp32 compute",
-        ),
-        Backend("tflite-fp32", "tflite", "fp32", "seq{seq}/model_fp32.tflite", "TFLite fp32", "builtins only"),
-        Backend("tflite-fp16", "tflite", "fp16", "seq{seq}/model_fp16.tflite", "TFLite fp16", "fp16 weights"),
-        Backend(
-            "tflite-int8",
-            "tflite",
-            "int8",
-            "seq{seq}/model_int8.tflite",
-            "TFLite int8",
-            "dynamic-range quantisation",
-        ),
+        Backend("onnx", "ort", "fp32", "export_onnx", "onnx", "ORT fp32", "exported ONNX"),
+        Backend("onnx_simplified", "ort", "fp32", "simplify_onnx", "onnx", "ORT fp32 (onnxsim)", "simplified ONNX"),
+        _quantized_onnx("int8_dynamic", "int8", "ORT int8 dynamic", "quantize_dynamic of every MatMul: the naive int8"),
+        _quantized_onnx("int8_block", "int8", "ORT int8 block-wise", "MatMulNBits 8-bit, int8 activations per block"),
+        _quantized_onnx("q4_exact", "int4", "ORT 4-bit exact grid", "GGUF-grid weights stored losslessly in 4 bits"),
+        _tflite("fp32", "TFLite fp32", "builtins only"),
+        _tflite("fp16", "TFLite fp16", "fp16 weights"),
+        _tflite("int8", "TFLite int8", "dynamic-range quantisation"),
     )
 }
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
-REFERENCE = "pytorch"
 
-
-def get(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+def wildcard_values(rule: str, wildcard: str) -> list[str]:
+    """The values of ``wildcard`` of ``rule`` that some backend uses (e.g. the TFLite precisions)."""
+    return [b.wildcards[wildcard] for b in BACKENDS.values() if b.rule == rule]

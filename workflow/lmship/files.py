@@ -1,14 +1,18 @@
-"""Small file helpers: atomic outputs, JSON, sizes."""
+"""Small file helpers: atomic outputs, JSON, sizes, a stage's metrics, reading ONNX files."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from . import StageError
+from .logs import peak_rss_mb
 
 
 def _remove(path: Path) -> None:
@@ -67,3 +71,34 @@ def size_bytes(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def stage_metrics(metrics_json: Path | None, artifact: Path, started: float, **fields: Any) -> dict:
+    """A stage's metrics: its artifact and size, ``fields``, seconds since ``started``, peak RSS.
+
+    Written to ``metrics_json`` (atomically) unless it is ``None``; returned either way.
+    """
+    metrics = {
+        "artifact": str(artifact),
+        "size_mb": round(size_bytes(artifact) / 1e6, 1),
+        **fields,
+        "seconds": round(time.monotonic() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+    if metrics_json is not None:
+        write_json(metrics_json, metrics)
+    return metrics
+
+
+def load_onnx(path: Path):
+    """``onnx.load`` that names the file when it is truncated or not ONNX."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
+        raise StageError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); it may be truncated. "
+            "Delete it and rerun the workflow to rebuild it."
+        ) from exc

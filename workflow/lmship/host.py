@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -40,3 +41,10 @@ def total_memory_mb() -> int | None:
     except OSError:
         pass
     return None
+
+
+def limit_threads_env(threads: int) -> None:
+    """Pin the OpenMP / BLAS pools too, before any runtime is imported."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"

@@ -42,29 +42,61 @@ def log_to(path: Path | str | None) -> Iterator[None]:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with fds_redirected(fd, 1, 2):
+        os.close(fd)
+        _configure_logging(sys.stderr)
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as exc:
+            log.exception("stage failed after %.1f s: %s", time.monotonic() - started, exc)
+            raise
+        else:
+            log.info("stage finished in %.1f s", time.monotonic() - started)
+
+
+@contextmanager
+def fds_redirected(target: int, *fds: int) -> Iterator[None]:
+    """Point the file descriptors ``fds`` (1 = stdout, 2 = stderr) at ``target``; restore them afterwards.
+
+    This is what catches C++ output (TensorFlow, TFLite, ONNX Runtime), which
+    bypasses Python's ``sys.stdout`` / ``sys.stderr``.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    _configure_logging(sys.stderr)
-    started = time.monotonic()
+    saved = [os.dup(fd) for fd in fds]
+    for fd in fds:
+        os.dup2(target, fd)
     try:
         yield
-    except BaseException as exc:
-        log.exception("stage failed after %.1f s: %s", time.monotonic() - started, exc)
-        raise
-    else:
-        log.info("stage finished in %.1f s", time.monotonic() - started)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
+        for fd, copy in zip(fds, saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture what is written to file descriptor 2, pass it on afterwards, and expose it as text.
+
+    The list yielded holds the text once the block has finished.
+    """
+    import tempfile
+
+    captured: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        try:
+            with fds_redirected(buf.fileno(), 2):
+                yield captured
+        finally:
+            buf.seek(0)
+            text = buf.read().decode(errors="replace")
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            captured.append(text)
 
 
 def peak_rss_mb() -> float:

@@ -9,12 +9,13 @@ panel, so a fast but broken format never looks like the winner.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .backends import BACKENDS, REFERENCE
+from .cli import parser
 from .files import atomic_output
 from .summary import recommendations
 
@@ -26,7 +27,7 @@ REF_COLOR = "#7f7f7f"
 def _bar_colors(block: pd.DataFrame) -> list[str]:
     colors = []
     for _, r in block.iterrows():
-        if r["backend"] == "pytorch":
+        if r["backend"] == REFERENCE:
             colors.append(REF_COLOR)
         elif r["accuracy"] == "FAIL":
             colors.append(FAIL_COLOR)
@@ -87,7 +88,56 @@ def _single(ax, block: pd.DataFrame, value: str, fmt: str):
     ax.margins(x=0.25)
 
 
-def plot_summary(summary_csv: Path, out_png: Path) -> Path:
+def _draw_block(subfig, model: str, seq: int, block: pd.DataFrame) -> None:
+    """The six panels of one model and sequence length, titled with the recommendation."""
+    threads = sorted(block["threads"].unique().tolist())
+    cpu = block["cpu_model"].iloc[0]
+    batch = block["batch"].iloc[0]
+    ship = "; ".join(
+        f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}: {r['label']} "
+        f"({r['median_ms']:.0f} ms, {r['speedup_vs_pytorch']:.2f}x)"
+        for _, r in recommendations(block).merge(block[["backend", "threads", "label"]]).iterrows()
+    )
+    subfig.suptitle(
+        f"{model}: batch {batch} x sequence {seq} tokens, threads {', '.join(map(str, threads))}, CPU: {cpu}\n"
+        f"Fastest within tolerance: {ship}",
+        fontsize=12,
+        fontweight="bold",
+    )
+    axes = subfig.subplots(2, 3)
+    ax = axes[0, 0]
+    _grouped(ax, block, "median_ms", threads, err=True, fmt="{:.1f}")
+    ax.set_title("Latency per forward pass (median, p10–p90)")
+    ax.set_xlabel("ms (lower is better)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[0, 1]
+    _grouped(ax, block, "speedup_vs_pytorch", threads, fmt="{:.2f}x")
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_title("Speed-up vs PyTorch fp32 (same run, same threads)")
+    ax.set_xlabel("x (higher is better)")
+    ax = axes[0, 2]
+    _single(ax, block, "size_mb", "{:.0f} MB")
+    ax.set_title("Model file size")
+    ax.set_xlabel("MB")
+    ax = axes[1, 0]
+    block = block.assign(top1=block["top1_agreement_text_pct"].fillna(block["top1_agreement_pct"]))
+    _single(ax, block, "top1", "{:.1f}%")
+    ax.set_title("Top-1 next-token agreement with PyTorch (bundled text)")
+    ax.set_xlabel("% of text positions (higher is better)")
+    ax.set_xlim(0, 115)
+    ax = axes[1, 1]
+    _single(ax, block, "ppl_change_pct", "{:+.2f}%")
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_title("Perplexity change vs PyTorch on the bundled text")
+    ax.set_xlabel("% (closer to 0 is better; log scale beyond ±1 %)")
+    ax = axes[1, 2]
+    _grouped(ax, block, "limit_share_pct", threads, fmt="{:.0f}%")
+    ax.set_title("Achieved GOP/s as share of the CPU's matmul limit")
+    ax.set_xlabel("% of measured fp32 (int8: int8) matmul throughput")
+
+
+def plot(summary_csv: Path, out_png: Path) -> Path:
     """Draw ``results/plot.png`` from the summary table."""
     import matplotlib
 
@@ -102,54 +152,10 @@ def plot_summary(summary_csv: Path, out_png: Path) -> Path:
     fig = plt.figure(figsize=(19, height * 2 * len(blocks) + 0.6), layout="constrained")
     subfigs = fig.subfigures(len(blocks), 1, squeeze=False)[:, 0]
     for subfig, ((model, seq), block) in zip(subfigs, blocks, strict=True):
-        threads = sorted(block["threads"].unique().tolist())
-        cpu = block["cpu_model"].iloc[0]
-        batch = block["batch"].iloc[0]
-        ship = "; ".join(
-            f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}: {r['label']} "
-            f"({r['median_ms']:.0f} ms, {r['speedup_vs_pytorch']:.2f}x)"
-            for _, r in recommendations(block).merge(block[["backend", "threads", "label"]]).iterrows()
-        )
-        subfig.suptitle(
-            f"{model}: batch {batch} x sequence {seq} tokens, threads {', '.join(map(str, threads))}, CPU: {cpu}\n"
-            f"Fastest within tolerance: {ship}",
-            fontsize=12,
-            fontweight="bold",
-        )
-        axes = subfig.subplots(2, 3)
-        ax = axes[0, 0]
-        _grouped(ax, block, "median_ms", threads, err=True, fmt="{:.1f}")
-        ax.set_title("Latency per forward pass (median, p10–p90)")
-        ax.set_xlabel("ms (lower is better)")
-        ax.legend(fontsize=7, loc="lower right")
-        ax = axes[0, 1]
-        _grouped(ax, block, "speedup_vs_pytorch", threads, fmt="{:.2f}x")
-        ax.axvline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_title("Speed-up vs PyTorch fp32 (same run, same threads)")
-        ax.set_xlabel("x (higher is better)")
-        ax = axes[0, 2]
-        _single(ax, block, "size_mb", "{:.0f} MB")
-        ax.set_title("Model file size")
-        ax.set_xlabel("MB")
-        ax = axes[1, 0]
-        block = block.assign(top1=block["top1_agreement_text_pct"].fillna(block["top1_agreement_pct"]))
-        _single(ax, block, "top1", "{:.1f}%")
-        ax.set_title("Top-1 next-token agreement with PyTorch (bundled text)")
-        ax.set_xlabel("% of text positions (higher is better)")
-        ax.set_xlim(0, 115)
-        ax = axes[1, 1]
-        _single(ax, block, "ppl_change_pct", "{:+.2f}%")
-        ax.axvline(0.0, color="k", lw=0.8)
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_title("Perplexity change vs PyTorch on the bundled text")
-        ax.set_xlabel("% (closer to 0 is better; log scale beyond ±1 %)")
-        ax = axes[1, 2]
-        _grouped(ax, block, "limit_share_pct", threads, fmt="{:.0f}%")
-        ax.set_title("Achieved GOP/s as share of the CPU's matmul limit")
-        ax.set_xlabel("% of measured fp32 (int8: int8) matmul throughput")
+        _draw_block(subfig, model, seq, block)
     fig.legend(
         handles=[
-            Patch(color=REF_COLOR, label="PyTorch fp32 (reference)"),
+            Patch(color=REF_COLOR, label=f"{BACKENDS[REFERENCE].label} (reference)"),
             Patch(color=PASS_COLOR, label="within accuracy tolerance"),
             Patch(facecolor=FAIL_COLOR, hatch="//", label="FAILS accuracy tolerance: do not ship"),
         ],
@@ -164,11 +170,11 @@ def plot_summary(summary_csv: Path, out_png: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship plot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--summary", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    plot_summary(args.summary, args.out)
+    p = parser("plot", __doc__)
+    p.add_argument("--summary", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    plot(args.summary, args.out)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-
-RUNTIMES = ("torch", "torch_int8", "ort", "tflite")
+from .backends import RUNTIMES
 
 
 @dataclass
@@ -33,9 +32,9 @@ def open_backend(runtime: str, artifact: Path, threads: int) -> Session:
     artifact = Path(artifact)
     if not artifact.exists():
         raise StageError(f"artifact {artifact} does not exist")
-    if runtime == "torch":
+    if runtime == "pytorch":
         return _torch(artifact, threads, int8=False)
-    if runtime == "torch_int8":
+    if runtime == "pytorch_int8":
         return _torch(artifact, threads, int8=True)
     if runtime == "ort":
         return _ort(artifact, threads)
@@ -52,7 +51,7 @@ def _torch(artifact: Path, threads: int, *, int8: bool) -> Session:
         with contextlib.suppress(RuntimeError):  # already set in this process
             torch.set_num_interop_threads(1)
     if int8:
-        from .torch_int8 import load_quantized
+        from .quantize_pytorch import load_quantized
 
         model = load_quantized(artifact)
     else:
@@ -66,10 +65,11 @@ def _torch(artifact: Path, threads: int, *, int8: bool) -> Session:
             out = model(input_ids=torch.from_numpy(np.ascontiguousarray(input_ids)), use_cache=False)
         return out.logits.float().numpy()
 
-    return Session("torch_int8" if int8 else "torch", torch.__version__, threads, run)
+    return Session("torch", torch.__version__, threads, run)
 
 
-def _ort(artifact: Path, threads: int) -> Session:
+def ort_session_options(threads: int):
+    """ONNX Runtime options of every session here: full graph optimisation, ``threads`` intra-op, 1 inter-op."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -79,8 +79,14 @@ def _ort(artifact: Path, threads: int) -> Session:
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    return options
+
+
+def _ort(artifact: Path, threads: int) -> Session:
+    import onnxruntime as ort
+
     try:
-        session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(artifact), ort_session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise StageError(f"ONNX Runtime cannot load {artifact}: {type(exc).__name__}: {exc}") from exc
     name = session.get_inputs()[0].name

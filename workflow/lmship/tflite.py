@@ -1,4 +1,4 @@
-"""Stage 6: TFLite fp32 / fp16 / int8 from the SavedModel, builtin ops only.
+"""TFLite fp32 / fp16 / int8 from the SavedModel, builtin ops only.
 
 Each precision is its own process (the converter peaks near 9 GB on the 135M
 model). The converter may use TFLITE_BUILTINS only, so a model that would
@@ -14,20 +14,18 @@ the fly by the hybrid kernels).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import StageError
-from .files import atomic_output, size_bytes, write_json
-from .logs import log_to, peak_rss_mb
+from .cli import conversion_gate
+from .cli import parser as parser_for
+from .files import atomic_output, stage_metrics, write_json
+from .logs import captured_stderr, log_to
 from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
@@ -37,30 +35,7 @@ _OPS_RE = re.compile(r"Estimated count of arithmetic ops: ([\d.]+) *([KMGT]?) +o
 _UNITS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
-@contextmanager
-def _tee_fd2() -> Iterator[list[str]]:
-    """Capture what C++ code writes to fd 2, pass it on afterwards, and expose it as text."""
-    import sys
-
-    captured: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as buf:
-        os.dup2(buf.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            buf.seek(0)
-            text = buf.read().decode(errors="replace")
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            captured.append(text)
-
-
-def convert_tflite(
+def tflite(
     saved_model: Path,
     out_tflite: Path,
     *,
@@ -87,7 +62,7 @@ def convert_tflite(
     elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     started = time.monotonic()
-    with _tee_fd2() as captured:
+    with captured_stderr() as captured:
         try:
             flatbuffer = converter.convert()
         except Exception as exc:
@@ -111,22 +86,19 @@ def convert_tflite(
         check = None
         if inputs_npz is not None and reference_npy is not None:
             check = validate_artifact(
-                "tflite", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage=f"tflite-{precision}"
+                "tflite", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage=f"tflite_{precision}"
             )
-    metrics = {
-        "artifact": str(out_tflite),
-        "precision": precision,
-        "size_mb": round(size_bytes(out_tflite) / 1e6, 1),
-        "convert_seconds": round(seconds, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
-        "converter_arithmetic_ops": converter_ops,
-        "ops_total": census["total"],
-        "tensorflow_version": tf.__version__,
-        "vs_pytorch": check,
-    }
-    if metrics_json is not None:
-        write_json(metrics_json, metrics)
-    return metrics
+    return stage_metrics(
+        metrics_json,
+        out_tflite,
+        started,
+        precision=precision,
+        convert_seconds=round(seconds, 1),
+        converter_arithmetic_ops=converter_ops,
+        ops_total=census["total"],
+        tensorflow_version=tf.__version__,
+        vs_pytorch=check,
+    )
 
 
 def op_census(flatbuffer: bytes) -> dict:
@@ -173,25 +145,25 @@ def _tensor_type(schema, code: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship tflite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--saved-model", type=Path, required=True)
+    parser = parser_for("tflite", __doc__)
+    parser.add_argument("--savedmodel", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--inputs", type=Path)
     parser.add_argument("--reference", type=Path)
-    parser.add_argument("--min-top1", type=float, default=0.0)
+    parser.add_argument("--min-top1", type=float, help="fail below this top-1 agreement (%%; default: conversion_gate)")
     parser.add_argument("--census", type=Path)
     parser.add_argument("--metrics", type=Path)
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     with log_to(args.log):
-        convert_tflite(
-            args.saved_model,
+        tflite(
+            args.savedmodel,
             args.out,
             precision=args.precision,
             inputs_npz=args.inputs,
             reference_npy=args.reference,
-            min_top1=args.min_top1,
+            min_top1=args.min_top1 if args.min_top1 is not None else conversion_gate(args.precision),
             census_json=args.census,
             metrics_json=args.metrics,
         )

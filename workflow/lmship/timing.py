@@ -9,20 +9,21 @@ batch, sequence length, CPU model, load time and the process's peak RSS.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from . import StageError
+from .cli import config_default
+from .cli import parser as parser_for
 from .evalset import load_inputs
 from .files import atomic_output, size_bytes
-from .host import cpu_flags, cpu_model
+from .host import cpu_flags, cpu_model, limit_threads_env
 from .logs import log_to, peak_rss_mb
 from .runtimes import open_backend
 
@@ -48,14 +49,23 @@ FIELDS = [
 ]
 
 
-def limit_threads_env(threads: int) -> None:
-    """Pin the OpenMP / BLAS pools too, before any runtime is imported."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-        os.environ[var] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+def timed_runs(fn: Callable[[], object], *, warmup: int, repeats: int, min_seconds: float) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then until ``repeats`` calls and ``min_seconds`` are done.
+
+    Returns each timed call's latency in milliseconds. The one timing loop of the workflow.
+    """
+    for _ in range(warmup):
+        fn()
+    latencies: list[float] = []
+    timed_start = time.perf_counter()
+    while len(latencies) < repeats or time.perf_counter() - timed_start < min_seconds:
+        t = time.perf_counter_ns()
+        fn()
+        latencies.append((time.perf_counter_ns() - t) / 1e6)
+    return latencies
 
 
-def time_backend(
+def timing(
     runtime: str,
     artifact: Path,
     inputs_npz: Path,
@@ -79,14 +89,7 @@ def time_backend(
     t0 = time.perf_counter()
     session = open_backend(runtime, artifact, threads)
     load_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        session.run(sample)
-    latencies: list[float] = []
-    timed_start = time.perf_counter()
-    while len(latencies) < repeats or time.perf_counter() - timed_start < min_seconds:
-        t = time.perf_counter_ns()
-        session.run(sample)
-        latencies.append((time.perf_counter_ns() - t) / 1e6)
+    latencies = timed_runs(lambda: session.run(sample), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
     rss = round(peak_rss_mb())
     common = {
         "model": model,
@@ -123,7 +126,7 @@ def time_backend(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship timing", description=__doc__.split("\n\n")[0])
+    parser = parser_for("timing", __doc__)
     parser.add_argument("--runtime", required=True)
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--inputs", type=Path, required=True)
@@ -132,13 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default=None)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--min-seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=int, default=config_default("benchmark", "warmup"))
+    parser.add_argument("--repeats", type=int, default=config_default("benchmark", "repeats"))
+    parser.add_argument("--min-seconds", type=float, default=config_default("benchmark", "min_seconds"))
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     with log_to(args.log):
-        time_backend(
+        timing(
             args.runtime,
             args.artifact,
             args.inputs,

@@ -1,6 +1,7 @@
 # Helper functions, config validation, wildcard constraints and target lists.
-# No rules here.
+# No rules here. Parse-time work is validation only.
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -9,19 +10,30 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+# The one place that makes the lmship package (workflow/lmship) importable: for this
+# file, and through PYTHONPATH for every job's script (cluster jobs parse this file again).
+# PYTHONPATH is set here, not required from the user, so it is no `envvars:` entry.
+_PACKAGE_PARENT = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, _PACKAGE_PARENT)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (_PACKAGE_PARENT, os.getenv("PYTHONPATH")) if p
+    )
+)
 
 from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
 from lmship.host import total_memory_mb  # noqa: E402
+from lmship.quantize_onnx import VARIANTS  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
+from lmship.tflite import PRECISIONS  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
-# 1. Reject a bad config before any job runs, naming key, value and what is allowed;
-#    then let Snakemake's own validation fill in the schema's defaults.
+# Reject a bad config before any job runs, naming key, value and what is allowed;
+# then let Snakemake's own validation fill in the schema's defaults.
 try:
     check_config(config, SCHEMA)
 except StageError as exc:
@@ -32,85 +44,27 @@ MODELS = list(config["models"])
 SEQ_LENS = [int(s) for s in config["seq_lens"]]
 THREADS = [int(t) for t in config["benchmark"]["threads"]]
 BACKEND_NAMES = list(dict.fromkeys([REFERENCE, *config["backends"]]))
+COMPARED = [b for b in BACKEND_NAMES if b != REFERENCE]
 
-
-# 2. Check model sources that can be checked without running anything.
-def _check_sources():
-    problems = []
-    for name, spec in config["models"].items():
-        prepared = Path("results") / name / "hf" / "config.json"
-        try:
-            if spec["source"] == "local":
-                check_local_folder(Path(spec["path"]))
-            elif spec["source"] == "gguf" and not Path(spec["path"]).is_file():
-                raise StageError(
-                    f"GGUF file {spec['path']!r} does not exist (resolved: {Path(spec['path']).resolve()})"
-                )
-            elif spec["source"] == "hub" and not prepared.exists():
-                check_hub_reachable(spec["id"])
-        except StageError as exc:
-            problems.append(f"model {name!r}: {exc}")
-    if problems:
-        raise WorkflowError("\n".join(problems))
-
-
-_check_sources()
-
-
-# 3. Machine-wide resources the scheduler enforces, set here so nobody can forget them.
-#    bench_lock: every compute job takes 1, a timing job takes all of it, so a timing
-#    job never runs next to any other compute job (whatever --cores says).
+# Machine-wide resource the scheduler enforces: every job takes 1 bench_lock (set on
+# every rule by finish_rules(), so no rule can forget it), a timing job takes all of
+# it, so a timing job never runs next to any other job (whatever --cores says).
 BENCH_LOCK = 1000
 if "bench_lock" not in workflow.global_resources:
     workflow.register_resource("bench_lock", BENCH_LOCK)
 
-
-# Memory (MB) declared by the rules, from the peak RSS measured on SmolLM2-135M at sequence
-# length 128 (benchmarks/*.tsv, max_rss) plus headroom. Bigger models need more:
-# raise them with --set-resources <rule>:mem_mb=<MB>.
-MEM_MB = {
-    "prepare_model": 3000,
-    "eval_inputs": 1000,
-    "reference_logits": 3000,
-    "quantize_pytorch": 3000,
-    "export_onnx": 6000,
-    "simplify_onnx": 8000,
-    "quantize_onnx": 4000,
-    "savedmodel": 8000,
-    "tflite": 10000,
-    "timing": 3000,
-    "evaluate": 5000,
-    "machine_limit": 1000,
-    "accuracy_table": 1000,
-    "summary": 1000,
-    "plot": 1000,
-}
-
-
 # Locally, cap the sum of the running jobs' mem_mb at 92% of RAM unless the user
 # set --resources mem_mb=...; on a cluster each job gets its own memory instead.
-if (
+_LOCAL = (
     workflow.global_resources.get("_nodes") is None
     or workflow.global_resources["_nodes"].value is None
-):
-    if "mem_mb" not in workflow.global_resources and total_memory_mb():
-        workflow.register_resource("mem_mb", int(total_memory_mb() * 0.92))
-    _budget = workflow.global_resources.get("mem_mb")
-    _budget = getattr(_budget, "value", _budget)
-    _short = {
-        r: mb for r, mb in MEM_MB.items() if isinstance(_budget, int) and mb > _budget
-    }
-    if _short:
-        logger.warning(
-            f"Memory budget mem_mb={_budget} is below what these stages needed on SmolLM2-135M: "
-            + ", ".join(f"{r} {mb} MB" for r, mb in _short.items())
-            + ". They will run one at a time with the whole budget; a model of that size may be "
-            "killed for memory (the stage then fails and leaves no output). Smaller models fit."
-        )
+)
+if _LOCAL and "mem_mb" not in workflow.global_resources and total_memory_mb():
+    workflow.register_resource("mem_mb", int(total_memory_mb() * 0.92))
 
-
-# 4. A run killed while holding the directory lock (SIGKILL, OOM, power cut) must not
-#    block the next one: drop its lock if its process is gone (a live run keeps it).
+# A run killed while holding the directory lock (SIGKILL, OOM, power cut) must not
+# block the next one: drop its lock if its process is gone (a live run keeps it).
+# (Snakemake takes the lock before any onstart handler, so this cannot wait.)
 if workflow.is_main_process:
     _stale = remove_stale_lock()
     if _stale:
@@ -122,8 +76,61 @@ wildcard_constraints:
     seq=r"\d+",
     threads=r"\d+",
     backend="|".join(map(re.escape, BACKENDS)),
-    precision="fp32|fp16|int8",
-    variant="dynamic|block|q4exact",
+    precision="|".join(PRECISIONS),
+    variant="|".join(VARIANTS),
+
+
+# --------------------------------------------------------------- after the rules
+
+
+def finish_rules():
+    """Checks that need every rule: bench_lock on each, the memory budget, the model sources."""
+    for r in workflow.rules:
+        r.resources.setdefault("bench_lock", 1)
+    _warn_memory_budget()
+    if workflow.is_main_process:  # not again in every cluster job
+        _check_sources()
+
+
+def _warn_memory_budget():
+    budget = workflow.global_resources.get("mem_mb")
+    budget = getattr(budget, "value", budget)
+    if not _LOCAL or not isinstance(budget, int):
+        return
+    declared = {
+        r.name: getattr(r.resources.get("mem_mb"), "value", None)
+        for r in workflow.rules
+    }
+    short = {
+        name: mb for name, mb in declared.items() if isinstance(mb, int) and mb > budget
+    }
+    if short:
+        logger.warning(
+            f"Memory budget mem_mb={budget} is below what these stages needed on SmolLM2-135M: "
+            + ", ".join(f"{r} {mb} MB" for r, mb in short.items())
+            + ". They will run one at a time with the whole budget; a model of that size may be "
+            "killed for memory (the stage then fails and leaves no output). Smaller models fit."
+        )
+
+
+def _check_sources():
+    """Check the model sources that can be checked without running anything."""
+    problems = []
+    for name, spec in config["models"].items():
+        prepared = Path(expand(rules.prepare_model.output.model, model=name)[0])
+        try:
+            if spec["source"] == "local":
+                check_local_folder(Path(spec["path"]))
+            elif spec["source"] == "gguf" and not Path(spec["path"]).is_file():
+                raise StageError(
+                    f"GGUF file {spec['path']!r} does not exist (resolved: {Path(spec['path']).resolve()})"
+                )
+            elif spec["source"] == "hub" and not (prepared / "config.json").exists():
+                check_hub_reachable(spec["id"])
+        except StageError as exc:
+            problems.append(f"model {name!r}: {exc}")
+    if problems:
+        raise WorkflowError("\n".join(problems))
 
 
 # --------------------------------------------------------------------------- paths
@@ -133,10 +140,15 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def artifact(backend, model, seq):
+    """The file or folder ``backend`` runs: its rule's output (see lmship.backends)."""
+    b = BACKENDS[backend]
+    pattern = getattr(getattr(rules, b.rule).output, b.output)
+    return expand(pattern, model=model, seq=seq, **b.wildcards)[0]
+
+
 def backend_artifact(wildcards):
-    """The file or folder a backend runs, as a path under results/."""
-    b = BACKENDS[wildcards.backend]
-    return f"results/{wildcards.model}/{b.artifact.format(seq=wildcards.seq)}"
+    return artifact(wildcards.backend, wildcards.model, wildcards.seq)
 
 
 def backend_info(wildcards):
@@ -150,7 +162,7 @@ def tolerance(wildcards):
 
 def timing_csvs():
     return expand(
-        "results/{model}/seq{seq}/timing/{backend}_t{threads}.csv",
+        rules.timing.output.csv,
         model=MODELS,
         seq=SEQ_LENS,
         backend=BACKEND_NAMES,
@@ -158,36 +170,49 @@ def timing_csvs():
     )
 
 
-def accuracy_jsons():
+def accuracy_jsons(wildcards=None):
+    """Accuracy JSONs of every compared backend, of one model and sequence length with ``wildcards``."""
     return expand(
-        "results/{model}/seq{seq}/accuracy/{backend}.json",
-        model=MODELS,
-        seq=SEQ_LENS,
-        backend=[b for b in BACKEND_NAMES if b != REFERENCE],
+        rules.evaluate.output.json,
+        model=[wildcards.model] if wildcards else MODELS,
+        seq=[wildcards.seq] if wildcards else SEQ_LENS,
+        backend=COMPARED,
     )
 
 
+def reference_metrics():
+    """The reference_logits metrics of every model and sequence length, in the order of model_seqs()."""
+    return [
+        expand(rules.reference_logits.output.metrics, model=m, seq=s)[0]
+        for m, s in model_seqs()
+    ]
+
+
+def model_seqs():
+    return [(m, s) for m in MODELS for s in SEQ_LENS]
+
+
 def machine_jsons():
-    return expand("results/machine/matmul_t{threads}.json", threads=THREADS)
+    return expand(rules.machine_limit.output.json, threads=THREADS)
 
 
 def conversion_targets():
-    """Every artifact of the conversion chain, for every model and sequence length."""
-    per_seq = [
-        "results/{model}/seq{seq}/model.onnx",
-        "results/{model}/seq{seq}/model.simplified.onnx",
-        "results/{model}/seq{seq}/saved_model",
-        "results/{model}/seq{seq}/model_fp32.tflite",
-        "results/{model}/seq{seq}/model_fp16.tflite",
+    """The SavedModel and every full-precision artifact (fp32, fp16) of the catalogue."""
+    artifacts = [
+        b
+        for b in BACKENDS.values()
+        if b.precision in ("fp32", "fp16") and b.name != REFERENCE
     ]
-    return expand(per_seq, model=MODELS, seq=SEQ_LENS)
+    return [
+        *expand(rules.savedmodel.output.savedmodel, model=MODELS, seq=SEQ_LENS),
+        *(artifact(b.name, m, s) for b in artifacts for m, s in model_seqs()),
+    ]
 
 
 def all_targets():
     return [
         *conversion_targets(),
-        *expand("results/{model}/seq{seq}/accuracy.csv", model=MODELS, seq=SEQ_LENS),
-        "results/summary.csv",
-        "results/summary.md",
-        "results/plot.png",
+        *expand(rules.accuracy_table.output.csv, model=MODELS, seq=SEQ_LENS),
+        *rules.summary.output,
+        *rules.plot.output,
     ]

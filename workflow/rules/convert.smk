@@ -1,4 +1,6 @@
 # ONNX -> TensorFlow SavedModel (onnx2tf) -> TFLite fp32 / fp16 / int8, builtin ops only.
+# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
+# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
 
 
 rule savedmodel:
@@ -7,7 +9,7 @@ rule savedmodel:
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,
     output:
-        saved_model=directory("results/{model}/seq{seq}/saved_model"),
+        savedmodel=directory("results/{model}/seq{seq}/savedmodel"),
         metrics="results/{model}/seq{seq}/metrics/savedmodel.json",
     log:
         "logs/savedmodel/{model}_seq{seq}.log",
@@ -17,9 +19,8 @@ rule savedmodel:
         "../../envs/tensorflow.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["savedmodel"],
+        mem_mb=8000,
         runtime=40,
-        bench_lock=1,
     params:
         onnx2tf=config["savedmodel"]["onnx2tf"],
         fast_weight_matmul=config["savedmodel"]["fast_weight_matmul"],
@@ -30,12 +31,12 @@ rule savedmodel:
 
 rule tflite:
     input:
-        saved_model=rules.savedmodel.output.saved_model,
+        savedmodel=rules.savedmodel.output.savedmodel,
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,
     output:
-        tflite="results/{model}/seq{seq}/model_{precision}.tflite",
-        census="results/{model}/seq{seq}/model_{precision}.ops.json",
+        tflite="results/{model}/seq{seq}/tflite_{precision}.tflite",
+        census="results/{model}/seq{seq}/tflite_{precision}.ops.json",
         metrics="results/{model}/seq{seq}/metrics/tflite_{precision}.json",
     log:
         "logs/tflite/{model}_seq{seq}_{precision}.log",
@@ -45,9 +46,8 @@ rule tflite:
         "../../envs/tensorflow.yaml"
     threads: 2
     resources:
-        mem_mb=MEM_MB["tflite"],
+        mem_mb=10000,
         runtime=20,
-        bench_lock=1,
     params:
         min_top1=lambda wc: config["conversion_gate"].get(wc.precision, 0.0),
     script:

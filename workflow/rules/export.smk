@@ -1,4 +1,6 @@
 # PyTorch -> ONNX -> simplified ONNX -> ONNX Runtime int8 variants.
+# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
+# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
 
 
 rule export_onnx:
@@ -7,8 +9,8 @@ rule export_onnx:
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,
     output:
-        onnx="results/{model}/seq{seq}/model.onnx",
-        metrics="results/{model}/seq{seq}/metrics/export.json",
+        onnx="results/{model}/seq{seq}/onnx.onnx",
+        metrics="results/{model}/seq{seq}/metrics/export_onnx.json",
     log:
         "logs/export_onnx/{model}_seq{seq}.log",
     benchmark:
@@ -17,9 +19,8 @@ rule export_onnx:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["export_onnx"],
+        mem_mb=6000,
         runtime=20,
-        bench_lock=1,
     params:
         opset=config["export"]["opset"],
         min_top1=config["conversion_gate"]["fp32"],
@@ -33,8 +34,8 @@ rule simplify_onnx:
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,
     output:
-        onnx="results/{model}/seq{seq}/model.simplified.onnx",
-        metrics="results/{model}/seq{seq}/metrics/simplify.json",
+        onnx="results/{model}/seq{seq}/onnx_simplified.onnx",
+        metrics="results/{model}/seq{seq}/metrics/simplify_onnx.json",
     log:
         "logs/simplify_onnx/{model}_seq{seq}.log",
     benchmark:
@@ -43,9 +44,8 @@ rule simplify_onnx:
         "../../envs/onnxsim.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["simplify_onnx"],
+        mem_mb=8000,
         runtime=20,
-        bench_lock=1,
     params:
         min_top1=config["conversion_gate"]["fp32"],
     script:
@@ -56,8 +56,8 @@ rule quantize_onnx:
     input:
         onnx=rules.simplify_onnx.output.onnx,
     output:
-        onnx="results/{model}/seq{seq}/model.int8-{variant}.onnx",
-        metrics="results/{model}/seq{seq}/metrics/int8-{variant}.json",
+        onnx="results/{model}/seq{seq}/onnx_{variant}.onnx",
+        metrics="results/{model}/seq{seq}/metrics/quantize_onnx_{variant}.json",
     log:
         "logs/quantize_onnx/{model}_seq{seq}_{variant}.log",
     benchmark:
@@ -66,8 +66,7 @@ rule quantize_onnx:
         "../../envs/onnxsim.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["quantize_onnx"],
+        mem_mb=4000,
         runtime=20,
-        bench_lock=1,
     script:
         "../scripts/quantize_onnx.py"

@@ -1,4 +1,6 @@
 # Model preparation: the HF folder, the evaluation inputs and the PyTorch reference.
+# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
+# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
 
 
 rule prepare_model:
@@ -12,9 +14,8 @@ rule prepare_model:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["prepare_model"],
+        mem_mb=3000,
         runtime=20,
-        bench_lock=1,
     params:
         spec=model_spec,
     script:
@@ -25,7 +26,7 @@ rule eval_inputs:
     input:
         model=rules.prepare_model.output.model,
     output:
-        inputs="results/{model}/seq{seq}/inputs.npz",
+        inputs="results/{model}/seq{seq}/eval_inputs.npz",
     log:
         "logs/eval_inputs/{model}_seq{seq}.log",
     benchmark:
@@ -34,7 +35,7 @@ rule eval_inputs:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["eval_inputs"],
+        mem_mb=1000,
         runtime=5,
     params:
         batch_size=config["batch_size"],
@@ -50,8 +51,8 @@ rule reference_logits:
         model=rules.prepare_model.output.model,
         inputs=rules.eval_inputs.output.inputs,
     output:
-        logits="results/{model}/seq{seq}/pytorch_logits.npy",
-        metrics="results/{model}/seq{seq}/metrics/reference.json",
+        logits="results/{model}/seq{seq}/reference_logits.npy",
+        metrics="results/{model}/seq{seq}/metrics/reference_logits.json",
     log:
         "logs/reference_logits/{model}_seq{seq}.log",
     benchmark:
@@ -60,9 +61,8 @@ rule reference_logits:
         "../../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=MEM_MB["reference_logits"],
+        mem_mb=3000,
         runtime=15,
-        bench_lock=1,
     script:
         "../scripts/reference_logits.py"
 
@@ -72,7 +72,7 @@ rule quantize_pytorch:
         model=rules.prepare_model.output.model,
     output:
         model=directory("results/{model}/pytorch_int8"),
-        metrics="results/{model}/metrics/pytorch_int8.json",
+        metrics="results/{model}/metrics/quantize_pytorch.json",
     log:
         "logs/quantize_pytorch/{model}.log",
     benchmark:
@@ -81,8 +81,7 @@ rule quantize_pytorch:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB["quantize_pytorch"],
+        mem_mb=3000,
         runtime=10,
-        bench_lock=1,
     script:
         "../scripts/quantize_pytorch.py"

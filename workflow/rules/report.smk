@@ -1,14 +1,11 @@
 # Tables and the comparison plot.
+# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
+# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
 
 
 rule accuracy_table:
     input:
-        jsons=lambda wc: expand(
-            "results/{model}/seq{seq}/accuracy/{backend}.json",
-            model=wc.model,
-            seq=wc.seq,
-            backend=[b for b in BACKEND_NAMES if b != REFERENCE],
-        ),
+        jsons=accuracy_jsons,
     output:
         csv=report(
             "results/{model}/seq{seq}/accuracy.csv",
@@ -24,7 +21,7 @@ rule accuracy_table:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=MEM_MB["accuracy_table"],
+        mem_mb=1000,
         runtime=5,
     script:
         "../scripts/accuracy_table.py"
@@ -34,8 +31,9 @@ rule summary:
     input:
         timing=timing_csvs(),
         accuracy=accuracy_jsons(),
+        references=reference_metrics(),
         machine=machine_jsons(),
-        models=expand("results/{model}/hf", model=MODELS),
+        models=expand(rules.prepare_model.output.model, model=MODELS),
     output:
         csv=report(
             "results/summary.csv", caption="../report/summary.rst", category="Summary"
@@ -49,10 +47,11 @@ rule summary:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=MEM_MB["summary"],
+        mem_mb=1000,
         runtime=5,
     params:
         models=MODELS,
+        references=model_seqs(),
     script:
         "../scripts/summary.py"
 
@@ -70,7 +69,7 @@ rule plot:
     conda:
         "../../envs/report.yaml"
     resources:
-        mem_mb=MEM_MB["plot"],
+        mem_mb=1000,
         runtime=5,
     script:
         "../scripts/plot.py"

@@ -1,11 +1,8 @@
-"""Snakemake adapter: lmship.evaluate.accuracy_table."""
+"""Snakemake adapter: lmship.summary.accuracy_table."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
-from lmship.evaluate import accuracy_table
+from lmship.summary import accuracy_table
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

@@ -1,11 +1,8 @@
-"""Snakemake adapter: lmship.export.export_onnx."""
+"""Snakemake adapter: lmship.export_onnx.export_onnx."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
-from lmship.export import export_onnx
+from lmship.export_onnx import export_onnx
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

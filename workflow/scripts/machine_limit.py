@@ -1,13 +1,10 @@
-"""Snakemake adapter: lmship.machine.measure."""
+"""Snakemake adapter: lmship.machine_limit.machine_limit."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
 from lmship.logs import log_to
-from lmship.machine import measure
+from lmship.machine_limit import machine_limit
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    measure(Path(smk.output.json), int(smk.wildcards.threads))
+    machine_limit(Path(smk.output.json), int(smk.wildcards.threads))

@@ -1,9 +1,6 @@
 """Snakemake adapter: lmship.sources.prepare_model."""
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 
 from lmship.logs import log_to
 from lmship.sources import prepare_model

@@ -1,12 +1,9 @@
-"""Snakemake adapter: lmship.onnx_int8.quantize_onnx."""
+"""Snakemake adapter: lmship.quantize_onnx.quantize_onnx."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
 from lmship.logs import log_to
-from lmship.onnx_int8 import quantize_onnx
+from lmship.quantize_onnx import quantize_onnx
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):

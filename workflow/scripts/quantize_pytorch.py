@@ -1,12 +1,9 @@
-"""Snakemake adapter: lmship.torch_int8.quantize_pytorch."""
+"""Snakemake adapter: lmship.quantize_pytorch.quantize_pytorch."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
 from lmship.logs import log_to
-from lmship.torch_int8 import quantize_pytorch
+from lmship.quantize_pytorch import quantize_pytorch
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):

@@ -1,9 +1,6 @@
 """Snakemake adapter: lmship.evalset.reference_logits."""
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 
 from lmship.evalset import reference_logits
 from lmship.logs import log_to

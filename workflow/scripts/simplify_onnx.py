@@ -1,12 +1,9 @@
-"""Snakemake adapter: lmship.simplify.simplify_onnx."""
+"""Snakemake adapter: lmship.simplify_onnx.simplify_onnx."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
 from lmship.logs import log_to
-from lmship.simplify import simplify_onnx
+from lmship.simplify_onnx import simplify_onnx
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):

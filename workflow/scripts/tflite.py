@@ -1,17 +1,14 @@
-"""Snakemake adapter: lmship.tflite.convert_tflite."""
+"""Snakemake adapter: lmship.tflite.tflite."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
 from lmship.logs import log_to
-from lmship.tflite import convert_tflite
+from lmship.tflite import tflite
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    convert_tflite(
-        Path(smk.input.saved_model),
+    tflite(
+        Path(smk.input.savedmodel),
         Path(smk.output.tflite),
         precision=smk.wildcards.precision,
         inputs_npz=Path(smk.input.inputs),

@@ -1,16 +1,13 @@
-"""Snakemake adapter: lmship.timing.time_backend."""
+"""Snakemake adapter: lmship.timing.timing."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-
 from lmship.logs import log_to
-from lmship.timing import time_backend
+from lmship.timing import timing
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    time_backend(
+    timing(
         smk.params.backend["runtime"],
         Path(smk.input.artifact),
         Path(smk.input.inputs),

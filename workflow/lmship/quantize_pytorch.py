@@ -7,13 +7,13 @@ structure and loads it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
-from .files import atomic_output, size_bytes, write_json
-from .logs import log_to, peak_rss_mb
+from .cli import parser
+from .files import atomic_output, stage_metrics
+from .logs import log_to
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,14 @@ def quantize_pytorch(hf_dir: Path, out_dir: Path, metrics_json: Path | None = No
         tmp.mkdir(parents=True)
         qmodel.config.save_pretrained(tmp)
         torch.save(qmodel.state_dict(), tmp / STATE_FILE)
-    metrics = {
-        "artifact": str(out_dir),
-        "size_mb": round(size_bytes(Path(out_dir) / STATE_FILE) / 1e6, 1),
-        "quantize_seconds": round(time.monotonic() - started, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
-        "method": "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)",
-        "torch_version": torch.__version__,
-    }
-    if metrics_json is not None:
-        write_json(metrics_json, metrics)
-    return metrics
+    return stage_metrics(
+        metrics_json,
+        out_dir,
+        started,
+        quantize_seconds=round(time.monotonic() - started, 1),
+        method="torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)",
+        torch_version=torch.__version__,
+    )
 
 
 def load_quantized(folder: Path):
@@ -65,12 +62,12 @@ def load_quantized(folder: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship torch-int8", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path)
-    parser.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
+    p = parser("quantize_pytorch", __doc__)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
     with log_to(args.log):
         quantize_pytorch(args.model, args.out, args.metrics)
 

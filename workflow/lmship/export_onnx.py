@@ -1,4 +1,4 @@
-"""Stage 3: export the PyTorch model's logits to ONNX, then check it.
+"""Export the PyTorch model's logits to ONNX, then check it.
 
 The export uses torch's default (dynamo) exporter with static shapes
 ``[batch, seq_len]``; the graph is checked with ``onnx.checker`` and run in
@@ -8,7 +8,6 @@ agreement drops below ``min_top1``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -16,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
+from .cli import add_checked_stage_arguments, config_default, parser
 from .evalset import load_inputs
-from .files import atomic_output, size_bytes, write_json
-from .logs import log_to, peak_rss_mb
-from .validate import add_checked_stage_arguments, validate_artifact
+from .files import atomic_output, size_bytes, stage_metrics
+from .logs import log_to
+from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -86,28 +86,25 @@ def export_onnx(
         nodes = len(graph.graph.node)
         opset_used = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
         del graph
-        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="export")
-    metrics = {
-        "artifact": str(out_onnx),
-        "size_mb": round(size_bytes(out_onnx) / 1e6, 1),
-        "nodes": nodes,
-        "opset": opset_used,
-        "input_shape": list(np.shape(input_ids[0])),
-        "export_seconds": round(export_s, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
-        "vs_pytorch": check,
-        "torch_version": torch.__version__,
-    }
-    if metrics_json is not None:
-        write_json(metrics_json, metrics)
-    return metrics
+        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="export_onnx")
+    return stage_metrics(
+        metrics_json,
+        out_onnx,
+        started,
+        nodes=nodes,
+        opset=opset_used,
+        input_shape=list(np.shape(input_ids[0])),
+        export_seconds=round(export_s, 1),
+        vs_pytorch=check,
+        torch_version=torch.__version__,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship export", description=__doc__.split("\n\n")[0])
-    add_checked_stage_arguments(parser, "--model", "prepared HF folder")
-    parser.add_argument("--opset", type=int, default=18)
-    args = parser.parse_args(argv)
+    p = parser("export_onnx", __doc__)
+    add_checked_stage_arguments(p, "--model", "prepared HF folder")
+    p.add_argument("--opset", type=int, default=config_default("export", "opset"))
+    args = p.parse_args(argv)
     with log_to(args.log):
         export_onnx(
             args.model,

@@ -1,0 +1,87 @@
+"""The backend catalogue (lmship.backends) is the one source of truth: everything that must spell
+its names (the config schema, the stages' variant lists, the rules) agrees with it, and every
+rule declares what the scheduler needs (bench_lock, mem_mb, runtime, log, benchmark)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import SNAKEFILE, tiny_config, write_config
+
+from lmship.backends import BACKENDS, PRECISIONS, REFERENCE, RUNTIMES, wildcard_values
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_schema_backends_are_the_catalogue():
+    backends = SCHEMA["properties"]["backends"]
+    assert backends["items"]["enum"] == list(BACKENDS)
+    assert backends["default"] == list(BACKENDS)
+    assert yaml.safe_load((REPO / "config.yaml").read_text())["backends"] == list(BACKENDS)
+
+
+def test_schema_tolerances_cover_every_precision():
+    assert set(SCHEMA["properties"]["tolerances"]["properties"]) == set(PRECISIONS)
+
+
+def test_catalogue_entries_are_consistent():
+    assert REFERENCE in BACKENDS
+    for name, b in BACKENDS.items():
+        assert b.name == name and b.runtime in RUNTIMES and b.precision in PRECISIONS, b
+
+
+def test_stage_variants_are_the_catalogue_wildcards():
+    from lmship.quantize_onnx import VARIANTS
+    from lmship.tflite import PRECISIONS as TFLITE_PRECISIONS
+
+    assert wildcard_values("quantize_onnx", "variant") == list(VARIANTS)
+    assert wildcard_values("tflite", "precision") == list(TFLITE_PRECISIONS)
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory):
+    """The workflow's rules as Snakemake parsed them (no job runs)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    workdir = tmp_path_factory.mktemp("rules")
+    config = write_config(workdir, tiny_config())
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=2),
+            config_settings=ConfigSettings(configfiles=[config]),
+            storage_settings=StorageSettings(),
+            snakefile=SNAKEFILE,
+            workdir=workdir,
+        )
+        return {r.name: r for r in workflow._workflow.rules}
+
+
+def test_every_rule_takes_the_bench_lock(rules):
+    for name, rule in rules.items():
+        assert rule.resources.get("bench_lock").value >= 1, name
+    assert rules["timing"].resources.get("bench_lock").value == rules["machine_limit"].resources.get("bench_lock").value
+    assert rules["timing"].resources.get("bench_lock").value > 1
+
+
+def test_every_rule_declares_resources_log_and_benchmark(rules):
+    for name, rule in rules.items():
+        if name == "all":
+            continue
+        assert rule.resources.get("mem_mb").value, name
+        assert rule.resources.get("runtime").value, name
+        assert rule.log and rule.benchmark, name
+
+
+def test_every_backend_names_a_rule_output(rules):
+    for b in BACKENDS.values():
+        assert b.output in rules[b.rule].output._names, b
+        # the rule's pattern without wildcard constraints ({model,tiny} -> {model})
+        pattern = re.sub(r"\{(\w+),[^}]*\}", r"{\1}", str(getattr(rules[b.rule].output, b.output)))
+        assert set(re.findall(r"\{(\w+)\}", pattern)) - {"model", "seq"} == set(b.wildcards), (b, pattern)
+        stem = Path(pattern.format(model="m", seq=1, **b.wildcards)).name.split(".")[0]
+        assert stem == (b.name if b.name != REFERENCE else "hf"), (b, pattern)

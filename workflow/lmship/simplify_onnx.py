@@ -1,0 +1,84 @@
+"""Simplify the exported ONNX graph with onnxsim, then check it.
+
+Records node counts (total and per op type) before and after, and runs the
+simplified model in ONNX Runtime against the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from . import StageError
+from .cli import add_checked_stage_arguments, parser
+from .files import atomic_output, load_onnx, size_bytes, stage_metrics
+from .logs import log_to
+from .validate import validate_artifact
+
+log = logging.getLogger(__name__)
+
+
+def op_counts(model) -> dict[str, int]:
+    return dict(Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def simplify_onnx(
+    in_onnx: Path,
+    inputs_npz: Path,
+    reference_npy: Path,
+    out_onnx: Path,
+    *,
+    min_top1: float,
+    metrics_json: Path | None = None,
+) -> dict:
+    """Run onnxsim on ``in_onnx`` and write the result to ``out_onnx``; return metrics."""
+    import onnx
+    import onnxsim
+
+    started = time.monotonic()
+    model = load_onnx(in_onnx)
+    before = op_counts(model)
+    simplify_started = time.monotonic()
+    try:
+        simplified, ok = onnxsim.simplify(model, check_n=0)
+    except Exception as exc:
+        raise StageError(f"onnxsim failed on {in_onnx}: {type(exc).__name__}: {exc}") from exc
+    if not ok:
+        raise StageError(f"onnxsim could not validate the simplified model of {in_onnx}")
+    del model
+    seconds = time.monotonic() - simplify_started
+    after = op_counts(simplified)
+    with atomic_output(Path(out_onnx)) as tmp:
+        onnx.save(simplified, str(tmp))
+        del simplified
+        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="simplify_onnx")
+    log.info("onnxsim: %d -> %d nodes", sum(before.values()), sum(after.values()))
+    return stage_metrics(
+        metrics_json,
+        out_onnx,
+        started,
+        size_mb_before=round(size_bytes(in_onnx) / 1e6, 1),
+        nodes_before=sum(before.values()),
+        nodes_after=sum(after.values()),
+        ops_before=before,
+        ops_after=after,
+        simplify_seconds=round(seconds, 1),
+        onnxsim_version=onnxsim.__version__,
+        vs_pytorch=check,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("simplify_onnx", __doc__)
+    add_checked_stage_arguments(p, "--onnx", "exported ONNX model")
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        simplify_onnx(
+            args.onnx, args.inputs, args.reference, args.out, min_top1=args.min_top1, metrics_json=args.metrics
+        )
+
+
+if __name__ == "__main__":
+    main()
