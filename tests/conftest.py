@@ -45,16 +45,35 @@ def tiny_model(chain_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def eval_set(tiny_model, chain_dir) -> dict[str, Path]:
+def eval_text(chain_dir) -> Path:
+    from lmship.evalset import eval_text
+
+    return eval_text(chain_dir / "eval_text.txt")
+
+
+@pytest.fixture(scope="session")
+def eval_set(tiny_model, eval_text, chain_dir) -> dict[str, Path]:
     from lmship.evalset import eval_inputs, reference_logits
 
     inputs = eval_inputs(
-        tiny_model, chain_dir / "eval_inputs.npz", seq_len=SEQ, batch_size=1, text_samples=4, random_samples=2, seed=0
+        tiny_model,
+        eval_text,
+        chain_dir / "eval_inputs.npz",
+        seq_len=SEQ,
+        batch_size=1,
+        text_samples=4,
+        random_samples=2,
+        seed=0,
     )
     logits = reference_logits(
         tiny_model, inputs, chain_dir / "reference_logits.npy", chain_dir / "reference_logits.json"
     )
-    return {"inputs": inputs, "reference": logits, "reference_json": chain_dir / "reference_logits.json"}
+    return {
+        "inputs": inputs,
+        "reference": logits,
+        "reference_json": chain_dir / "reference_logits.json",
+        "text": eval_text,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -34,14 +34,23 @@ BAD_CONFIGS = {
     "negative threads": ({"benchmark": {"threads": [-1]}}, ["benchmark.threads[0] = -1", "minimum of 1"]),
     "zero sequence length": ({"seq_lens": [0]}, ["seq_lens[0] = 0", "minimum of 2"]),
     "unknown backend": ({"backends": ["pytorch", "tensorrt"]}, ["backends[1] = 'tensorrt'", "choose one of"]),
-    "unknown precision": (
-        {"tolerances": {"bf16": {"min_top1_pct": 90, "min_cosine": 0.9, "max_ppl_change_pct": 5}}},
-        ["unknown key 'tolerances.bf16'", "fp16, fp32, int4, int8"],
+    "misspelled tier limit": (
+        {"quality_tiers": {"lossless": {"min_top1": 99, "max_mean_kld": 0.001, "max_ppl_change_pct": 1}}},
+        ["unknown key 'quality_tiers.lossless.min_top1'", "did you mean 'min_top1_pct'"],
+    ),
+    "tier named broken": (
+        {"quality_tiers": {"broken": {"min_top1_pct": 0, "max_mean_kld": 9, "max_ppl_change_pct": 99}}},
+        ["quality_tiers: name 'broken' is not allowed", "the tier of formats that meet no tier"],
+    ),
+    "zero warm-up": ({"benchmark": {"warmup": 0}}, ["benchmark.warmup = 0", "minimum of 1"]),
+    "eval set larger than the prose": (
+        {"eval": {"text_samples": 301}},
+        ["eval.text_samples = 301", "maximum of 300", "300 news"],
     ),
     "empty model list": ({"models": {}}, ["models", "should be non-empty"]),
     "model name not a file name": (
         {"models": {"my model/v1": {"source": "random"}}},
-        ["'my model/v1'", "letters, digits"],
+        ["'my model/v1'", "Model names become folder names"],
     ),
     "unknown source": ({"models": {"m": {"source": "ftp"}}}, ["models.m.source = 'ftp'", "local"]),
     "local without path": ({"models": {"m": {"source": "local"}}}, ["models.m", "'path' is a required property"]),

@@ -24,8 +24,10 @@ def test_schema_backends_are_the_catalogue():
     assert yaml.safe_load((REPO / "config.yaml").read_text())["backends"] == list(BACKENDS)
 
 
-def test_schema_tolerances_cover_every_precision():
-    assert set(SCHEMA["properties"]["tolerances"]["properties"]) == set(PRECISIONS)
+def test_config_tiers_are_the_schema_defaults():
+    """config.yaml spells the tiers out for users; they must equal the schema's defaults (one set of values)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert config["quality_tiers"] == SCHEMA["properties"]["quality_tiers"]["default"]
 
 
 def test_catalogue_entries_are_consistent():

@@ -44,3 +44,104 @@ def test_fastest_needs_a_gap_beyond_the_spread():
     assert winner["name"] == "a" and tied == []
     with pytest.raises(ValueError):
         fastest([])
+
+
+def _timing_csv(path, run_id, backends_ms, node="n1", rounds=2):
+    import pandas as pd
+
+    rows = []
+    for r in range(rounds):
+        for backend, ms in backends_ms.items():
+            for i in range(3):
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "round": r,
+                        "node": node,
+                        "model": "m",
+                        "backend": backend,
+                        "precision": "fp32",
+                        "runtime": "x",
+                        "runtime_version": "1",
+                        "threads": 1,
+                        "batch": 1,
+                        "seq_len": 16,
+                        "repeat": i,
+                        "latency_ms": ms * (1 + 0.001 * i),
+                        "artifact_mb": {"onnx": 500.0, "tflite_fp32": 400.0}.get(backend, 100.0),
+                        "peak_rss_mb": 1,
+                        "load_s": 0.1,
+                        "cpu_model": "cpu",
+                    }
+                )
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _accuracy_json(tmp_path, backend, tier, kld):
+    from lmship.files import write_json
+
+    return write_json(
+        tmp_path / f"{backend}.json",
+        {"model": "m", "seq_len": 16, "backend": backend, "tier": tier, "kld_mean": kld, "top1_pct": 99.0},
+    )
+
+
+def _table(tmp_path, ms, tiers):
+    from lmship.files import write_json
+    from lmship.summary import build_summary
+
+    csv_path = _timing_csv(tmp_path / "t1.csv", "run-a", ms)
+    accuracy = [_accuracy_json(tmp_path, b, t, k) for b, (t, k) in tiers.items()]
+    ref = write_json(tmp_path / "ref.json", {"perplexity_text": 10.0})
+    return build_summary([csv_path], accuracy, {("m", 16): ref}, [], {}, max_round_spread_pct=10, max_p90_ratio=1.5)
+
+
+def test_recommendation_never_picks_a_faster_broken_format(tmp_path):
+    from lmship.summary import recommendations
+
+    ms = {"pytorch": 100.0, "onnx": 80.0, "tflite_int8": 20.0, "onnx_int8_block": 50.0}
+    tiers = {"onnx": ("lossless", 1e-7), "tflite_int8": ("broken", 0.3), "onnx_int8_block": ("8-bit", 2e-3)}
+    rec = recommendations(_table(tmp_path, ms, tiers), ["lossless", "8-bit", "4-bit"])
+    best = dict(zip(rec["tier"], rec["backend"], strict=True))
+    # the broken 5x format wins nothing; a better tier counts for the looser ones
+    assert best == {"lossless": "onnx", "8-bit": "onnx_int8_block", "4-bit": "onnx_int8_block"}
+    assert "tflite_int8" not in set(rec["tied_with"])
+
+
+def test_a_tie_within_the_spread_is_named_and_the_smaller_file_leads(tmp_path):
+    from lmship.summary import recommendation_text, recommendations
+
+    ms = {"pytorch": 100.0, "onnx": 80.0, "tflite_fp32": 80.5}  # 0.6 % apart, well inside a noisy spread
+    table = _table(tmp_path, ms, {"onnx": ("lossless", 0.0), "tflite_fp32": ("lossless", 0.0)})
+    table.loc[table["backend"] == "onnx", "spread_pct"] = 3.0  # its rounds differed by 3 %
+    rec = recommendations(table, ["lossless"])
+    assert rec["backend"].tolist() == ["tflite_fp32"] and rec["tied_with"].tolist() == ["onnx"]
+    assert "tied with onnx" in recommendation_text(rec)[0]
+
+
+def test_timings_of_two_runs_are_never_divided(tmp_path):
+    from lmship import StageError
+    from lmship.summary import build_summary
+
+    # a partial re-time: the reference from one run, another backend from a later one
+    a = _timing_csv(tmp_path / "a.csv", "run-a", {"pytorch": 100.0})
+    b = _timing_csv(tmp_path / "b.csv", "run-b", {"onnx": 80.0})
+    with pytest.raises(StageError, match="come from 2 runs"):
+        build_summary([a, b], [], {}, [], {}, max_round_spread_pct=10, max_p90_ratio=1.5)
+    c = _timing_csv(tmp_path / "c.csv", "run-a", {"onnx": 80.0}, node="n2")
+    with pytest.raises(StageError, match="come from 2 nodes"):
+        build_summary([a, c], [], {}, [], {}, max_round_spread_pct=10, max_p90_ratio=1.5)
+
+
+def test_broken_formats_are_hatched_on_the_plot(tmp_path):
+    from lmship.plot import BROKEN_COLOR, bar_styles, quality_points
+
+    ms = {"pytorch": 100.0, "onnx": 80.0, "tflite_int8": 20.0}
+    table = _table(tmp_path, ms, {"onnx": ("lossless", 1e-7), "tflite_int8": ("broken", 0.3)})
+    styles = dict(zip(table["backend"], bar_styles(table, ["lossless", "8-bit"]), strict=True))
+    assert styles["tflite_int8"] == (BROKEN_COLOR, "//")
+    assert styles["onnx"][1] == "" and styles["pytorch"][1] == ""
+    points = quality_points(table)
+    assert set(points["backend"]) == {"onnx", "tflite_int8"}  # the reference is not a point
+    assert points.set_index("backend").loc["tflite_int8", "kld_drawn"] == pytest.approx(0.3)

@@ -27,7 +27,7 @@ def tiny_config(**overrides) -> dict:
         "models": {"tiny": {"source": "random", "seed": 0, "architecture": TINY_ARCH}},
         "seq_lens": [16],
         "eval": {"text_samples": 2, "random_samples": 1, "seed": 0},
-        "benchmark": {"threads": [1, 2], "warmup": 1, "repeats": 3, "min_seconds": 0},
+        "benchmark": {"threads": [1, 2], "rounds": 2, "warmup": 1, "repeats": 3, "min_seconds": 0},
     }
     config.update(overrides)
     return config

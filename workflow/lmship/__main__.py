@@ -12,6 +12,7 @@ import sys
 # subcommand (= rule name) -> "module" or "module:main function"
 STAGES = {
     "prepare_model": "sources",
+    "eval_text": "evalset:main_eval_text",
     "eval_inputs": "evalset:main_eval_inputs",
     "reference_logits": "evalset:main_reference_logits",
     "export_onnx": "export_onnx",
@@ -26,6 +27,7 @@ STAGES = {
     "accuracy_table": "summary:main_accuracy_table",
     "summary": "summary",
     "plot": "plot",
+    "quality_plot": "plot:main_quality_plot",
 }
 
 

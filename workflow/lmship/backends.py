@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 RUNTIMES = ("pytorch", "pytorch_int8", "ort", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 REFERENCE = "pytorch"
+#: Model sources whose weights come from a GGUF file (and may sit on its quantisation grid).
+GGUF_SOURCES = ("pypi_gguf", "gguf")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Backend:
     label: str
     note: str = ""
     wildcards: dict[str, str] = field(default_factory=dict)
+    #: model sources whose weights this backend applies to (empty: every model)
+    sources: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -43,8 +47,10 @@ def _tflite(precision: str, label: str, note: str) -> Backend:
     )
 
 
-def _quantized_onnx(variant: str, precision: str, label: str, note: str) -> Backend:
-    return Backend(f"onnx_{variant}", "ort", precision, "quantize_onnx", "onnx", label, note, {"variant": variant})
+def _quantized_onnx(variant: str, precision: str, label: str, note: str, sources: tuple[str, ...] = ()) -> Backend:
+    return Backend(
+        f"onnx_{variant}", "ort", precision, "quantize_onnx", "onnx", label, note, {"variant": variant}, sources
+    )
 
 
 BACKENDS: dict[str, Backend] = {
@@ -64,7 +70,13 @@ BACKENDS: dict[str, Backend] = {
         Backend("onnx_simplified", "ort", "fp32", "simplify_onnx", "onnx", "ORT fp32 (onnxsim)", "simplified ONNX"),
         _quantized_onnx("int8_dynamic", "int8", "ORT int8 dynamic", "quantize_dynamic of every MatMul: the naive int8"),
         _quantized_onnx("int8_block", "int8", "ORT int8 block-wise", "MatMulNBits 8-bit, int8 activations per block"),
-        _quantized_onnx("q4_exact", "int4", "ORT 4-bit exact grid", "GGUF-grid weights stored losslessly in 4 bits"),
+        _quantized_onnx(
+            "q4_exact",
+            "int4",
+            "ORT 4-bit exact grid",
+            "GGUF-grid weights stored losslessly in 4 bits",
+            sources=GGUF_SOURCES,
+        ),
         _tflite("fp32", "TFLite fp32", "builtins only"),
         _tflite("fp16", "TFLite fp16", "fp16 weights"),
         _tflite("int8", "TFLite int8", "dynamic-range quantisation"),
@@ -75,3 +87,14 @@ BACKENDS: dict[str, Backend] = {
 def wildcard_values(rule: str, wildcard: str) -> list[str]:
     """The values of ``wildcard`` of ``rule`` that some backend uses (e.g. the TFLite precisions)."""
     return [b.wildcards[wildcard] for b in BACKENDS.values() if b.rule == rule]
+
+
+def not_applicable(backend: str, source: str) -> str | None:
+    """Why ``backend`` does not apply to a model from ``source`` (None when it does)."""
+    b = BACKENDS[backend]
+    if b.sources and source not in b.sources:
+        return (
+            f"not applicable: {b.label} needs weights dequantised from a GGUF file "
+            f"(source {' or '.join(b.sources)}), this model's source is {source}"
+        )
+    return None

@@ -61,10 +61,15 @@ def describe_errors(config: dict, schema: dict) -> list[str]:
                 lines.append(
                     f"unknown key {_key([*path, name])!r}{guess} Allowed keys under {where}: {', '.join(known)}"
                 )
-        elif "propertyNames" in err.schema_path:
+        elif "propertyNames" in err.schema_path and path == ["models"]:
             lines.append(
                 f"{where}: name {err.instance!r} is not allowed: {err.message}. Model names become folder "
                 "names: use letters, digits, '.', '_' and '-' (at most 64 characters)."
+            )
+        elif "propertyNames" in err.schema_path:
+            lines.append(
+                f"{where}: name {err.instance!r} is not allowed: tier names use letters, digits, '-' and '_', "
+                "and 'broken' is reserved for the tier of formats that meet no tier"
             )
         elif err.validator == "enum":
             lines.append(

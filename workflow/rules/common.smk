@@ -22,7 +22,7 @@ os.environ.update(
 )
 
 from lmship import StageError  # noqa: E402
-from lmship.backends import BACKENDS, REFERENCE  # noqa: E402
+from lmship.backends import BACKENDS, REFERENCE, not_applicable  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
 from lmship.host import total_memory_mb  # noqa: E402
@@ -44,7 +44,6 @@ MODELS = list(config["models"])
 SEQ_LENS = [int(s) for s in config["seq_lens"]]
 THREADS = [int(t) for t in config["benchmark"]["threads"]]
 BACKEND_NAMES = list(dict.fromkeys([REFERENCE, *config["backends"]]))
-COMPARED = [b for b in BACKEND_NAMES if b != REFERENCE]
 
 # Machine-wide resource the scheduler enforces: every job takes 1 bench_lock (set on
 # every rule by finish_rules(), so no rule can forget it), a timing job takes all of
@@ -156,28 +155,52 @@ def backend_info(wildcards):
     return {"runtime": b.runtime, "precision": b.precision}
 
 
-def tolerance(wildcards):
-    return config["tolerances"][BACKENDS[wildcards.backend].precision]
+def backends_of(model):
+    """The configured backends that apply to ``model`` (the reference first)."""
+    source = config["models"][model]["source"]
+    return [b for b in BACKEND_NAMES if not_applicable(b, source) is None]
+
+
+def skipped_backends():
+    """{model: {backend: why}} for configured backends that do not apply to a model."""
+    return {
+        m: {
+            b: not_applicable(b, config["models"][m]["source"])
+            for b in BACKEND_NAMES
+            if b not in backends_of(m)
+        }
+        for m in MODELS
+    }
+
+
+def timed_backends(model, seq):
+    """What the timing job of ``model`` runs: name, runtime, precision and artifact of each backend."""
+    return [
+        {
+            "backend": b,
+            "runtime": BACKENDS[b].runtime,
+            "precision": BACKENDS[b].precision,
+            "artifact": artifact(b, model, seq),
+        }
+        for b in backends_of(model)
+    ]
 
 
 def timing_csvs():
-    return expand(
-        rules.timing.output.csv,
-        model=MODELS,
-        seq=SEQ_LENS,
-        backend=BACKEND_NAMES,
-        threads=THREADS,
-    )
+    return expand(rules.timing.output.csv, model=MODELS, seq=SEQ_LENS, threads=THREADS)
 
 
 def accuracy_jsons(wildcards=None):
     """Accuracy JSONs of every compared backend, of one model and sequence length with ``wildcards``."""
-    return expand(
-        rules.evaluate.output.json,
-        model=[wildcards.model] if wildcards else MODELS,
-        seq=[wildcards.seq] if wildcards else SEQ_LENS,
-        backend=COMPARED,
-    )
+    models = [wildcards.model] if wildcards else MODELS
+    seqs = [wildcards.seq] if wildcards else SEQ_LENS
+    return [
+        expand(rules.evaluate.output.json, model=m, seq=s, backend=b)[0]
+        for m in models
+        for s in seqs
+        for b in backends_of(m)
+        if b != REFERENCE
+    ]
 
 
 def reference_metrics():
@@ -215,4 +238,5 @@ def all_targets():
         *expand(rules.accuracy_table.output.csv, model=MODELS, seq=SEQ_LENS),
         *rules.summary.output,
         *rules.plot.output,
+        *rules.quality_plot.output,
     ]

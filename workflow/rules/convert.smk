@@ -49,6 +49,6 @@ rule tflite:
         mem_mb=10000,
         runtime=20,
     params:
-        min_top1=lambda wc: config["conversion_gate"].get(wc.precision, 0.0),
+        min_top1=lambda wc: config["conversion_gate"][wc.precision],
     script:
         "../scripts/tflite.py"

@@ -22,9 +22,27 @@ rule prepare_model:
         "../scripts/prepare_model.py"
 
 
+rule eval_text:
+    output:
+        text="results/eval_text.txt",
+    log:
+        "logs/eval_text.log",
+    benchmark:
+        "benchmarks/eval_text.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/eval_text.py"
+
+
 rule eval_inputs:
     input:
         model=rules.prepare_model.output.model,
+        text=rules.eval_text.output.text,
     output:
         inputs="results/{model}/seq{seq}/eval_inputs.npz",
     log:

@@ -52,6 +52,10 @@ rule summary:
     params:
         models=MODELS,
         references=model_seqs(),
+        tiers=list(config["quality_tiers"]),
+        max_round_spread_pct=config["benchmark"]["max_round_spread_pct"],
+        max_p90_ratio=config["benchmark"]["max_p90_ratio"],
+        skipped=skipped_backends(),
     script:
         "../scripts/summary.py"
 
@@ -71,5 +75,30 @@ rule plot:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        tiers=list(config["quality_tiers"]),
     script:
         "../scripts/plot.py"
+
+
+rule quality_plot:
+    input:
+        summary=rules.summary.output.csv,
+    output:
+        png=report(
+            "results/quality.png", caption="../report/quality.rst", category="Summary"
+        ),
+    log:
+        "logs/quality_plot.log",
+    benchmark:
+        "benchmarks/quality_plot.tsv"
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        tiers=config["quality_tiers"],
+    script:
+        "../scripts/quality_plot.py"

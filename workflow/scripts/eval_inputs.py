@@ -9,6 +9,7 @@ smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
     eval_inputs(
         Path(smk.input.model),
+        Path(smk.input.text),
         Path(smk.output.inputs),
         seq_len=int(smk.wildcards.seq),
         batch_size=smk.params.batch_size,

@@ -16,5 +16,5 @@ with log_to(smk.log[0]):
         model=smk.wildcards.model,
         backend=smk.wildcards.backend,
         precision=smk.params.backend["precision"],
-        tolerance=dict(smk.params.tolerance),
+        tiers=dict(smk.params.tiers),
     )

@@ -7,4 +7,4 @@ from lmship.plot import plot
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    plot(Path(smk.input.summary), Path(smk.output.png))
+    plot(Path(smk.input.summary), Path(smk.output.png), list(smk.params.tiers))

@@ -15,4 +15,8 @@ with log_to(smk.log[0]):
         {name: Path(p) for name, p in zip(smk.params.models, smk.input.models, strict=True)},
         Path(smk.output.csv),
         Path(smk.output.md),
+        tiers=list(smk.params.tiers),
+        max_round_spread_pct=smk.params.max_round_spread_pct,
+        max_p90_ratio=smk.params.max_p90_ratio,
+        skipped=dict(smk.params.skipped),
     )

@@ -1,21 +1,20 @@
-"""Snakemake adapter: lmship.timing.timing."""
+"""Snakemake adapter: lmship.rounds.time_in_rounds."""
 
 from pathlib import Path
 
 from lmship.logs import log_to
-from lmship.timing import timing
+from lmship.rounds import time_in_rounds
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    timing(
-        smk.params.backend["runtime"],
-        Path(smk.input.artifact),
+    time_in_rounds(
+        smk.params.backends,
         Path(smk.input.inputs),
         Path(smk.output.csv),
         model=smk.wildcards.model,
-        backend=smk.wildcards.backend,
-        precision=smk.params.backend["precision"],
         threads=int(smk.wildcards.threads),
+        given_threads=smk.threads,
+        rounds=smk.params.rounds,
         warmup=smk.params.warmup,
         repeats=smk.params.repeats,
         min_seconds=smk.params.min_seconds,
