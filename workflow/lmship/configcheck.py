@@ -99,7 +99,7 @@ def check_config(config: dict, schema_path: Path) -> None:
 
 
 #: Names directly under results/ that the workflow itself writes: a model of that name would collide.
-RESERVED_NAMES = ("machine", "summary.csv", "summary.md", "plot.png", "quality.png", "eval_text.txt")
+RESERVED_NAMES = ("machine_limit", "summary.csv", "summary.md", "plot.png", "quality.png", "eval_text.txt")
 
 
 def semantic_problems(config: dict) -> list[str]:
