@@ -5,7 +5,7 @@
 Threads are set explicitly in every runtime (0 keeps the runtime's default), and
 each session reads back the intra-op threads the runtime actually uses
 (``Session.threads_in_effect``): PyTorch ``torch.get_num_threads()``, ONNX Runtime
-the session's own ``intra_op_num_threads``; LiteRT has no getter, so the threads
+the session's own ``intra_op_num_threads`` (0: its default); LiteRT has no getter, so the threads
 its interpreter starts are counted (Linux ``/proc/self/task``: the calling thread
 plus the pool's workers); ``None`` where nothing can be read back.
 Imports are lazy, so a process only loads the runtime it uses.
@@ -101,7 +101,7 @@ def _ort(artifact: Path, threads: int) -> Session:
         return session.run(None, {name: input_ids.astype(np.int64)})[0]
 
     in_effect = session.get_session_options().intra_op_num_threads  # 0: ORT's default (one per core)
-    return Session("onnxruntime", ort.__version__, threads, run, in_effect or None)
+    return Session("onnxruntime", ort.__version__, threads, run, in_effect)
 
 
 def _tflite(artifact: Path, threads: int) -> Session:

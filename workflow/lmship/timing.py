@@ -97,7 +97,8 @@ def timing(
         log.warning("%s cannot report the threads in effect; asked for %d", session.runtime, threads)
     elif in_effect != threads:
         raise StageError(
-            f"{backend}: asked {session.runtime} for {threads} intra-op threads but it runs {in_effect}; "
+            f"{backend}: asked {session.runtime} for {threads} intra-op threads but it runs {in_effect} "
+            "(0: the runtime's default); "
             "the timing would be mislabelled"
         )
     latencies = timed_runs(lambda: session.run(sample), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
