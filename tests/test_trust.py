@@ -180,7 +180,8 @@ def test_threads_in_effect_in_a_fresh_timing_process(
         "--runtime", runtime, "--artifact", str(chain_dir / artifact), "--inputs", str(eval_set["inputs"]),
         "--out", str(out), "--threads", str(threads), "--warmup", "1", "--repeats", "3", "--min-seconds", "0",
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=REPO / "workflow", capture_output=True)
+    proc = subprocess.run(cmd, cwd=REPO / "workflow", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == FIELDS
