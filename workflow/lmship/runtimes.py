@@ -2,7 +2,12 @@
 
 ``open_backend(runtime, artifact, threads)`` returns a :class:`Session` whose
 ``run(input_ids)`` maps ``int64 [batch, seq]`` to ``float32 [batch, seq, vocab]``.
-Threads are set explicitly in every runtime (0 keeps the runtime's default).
+Threads are set explicitly in every runtime (0 keeps the runtime's default), and
+each session reads back the intra-op threads the runtime actually uses
+(``Session.threads_in_effect``): PyTorch ``torch.get_num_threads()``, ONNX Runtime
+the session's own ``intra_op_num_threads`` (0: its default); LiteRT has no getter, so the threads
+its interpreter starts are counted (Linux ``/proc/self/task``: the calling thread
+plus the pool's workers); ``None`` where nothing can be read back.
 Imports are lazy, so a process only loads the runtime it uses.
 """
 
@@ -25,6 +30,7 @@ class Session:
     version: str
     threads: int
     run: Callable[[np.ndarray], np.ndarray]
+    threads_in_effect: int | None = None
 
 
 def open_backend(runtime: str, artifact: Path, threads: int) -> Session:
@@ -65,7 +71,7 @@ def _torch(artifact: Path, threads: int, *, int8: bool) -> Session:
             out = model(input_ids=torch.from_numpy(np.ascontiguousarray(input_ids)), use_cache=False)
         return out.logits.float().numpy()
 
-    return Session("torch", torch.__version__, threads, run)
+    return Session("torch", torch.__version__, threads, run, torch.get_num_threads())
 
 
 def ort_session_options(threads: int):
@@ -94,7 +100,8 @@ def _ort(artifact: Path, threads: int) -> Session:
     def run(input_ids: np.ndarray) -> np.ndarray:
         return session.run(None, {name: input_ids.astype(np.int64)})[0]
 
-    return Session("onnxruntime", ort.__version__, threads, run)
+    in_effect = session.get_session_options().intra_op_num_threads  # 0: ORT's default (one per core)
+    return Session("onnxruntime", ort.__version__, threads, run, in_effect)
 
 
 def _tflite(artifact: Path, threads: int) -> Session:
@@ -110,11 +117,15 @@ def _tflite(artifact: Path, threads: int) -> Session:
         Interpreter = tf.lite.Interpreter  # noqa: N806
         version = tf.__version__
         name = "tf.lite"
+    before = _os_threads()
     try:
         interpreter = Interpreter(model_path=str(artifact), num_threads=threads if threads > 0 else None)
         interpreter.allocate_tensors()
     except Exception as exc:
         raise StageError(f"the TFLite interpreter cannot load {artifact}: {type(exc).__name__}: {exc}") from exc
+    after = _os_threads()
+    # the interpreter's pool (XNNPACK's pthreadpool) starts threads - 1 workers; the caller is the last one
+    in_effect = 1 + after - before if before is not None and after is not None else None
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
 
@@ -125,7 +136,15 @@ def _tflite(artifact: Path, threads: int) -> Session:
         interpreter.invoke()
         return interpreter.get_tensor(out["index"])
 
-    return Session(name, version, threads, run)
+    return Session(name, version, threads, run, in_effect)
+
+
+def _os_threads() -> int | None:
+    """Threads of this process (Linux); None where /proc is missing."""
+    try:
+        return sum(1 for _ in Path("/proc/self/task").iterdir())
+    except OSError:
+        return None
 
 
 def _dist_version(dist: str) -> str:

@@ -4,6 +4,8 @@ Warm-up runs are not timed. Timed runs continue until both ``repeats`` runs
 and ``min_seconds`` of timed work are done. Every backend gets the same
 token ids (the first sample of the evaluation set). Each row carries the
 settings that produced it: backend, precision, runtime and version, threads,
+the threads the runtime reports in effect (``threads_in_effect``, empty where
+the runtime cannot tell; the stage fails if it differs from ``threads``),
 batch, sequence length, CPU model, load time and the process's peak RSS.
 """
 
@@ -36,6 +38,7 @@ FIELDS = [
     "runtime",
     "runtime_version",
     "threads",
+    "threads_in_effect",
     "batch",
     "seq_len",
     "repeat",
@@ -89,6 +92,15 @@ def timing(
     t0 = time.perf_counter()
     session = open_backend(runtime, artifact, threads)
     load_s = time.perf_counter() - t0
+    in_effect = session.threads_in_effect
+    if in_effect is None:
+        log.warning("%s cannot report the threads in effect; asked for %d", session.runtime, threads)
+    elif in_effect != threads:
+        raise StageError(
+            f"{backend}: asked {session.runtime} for {threads} intra-op threads but it runs {in_effect} "
+            "(0: the runtime's default); "
+            "the timing would be mislabelled"
+        )
     latencies = timed_runs(lambda: session.run(sample), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
     rss = round(peak_rss_mb())
     common = {
@@ -98,6 +110,7 @@ def timing(
         "runtime": session.runtime,
         "runtime_version": session.version,
         "threads": threads,
+        "threads_in_effect": "" if in_effect is None else in_effect,
         "batch": sample.shape[0],
         "seq_len": sample.shape[1],
         "load_s": round(load_s, 3),
