@@ -1,36 +1,45 @@
-"""The Dockerfile builds, and the workflow runs inside the image with results on the host.
+"""The Dockerfile builds, and the workflow runs inside the image: with docker run and with --sdm apptainer.
 
 Opt-in: set LMSHIP_CONTAINER_TEST=1 (CI does). Needs root on Debian 12: the
-test installs docker.io and debootstrap if missing, starts a private dockerd,
-builds a Debian 12 base image without any registry (debootstrap + docker
-import), builds ./Dockerfile on it with the host's pip sources, runs the tiny
-workflow with `docker run --network none` and results/, logs/ and
-benchmarks/ mounted from the host, checks the outputs on the host and that
-every rule log was written inside this image, and stops and deletes
-everything again (tests/container_engine.py).
+test installs docker.io, debootstrap and patchelf if missing, starts a private
+dockerd, builds a Debian 12 base image without any registry (debootstrap +
+docker import), builds ./Dockerfile on it with the host's pip sources, then
+(1) runs the tiny workflow with `docker run --network none` as another user,
+results/, logs/ and benchmarks/ mounted from the host, and (2) installs
+Apptainer from Debian unstable and runs the tiny workflow with
+`snakemake --sdm apptainer` and the Snakefile's own `container:` reference.
+Both check the outputs on the host and that every rule log was written inside
+this image (its interpreter and this build's LMSHIP_IMAGE). Everything is
+stopped and deleted again (tests/container_engine.py).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
+import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from container_engine import (
     ContainerHarnessError,
+    Docker,
     build_base_image,
     debian_mirror,
     ensure_installed,
     host_pip_sources,
+    install_apptainer,
     local_docker,
     pip_sources,
 )
 from slurm_cluster import run_bounded
-from workflow_helpers import REPO, tiny_config, write_config
+from workflow_helpers import REPO, SNAKEFILE, tiny_config, write_config
 
 SEQ = 16
 BACKENDS = ["pytorch", "onnx", "tflite-fp32"]
@@ -49,11 +58,13 @@ RULES = {
     "summary",
     "plot",
 }
-VENV_PYTHON = "/opt/lmship/venv/bin/python3"
+VENV_PYTHON = "/opt/lmship/venv/bin/python"  # snakemake script: python3 in docker run, python under --sdm
 USER = 65534  # nobody: the run must work as any user and leave files the caller owns
 BASE_TIMEOUT = 600.0
 BUILD_TIMEOUT = 900.0
 RUN_TIMEOUT = 900.0
+SANDBOX_TIMEOUT = 900.0
+LIFETIME = BASE_TIMEOUT + BUILD_TIMEOUT + 2 * RUN_TIMEOUT + SANDBOX_TIMEOUT + 1200
 
 wanted = os.environ.get("LMSHIP_CONTAINER_TEST") == "1"
 needs_docker = pytest.mark.skipif(
@@ -77,14 +88,45 @@ def image_marker(log: Path) -> str | None:
     return None
 
 
-@needs_docker
-def test_workflow_runs_in_the_image(tmp_path):
+@dataclass
+class Built:
+    docker: Docker
+    tag: str
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A private dockerd with the image built from ./Dockerfile on a debootstrap base (module-wide)."""
     try:
         ensure_installed()
     except ContainerHarnessError as exc:
         pytest.fail(f"cannot install the container tools: {exc}")  # CI asked for this test: fail, don't skip
+    tmp = tmp_path_factory.mktemp("image")
     tag = f"lmship:ci-{uuid.uuid4().hex[:8]}"
     base = tag.replace("lmship:", "lmship-base:")
+    seconds: dict[str, float] = {}
+    with local_docker(lifetime=LIFETIME) as docker:
+        started = time.monotonic()
+        build_base_image(docker, base, tmp, timeout=BASE_TIMEOUT)
+        seconds["base image"] = time.monotonic() - started
+        started = time.monotonic()
+        with pip_sources(tmp) as pip_args:
+            build = ["build", "--network", "host", "-t", tag, "--build-arg", f"BASE={base}"]
+            build += ["--build-arg", f"LMSHIP_IMAGE={tag}"]
+            if pip_args:
+                build += ["--build-arg", "PIP_ARGS=" + " ".join(pip_args)]
+            docker.run(*build, str(REPO), timeout=BUILD_TIMEOUT)
+        seconds["image build"] = time.monotonic() - started
+        inspect = json.loads(docker.run("image", "inspect", tag, timeout=60).stdout)[0]
+        assert f"LMSHIP_IMAGE={tag}" in inspect["Config"]["Env"]
+        print(f"\nimage {tag}: {inspect['Size'] / 1e6:.0f} MB")
+        yield Built(docker, tag, seconds)
+    print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+
+
+@needs_docker
+def test_workflow_runs_in_docker(built, tmp_path):
     workdir = tmp_path / "wf"
     write_config(workdir, container_config())
     mounts = []
@@ -93,46 +135,73 @@ def test_workflow_runs_in_the_image(tmp_path):
         os.chown(workdir / sub, USER, USER)
         mounts += ["-v", f"{workdir / sub}:/work/{sub}"]
     mounts += ["-v", f"{workdir / 'config.yaml'}:/work/config.yaml:ro"]
-    seconds: dict[str, float] = {}
-    with local_docker(lifetime=BASE_TIMEOUT + BUILD_TIMEOUT + 2 * RUN_TIMEOUT + 300) as docker:
-        started = time.monotonic()
-        build_base_image(docker, base, tmp_path, timeout=BASE_TIMEOUT)
-        seconds["base image"] = time.monotonic() - started
-
-        started = time.monotonic()
-        with pip_sources(tmp_path) as pip_args:
-            build = ["build", "--network", "host", "-t", tag, "--build-arg", f"BASE={base}"]
-            build += ["--build-arg", f"LMSHIP_IMAGE={tag}"]
-            if pip_args:
-                build += ["--build-arg", "PIP_ARGS=" + " ".join(pip_args)]
-            docker.run(*build, str(REPO), timeout=BUILD_TIMEOUT)
-        seconds["image"] = time.monotonic() - started
-        inspect = json.loads(docker.run("image", "inspect", tag, timeout=60).stdout)[0]
-        assert f"LMSHIP_IMAGE={tag}" in inspect["Config"]["Env"]
-        size_mb = inspect["Size"] / 1e6
-
-        started = time.monotonic()
-        run = [docker.cli, "run", "--rm", "--network", "none", "--user", f"{USER}:{USER}", *mounts, tag]
-        proc = run_bounded(run, timeout=RUN_TIMEOUT, env=docker.env, log=tmp_path / "docker-run.log")
-        seconds["workflow in the image"] = time.monotonic() - started
-        assert proc.returncode == 0, proc.stdout[-6000:]
-
-        # Snakemake inside the image (a new container) finds nothing to redo.
-        again = run_bounded(
-            [docker.cli, "run", "--rm", "--network", "none", "--user", f"{USER}:{USER}", *mounts, tag, "-n"],
-            timeout=300,
-            env=docker.env,
-        )
-        assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-4000:]
-    print(f"\nimage {tag}: {size_mb:.0f} MB; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    _check_outputs(workdir, tag)
+    docker, tag = built.docker, built.tag
+    started = time.monotonic()
+    run = [docker.cli, "run", "--rm", "--network", "none", "--user", f"{USER}:{USER}", *mounts, tag]
+    proc = run_bounded(run, timeout=RUN_TIMEOUT, env=docker.env, log=tmp_path / "docker-run.log")
+    built.seconds["docker run"] = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    # Snakemake inside the image (a new container) finds nothing to redo.
+    again = run_bounded(
+        [docker.cli, "run", "--rm", "--network", "none", "--user", f"{USER}:{USER}", *mounts, tag, "-n"],
+        timeout=300,
+        env=docker.env,
+    )
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-4000:]
+    _check_outputs(workdir, f"{VENV_PYTHON}3, image {tag}")
+    for path in (workdir / "results" / "plot.png", workdir / "results" / "summary.csv"):
+        assert path.stat().st_uid == USER, f"{path} is owned by uid {path.stat().st_uid}, not the --user {USER}"
 
 
-def _check_outputs(workdir: Path, tag: str) -> None:
+def snakefile_container() -> str:
+    m = re.search(r'^container: "([^"]+)"$', SNAKEFILE.read_text(), re.M)
+    assert m, "no container: line in the Snakefile"
+    return m.group(1)
+
+
+@needs_docker
+def test_snakemake_sdm_apptainer_runs_every_rule_in_the_image(built, tmp_path):
+    """snakemake --sdm apptainer with the Snakefile's container: every rule log comes from the image.
+
+    Converting the 4 GB image to a .sif (what Snakemake's own pull does, into
+    .snakemake/singularity/<md5 of the URL>.simg) takes ~8 min on 2 cores,
+    mostly mksquashfs; the test builds an Apptainer sandbox folder from the
+    same docker-daemon reference instead and puts it where Snakemake looks,
+    so Snakemake finds the image and does not pull.
+    """
+    bindir = install_apptainer(tmp_path / "apptainer", timeout=600)
+    url = snakefile_container()
+    assert url.startswith("docker-daemon:") and "//" not in url, url
+    built.docker.run("tag", built.tag, url.removeprefix("docker-daemon:"), timeout=60)
+    workdir = tmp_path / "wf"
+    write_config(workdir, container_config())
+    image = workdir / ".snakemake" / "singularity" / (hashlib.md5(url.encode()).hexdigest() + ".simg")
+    image.parent.mkdir(parents=True)
+    env = dict(built.docker.env, PATH=f"{bindir}:{os.environ['PATH']}", APPTAINER_TMPDIR=str(tmp_path))
+    started = time.monotonic()
+    proc = run_bounded(
+        [str(bindir / "apptainer"), "build", "--sandbox", str(image), url],
+        timeout=SANDBOX_TIMEOUT,
+        env=env,
+        log=tmp_path / "apptainer-build.log",
+    )
+    built.seconds["apptainer sandbox"] = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir)]
+    cmd += ["--cores", "2", "--sdm", "apptainer"]
+    proc = run_bounded(cmd, timeout=RUN_TIMEOUT, env=env, log=tmp_path / "snakemake.log")
+    built.seconds["snakemake --sdm apptainer"] = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "Pulling singularity image" not in proc.stdout
+    assert proc.stdout.count(f"Activating singularity image {image}") >= len(RULES)
+    _check_outputs(workdir, f"{VENV_PYTHON}, image {built.tag}")
+
+
+def _check_outputs(workdir: Path, marker: str) -> None:
     results = workdir / "results"
     for path in (results / "plot.png", results / "summary.md", results / "tiny" / f"seq{SEQ}" / "model_fp32.tflite"):
         assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty on the host"
-        assert path.stat().st_uid == USER, f"{path} is owned by uid {path.stat().st_uid}, not the --user {USER}"
     with open(results / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["backend"] for r in rows) == sorted(BACKENDS), rows
@@ -141,8 +210,8 @@ def _check_outputs(workdir: Path, tag: str) -> None:
     logs = sorted((workdir / "logs").rglob("*.log"))
     ran = {log.relative_to(workdir / "logs").parts[0].removesuffix(".log") for log in logs}
     assert ran == RULES, f"rule logs on the host: {sorted(ran)}"
-    outside = {str(log): image_marker(log) for log in logs if image_marker(log) != f"{VENV_PYTHON}, image {tag}"}
-    assert not outside, f"rule logs not written inside {tag}: {outside}"
+    outside = {str(log): image_marker(log) for log in logs if image_marker(log) != marker}
+    assert not outside, f"rule logs without '{marker}': {outside}"
 
 
 def test_image_marker_reads_the_log_line(tmp_path):
