@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -177,25 +178,30 @@ def test_snakemake_sdm_apptainer_runs_every_rule_in_the_image(built, tmp_path):
     write_config(workdir, container_config())
     image = workdir / ".snakemake" / "singularity" / (hashlib.md5(url.encode()).hexdigest() + ".simg")
     image.parent.mkdir(parents=True)
-    env = dict(built.docker.env, PATH=f"{bindir}:{os.environ['PATH']}", APPTAINER_TMPDIR=str(tmp_path))
-    started = time.monotonic()
-    proc = run_bounded(
-        [str(bindir / "apptainer"), "build", "--sandbox", str(image), url],
-        timeout=SANDBOX_TIMEOUT,
-        env=env,
-        log=tmp_path / "apptainer-build.log",
-    )
-    built.seconds["apptainer sandbox"] = time.monotonic() - started
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    started = time.monotonic()
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir)]
-    cmd += ["--cores", "2", "--sdm", "apptainer"]
-    proc = run_bounded(cmd, timeout=RUN_TIMEOUT, env=env, log=tmp_path / "snakemake.log")
-    built.seconds["snakemake --sdm apptainer"] = time.monotonic() - started
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    assert "Pulling singularity image" not in proc.stdout
-    assert proc.stdout.count(f"Activating singularity image {image}") >= len(RULES)
-    _check_outputs(workdir, f"{VENV_PYTHON}, image {built.tag}")
+    env = dict(built.docker.env, PATH=f"{bindir}:{os.environ['PATH']}")
+    env.update(APPTAINER_TMPDIR=str(tmp_path), APPTAINER_CACHEDIR=str(tmp_path / "apptainer-cache"))
+    try:
+        started = time.monotonic()
+        proc = run_bounded(
+            [str(bindir / "apptainer"), "build", "--sandbox", str(image), url],
+            timeout=SANDBOX_TIMEOUT,
+            env=env,
+            log=tmp_path / "apptainer-build.log",
+        )
+        built.seconds["apptainer sandbox"] = time.monotonic() - started
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        started = time.monotonic()
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir)]
+        cmd += ["--cores", "2", "--sdm", "apptainer"]
+        proc = run_bounded(cmd, timeout=RUN_TIMEOUT, env=env, log=tmp_path / "snakemake.log")
+        built.seconds["snakemake --sdm apptainer"] = time.monotonic() - started
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        assert "Pulling singularity image" not in proc.stdout
+        assert proc.stdout.count(f"Activating singularity image {image}") >= len(RULES)
+        _check_outputs(workdir, f"{VENV_PYTHON}, image {built.tag}")
+    finally:  # 4 GB each; pytest keeps the last three tmp folders
+        shutil.rmtree(image, ignore_errors=True)
+        shutil.rmtree(tmp_path / "apptainer-cache", ignore_errors=True)
 
 
 def _check_outputs(workdir: Path, marker: str) -> None:
