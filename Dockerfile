@@ -1,7 +1,7 @@
 # One image that runs the whole workflow (see README.md, "Container").
 #   docker build -t lmship:latest .
-#   docker run --rm -v "$PWD/results:/work/results" lmship:latest            # everything
-#   docker run --rm -v "$PWD/results:/work/results" lmship:latest results/plot.png
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/results:/work/results" lmship:latest
+#   docker run ... lmship:latest results/plot.png     (arguments go to snakemake)
 # Or let Snakemake run every rule in it (Apptainer reads the local Docker daemon):
 #   snakemake --cores 4 --sdm apptainer
 #
