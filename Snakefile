@@ -12,9 +12,11 @@ configfile: "config.yaml"
 
 
 # With --sdm apptainer every rule runs in the image built from ./Dockerfile
-# (docker build -t lmship:latest .); by default rules run in the current
-# environment, with --sdm conda in the env file named by each rule.
-container: "docker-daemon://lmship:latest"
+# (docker build -t lmship:latest .), read from the local Docker daemon
+# (Apptainer's form is docker-daemon:<name>:<tag>, without "//"; a path to a
+# local .sif file also works, used as is). By default rules run in the
+# current environment, with --sdm conda in the env file named by each rule.
+container: "docker-daemon:lmship:latest"
 
 
 include: "workflow/rules/common.smk"

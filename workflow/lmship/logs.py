@@ -46,6 +46,8 @@ def log_to(path: Path | str | None) -> Iterator[None]:
     with fds_redirected(fd, 1, 2):
         os.close(fd)
         _configure_logging(sys.stderr)
+        # Where the stage runs: the container image (Dockerfile sets LMSHIP_IMAGE) or none.
+        log.info("python %s, image %s", sys.executable, os.environ.get("LMSHIP_IMAGE", "none"))
         started = time.monotonic()
         try:
             yield
