@@ -35,7 +35,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from slurm_cluster import _start_reaper
+from slurm_cluster import _start_reaper, ensure_debian_packages
 
 DEBIAN_PACKAGES = ("docker.io", "debootstrap", "patchelf")
 REQUIRED_BINARIES = ("dockerd", "docker", "debootstrap", "patchelf")
@@ -50,27 +50,9 @@ class ContainerHarnessError(RuntimeError):
 # installation
 
 
-def _missing_binaries() -> list[str]:
-    return [b for b in REQUIRED_BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
-
-
 def ensure_installed(timeout: float = 600.0) -> None:
     """Install Debian's docker.io, debootstrap and patchelf if a binary is missing."""
-    missing = _missing_binaries()
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise ContainerHarnessError(f"missing {missing} and not root to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *DEBIAN_PACKAGES]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            raise ContainerHarnessError(
-                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-            )
-    still = _missing_binaries()
-    if still:
-        raise ContainerHarnessError(f"still missing after apt-get install: {still}")
+    ensure_debian_packages(DEBIAN_PACKAGES, REQUIRED_BINARIES, ContainerHarnessError, timeout)
 
 
 def _binary(name: str) -> str:

@@ -111,27 +111,32 @@ class ClusterInfo:
 # installation
 
 
-def _missing_binaries() -> list[str]:
-    return [b for b in REQUIRED_BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+def missing_binaries(binaries: Sequence[str]) -> list[str]:
+    return [b for b in binaries if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+
+
+def ensure_debian_packages(
+    packages: Sequence[str], binaries: Sequence[str], error: type[Exception], timeout: float = 600.0
+) -> None:
+    """Install Debian's ``packages`` if any of ``binaries`` is missing; raise ``error`` if that fails."""
+    missing = missing_binaries(binaries)
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise error(f"missing {missing} and not root to install them")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *packages]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise error(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    still = missing_binaries(binaries)
+    if still:
+        raise error(f"still missing after apt-get install: {still}")
 
 
 def ensure_installed(timeout: float = 600.0) -> None:
     """Install the Debian packages if any SLURM/munge binary is missing."""
-    missing = _missing_binaries()
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SlurmHarnessError(f"missing {missing} and not root to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *DEBIAN_PACKAGES]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            raise SlurmHarnessError(
-                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-            )
-    still = _missing_binaries()
-    if still:
-        raise SlurmHarnessError(f"still missing after apt-get install: {still}")
+    ensure_debian_packages(DEBIAN_PACKAGES, REQUIRED_BINARIES, SlurmHarnessError, timeout)
 
 
 # --------------------------------------------------------------------------
