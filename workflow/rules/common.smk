@@ -86,9 +86,17 @@ def finish_rules():
     """Checks that need every rule: bench_lock on each, the memory budget, the model sources."""
     for r in workflow.rules:
         r.resources.setdefault("bench_lock", 1)
-    _warn_memory_budget()
-    if workflow.is_main_process:  # not again in every cluster job
+    if workflow.is_main_process:  # not again in every (cluster) job
+        _warn_memory_budget()
         _check_sources()
+
+
+def _declared_mb(rule):
+    """A rule's mem_mb when it is a plain number (None for one computed per job)."""
+    try:
+        return getattr(rule.resources.get("mem_mb"), "value", None)
+    except ValueError:  # a callable resource has no value outside a job
+        return None
 
 
 def _warn_memory_budget():
@@ -96,10 +104,7 @@ def _warn_memory_budget():
     budget = getattr(budget, "value", budget)
     if not _LOCAL or not isinstance(budget, int):
         return
-    declared = {
-        r.name: getattr(r.resources.get("mem_mb"), "value", None)
-        for r in workflow.rules
-    }
+    declared = {r.name: _declared_mb(r) for r in workflow.rules}
     short = {
         name: mb for name, mb in declared.items() if isinstance(mb, int) and mb > budget
     }
