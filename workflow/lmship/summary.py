@@ -332,7 +332,8 @@ def to_markdown(table: pd.DataFrame, tiers: list[str], skipped: dict[str, dict[s
         )
         lines.append("|" + "---|" * 12)
         for _, r in block.iterrows():
-            tier = r["tier"] if r["tier"] != BROKEN else f"**broken** ({r['tier_missed']})"
+            loosest = str(r["tier_missed"]).rpartition(f"{tiers[-1]}: ")[2] if tiers else ""
+            tier = r["tier"] if r["tier"] != BROKEN else f"**broken** (misses {tiers[-1]}: {loosest})"
             flag = f" ⚠ unstable: {r['unstable_why']}" if r["unstable"] else ""
             share = (
                 f"{_fmt(r['achieved_gops'], '.0f')} ({_fmt(r['limit_share_pct'], '.0f')}%)"
