@@ -18,6 +18,16 @@ sys.path.insert(0, str(REPO / "workflow"))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 SEQ = 24
+#: The shape of SmolLM2-135M (config.json), for checks that need the real sizes without the weights.
+SMOLLM2_135M_ARCH = {
+    "hidden_size": 576,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "vocab_size": 49152,
+}
 TINY_SPEC = {
     "source": "random",
     "seed": 0,

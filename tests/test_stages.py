@@ -202,17 +202,10 @@ def test_flops_match_the_tflite_converter(tflite_models, chain_dir):
 
 
 def test_flops_of_smollm_135m():
+    from conftest import SMOLLM2_135M_ARCH
     from lmship.flops import forward_ops
 
-    cfg = {
-        "hidden_size": 576,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "head_dim": 64,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "vocab_size": 49152,
-    }
+    cfg = SMOLLM2_135M_ARCH
     ops = forward_ops(cfg, 1, 128)
     assert ops["linear"] == pytest.approx(2 * 128 * (30 * 3_538_944 + 576 * 49152))
     assert ops["total"] / 1e9 == pytest.approx(35.6, abs=0.05)

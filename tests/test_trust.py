@@ -121,17 +121,10 @@ def test_attention_flops_by_hand_tiny():
 
 
 def test_attention_flops_by_hand_smollm_135m():
+    from conftest import SMOLLM2_135M_ARCH
     from lmship.flops import forward_ops
 
-    cfg = {
-        "hidden_size": 576,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "head_dim": 64,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "vocab_size": 49152,
-    }
+    cfg = SMOLLM2_135M_ARCH
     # 30 layers x 9 query heads x (QK^T + AV) x 128 x 128 x 64 multiply-adds x 2 ops
     assert forward_ops(cfg, 1, 128)["attention"] == 30 * 9 * 2 * 128 * 128 * 64 * 2 == 1_132_462_080
 
