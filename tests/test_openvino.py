@@ -171,3 +171,32 @@ def test_matmul_peaks_report_rates_and_kernels():
         bf16 = bf16_matmul_peak(1, n=256, repeats=3, min_seconds=0.1)
         assert bf16["bf16_gflops"] == max(bf16["all"].values()) > 0
         assert any("BF16" in k.upper() for k in bf16["kernels"]["openvino"]), bf16["kernels"]
+
+
+@pytest.mark.parametrize("group", [0, 64])
+def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
+    from lmship.openvino import compress_variant, open_openvino
+
+    out = compress_variant(ir, chain_dir / "ov" / "model.dq.xml", "int8-asym")
+    session = open_openvino(out, threads=1, dynamic_quantization=group)
+    assert session.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
+
+
+def test_keep_head_leaves_embedding_and_lm_head_fp32(ir, chain_dir):
+    import openvino as ov
+
+    from lmship.openvino import compress_variant, head_and_embedding
+
+    model = ov.Core().read_model(str(ir))
+    kept = head_and_embedding(model)
+    assert any(model.get_result().input_value(0).get_node().get_friendly_name() == k for k in kept)
+    out = compress_variant(
+        ir, chain_dir / "ov" / "model.head.xml", "int8-asym-fp32-head", census_json=chain_dir / "ov" / "head.json"
+    )
+    compressed = ov.Core().read_model(str(out))
+    for op in compressed.get_ordered_ops():
+        if op.get_friendly_name() in kept:
+            weight = op.input_value(0 if op.get_type_name() == "Gather" else 1).get_node()
+            assert weight.get_output_element_type(0) == ov.Type.f32, op.get_friendly_name()
+    weights = read_json(chain_dir / "ov" / "head.json")["weights"]
+    assert "u8" in weights, "the decoder layers should still be int8"

@@ -41,6 +41,7 @@ PRECISION_HINTS = ("f32", "bf16")
 VARIANTS: dict[str, dict] = {
     "int8-asym": {"mode": "int8_asym", "group_size": -1, "ratio": 1.0},
     "int8-sym": {"mode": "int8_sym", "group_size": -1, "ratio": 1.0},
+    "int8-asym-fp32-head": {"mode": "int8_asym", "group_size": -1, "ratio": 1.0, "keep_head": True},
     "int4-asym-g32": {"mode": "int4_asym", "group_size": 32, "ratio": 1.0},
     "int4-asym-g32-awq": {
         "mode": "int4_asym",
@@ -157,6 +158,7 @@ def compress_ir(
     ratio: float = 1.0,
     awq: bool = False,
     scale_estimation: bool = False,
+    keep_head: bool = False,
     calibration: np.ndarray | None = None,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
@@ -166,7 +168,8 @@ def compress_ir(
     ``mode`` is an NNCF ``CompressWeightsMode`` value (``int8_asym``, ``int4_asym``, ...),
     ``group_size`` -1 for per output channel. AWQ / scale estimation need
     ``calibration``: token windows ``int64 [n, batch, seq]`` disjoint from the
-    evaluation windows.
+    evaluation windows. ``keep_head`` leaves the embedding Gather and the LM head
+    (the MatMul that makes the logits) uncompressed.
     """
     import nncf
 
@@ -185,6 +188,8 @@ def compress_ir(
         windows = np.asarray(calibration, dtype=np.int64)
         dataset = nncf.Dataset([{name: w} for w in windows])
     kwargs: dict = {"mode": mode_enum, "ratio": ratio, "group_size": group_size, "dataset": dataset}
+    if keep_head:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=head_and_embedding(model))
     if data_aware:
         kwargs.update(awq=awq, scale_estimation=scale_estimation, subset_size=len(calibration))
     started = time.monotonic()
@@ -201,7 +206,9 @@ def compress_ir(
     if census_json is not None:
         write_json(census_json, info)
     if metrics_json is not None:
-        recipe = {k: v for k, v in kwargs.items() if k != "dataset"} | {"mode": mode}
+        recipe = {k: v for k, v in kwargs.items() if k not in ("dataset", "ignored_scope")} | {"mode": mode}
+        if keep_head:
+            recipe["kept_uncompressed"] = list(kwargs["ignored_scope"].names)
         write_json(
             metrics_json,
             _metrics(
@@ -214,6 +221,22 @@ def compress_ir(
             ),
         )
     return Path(out_xml)
+
+
+def head_and_embedding(model) -> list[str]:
+    """Names of the embedding lookups (Gather of a Constant) and of the MatMul(s) feeding the outputs."""
+    names = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Gather" and op.input_value(0).get_node().get_type_name() == "Constant":
+            names.append(op.get_friendly_name())
+    for result in model.get_results():
+        source = result.input_value(0).get_node()
+        if source.get_type_name() == "MatMul":
+            names.append(source.get_friendly_name())
+    if not names:
+        raise StageError("no embedding Gather or output MatMul found to keep uncompressed")
+    return names
 
 
 def compress_variant(ir_xml: Path, out_xml: Path, variant: str, calibration: np.ndarray | None = None, **kw) -> Path:
@@ -239,8 +262,20 @@ def _require_bf16(what: str) -> None:
         )
 
 
-def compile_ir(artifact: Path, threads: int, *, precision_hint: str = "f32", perf_count: bool = False):
-    """Compile the IR (or ONNX) ``artifact`` for the CPU with the given threads and precision hint."""
+def compile_ir(
+    artifact: Path,
+    threads: int,
+    *,
+    precision_hint: str = "f32",
+    dynamic_quantization: int | None = None,
+    perf_count: bool = False,
+):
+    """Compile the IR (or ONNX) ``artifact`` for the CPU with the given threads and precision hint.
+
+    ``dynamic_quantization`` is the CPU plugin's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``:
+    ``None`` keeps OpenVINO's default (32: activations of compressed-weight
+    MatMuls are quantised to int8 per group of 32 on the fly), 0 turns it off.
+    """
     import openvino as ov
     import openvino.properties as props
     import openvino.properties.hint as hints
@@ -256,20 +291,24 @@ def compile_ir(artifact: Path, threads: int, *, precision_hint: str = "f32", per
     }
     if threads > 0:
         config[props.inference_num_threads] = threads
+    if dynamic_quantization is not None:
+        config[hints.dynamic_quantization_group_size] = dynamic_quantization
     try:
         return _core().compile_model(str(artifact), "CPU", config)
     except Exception as exc:
         raise StageError(f"OpenVINO cannot compile {artifact} for the CPU: {type(exc).__name__}: {exc}") from exc
 
 
-def open_openvino(artifact: Path, threads: int, *, precision_hint: str = "f32") -> Session:
-    """A :class:`Session` running the OpenVINO IR ``artifact`` on the CPU."""
+def open_openvino(
+    artifact: Path, threads: int, *, precision_hint: str = "f32", dynamic_quantization: int | None = None
+) -> Session:
+    """A :class:`Session` running the OpenVINO IR ``artifact`` on the CPU (see :func:`compile_ir`)."""
     import openvino as ov
 
     artifact = Path(artifact)
     if not artifact.exists():
         raise StageError(f"artifact {artifact} does not exist")
-    compiled = compile_ir(artifact, threads, precision_hint=precision_hint)
+    compiled = compile_ir(artifact, threads, precision_hint=precision_hint, dynamic_quantization=dynamic_quantization)
     request = compiled.create_infer_request()
     shape = (
         tuple(compiled.inputs[0].get_partial_shape().to_shape())
