@@ -1,0 +1,202 @@
+"""OpenVINO IR, NNCF weight compression, bf16 sessions and matmul limits on the tiny random model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from lmship import StageError
+from lmship.evalset import load_inputs
+from lmship.files import read_json
+from lmship.quality import Agreement
+
+
+def _agreement(session, eval_set) -> dict:
+    input_ids, is_text = load_inputs(eval_set["inputs"])
+    reference = np.load(eval_set["reference"])
+    agreement = Agreement()
+    for ref, ids, text in zip(reference, input_ids, is_text, strict=True):
+        agreement.add(ref, session.run(ids), ids, bool(text))
+    return agreement.summarise()
+
+
+@pytest.fixture(scope="module")
+def ir(onnx_model, chain_dir):
+    from lmship.openvino import convert_ir
+
+    return convert_ir(
+        onnx_model,
+        chain_dir / "ov" / "model.xml",
+        census_json=chain_dir / "ov" / "model.census.json",
+        metrics_json=chain_dir / "ov" / "convert.json",
+    )
+
+
+def _matmul_weights(census: dict) -> int:
+    return census["ops"].get("MatMul", 0)
+
+
+def test_ir_agrees_with_pytorch(ir, eval_set):
+    from lmship.openvino import open_openvino
+
+    assert ir.is_file() and ir.with_suffix(".bin").is_file()
+    summary = _agreement(open_openvino(ir, threads=1, precision_hint="f32"), eval_set)
+    assert summary["top1_agreement_pct"] == 100.0
+    assert summary["kld_mean"] < 1e-6, summary
+
+
+def test_census_counts_ops_and_fp32_weights(ir, onnx_model, chain_dir):
+    import onnx
+
+    census = read_json(chain_dir / "ov" / "model.census.json")
+    graph = onnx.load(str(onnx_model))
+    onnx_matmuls = sum(n.op_type == "MatMul" for n in graph.graph.node)
+    # every ONNX MatMul is one OpenVINO MatMul; the counts add up to the total
+    assert _matmul_weights(census) == onnx_matmuls > 0
+    assert census["total"] == sum(census["ops"].values())
+    # an fp32 IR keeps fp32 weights (compress_to_fp16 would have made them f16)
+    assert "f16" not in census["weights"]
+    initializer_bytes = sum(
+        np.prod(i.dims) * 4 for i in graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+    )
+    assert census["weights"]["f32"]["bytes"] >= 0.99 * initializer_bytes
+    metrics = read_json(chain_dir / "ov" / "convert.json")
+    assert metrics["size_mb"] > 0 and metrics["ops_total"] == census["total"]
+
+
+@pytest.mark.parametrize(
+    ("variant", "element"),
+    [("int8-asym", "u8"), ("int8-sym", "i8"), ("int4-asym-g32", "u4"), ("int4-asym-g32-awq", "u4")],
+)
+def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir, variant, element):
+    from lmship.openvino import compress_variant, open_openvino
+
+    input_ids, is_text = load_inputs(eval_set["inputs"])
+    calibration = input_ids[is_text][:2]
+    out = compress_variant(
+        ir,
+        chain_dir / "ov" / f"model.{variant}.xml",
+        variant,
+        calibration,
+        census_json=chain_dir / "ov" / f"{variant}.census.json",
+    )
+    before = read_json(chain_dir / "ov" / "model.census.json")["weights"]
+    after = read_json(chain_dir / "ov" / f"{variant}.census.json")["weights"]
+    assert element in after, f"{variant} should store {element} weights, has {sorted(after)}"
+    assert after["f32"]["bytes"] < before["f32"]["bytes"] / 2, "most fp32 weight bytes should be gone"
+    summary = _agreement(open_openvino(out, threads=1), eval_set)
+    assert summary["finite"]
+    assert summary["top1_agreement_pct"] > 50.0, summary
+
+
+def test_data_aware_variant_needs_calibration(ir, chain_dir):
+    from lmship.openvino import compress_variant
+
+    with pytest.raises(StageError, match="calibration"):
+        compress_variant(ir, chain_dir / "ov" / "nocal.xml", "int4-asym-g32-awq", None)
+
+
+def test_unknown_mode_is_a_clear_error(ir, chain_dir):
+    from lmship.openvino import compress_ir
+
+    with pytest.raises(StageError, match="unknown NNCF weight-compression mode 'int5'"):
+        compress_ir(ir, chain_dir / "ov" / "bad.xml", mode="int5")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_count_is_applied(ir, threads):
+    import openvino.properties as props
+
+    from lmship.openvino import open_openvino
+
+    session = open_openvino(ir, threads=threads)
+    assert session.threads == threads
+    assert session.compiled.get_property(props.inference_num_threads) == threads
+
+
+def test_bf16_runs_or_says_why_not(ir, eval_set, monkeypatch):
+    import openvino as ov
+    import openvino.properties.hint as hints
+
+    from lmship import openvino as lov
+
+    if lov.cpu_has_bf16():
+        session = lov.open_openvino(ir, threads=1, precision_hint="bf16")
+        assert session.compiled.get_property(hints.inference_precision) == ov.Type.bf16
+        summary = _agreement(session, eval_set)
+        assert summary["finite"] and summary["top1_agreement_pct"] > 80.0
+        f32 = lov.open_openvino(ir, threads=1, precision_hint="f32")
+        assert f32.compiled.get_property(hints.inference_precision) == ov.Type.f32
+    # a CPU without bf16 (simulated here when the real one has it) gets the clear error
+    monkeypatch.setattr(lov, "cpu_has_bf16", lambda: False)
+    with pytest.raises(StageError, match="no bf16 instructions"):
+        lov.open_openvino(ir, threads=1, precision_hint="bf16")
+
+
+def test_torch_bf16_autocast_returns_fp32_logits(tiny_model, eval_set):
+    from lmship.openvino import cpu_has_bf16, open_torch_bf16
+
+    if not cpu_has_bf16():
+        with pytest.raises(StageError, match="no bf16 instructions"):
+            open_torch_bf16(tiny_model, threads=1)
+        return
+    session = open_torch_bf16(tiny_model, threads=1)
+    input_ids, _ = load_inputs(eval_set["inputs"])
+    logits = session.run(input_ids[0])
+    reference = np.load(eval_set["reference"])[0]
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    # bf16 rounding shows: not bit-identical to fp32, but close
+    assert 0 < np.abs(logits - reference).max() < 0.5
+
+
+def test_unknown_precision_hint(ir):
+    from lmship.openvino import open_openvino
+
+    with pytest.raises(StageError, match="unknown OpenVINO precision hint 'fp8'"):
+        open_openvino(ir, threads=1, precision_hint="fp8")
+
+
+def test_matmul_peaks_report_rates_and_kernels():
+    from lmship.openvino import bf16_matmul_peak, cpu_has_bf16, int8_matmul_peak
+
+    int8 = int8_matmul_peak(1, n=256, repeats=3, min_seconds=0.1)
+    assert int8["int8_gops"] == max(int8["all"].values()) > 0
+    assert int8["kernels"]["openvino"], "the MatMul's kernel name should be reported"
+    # the FakeQuantize graph must really run as an integer matmul, not fp32
+    assert any("I8" in k.upper() or "U8" in k.upper() for k in int8["kernels"]["openvino"]), int8["kernels"]
+    if cpu_has_bf16():
+        bf16 = bf16_matmul_peak(1, n=256, repeats=3, min_seconds=0.1)
+        assert bf16["bf16_gflops"] == max(bf16["all"].values()) > 0
+        assert any("BF16" in k.upper() for k in bf16["kernels"]["openvino"]), bf16["kernels"]
+
+
+@pytest.mark.parametrize("group", [0, 64])
+def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
+    from lmship.openvino import compress_variant, open_openvino
+
+    out = compress_variant(ir, chain_dir / "ov" / "model.dq.xml", "int8-asym")
+    session = open_openvino(out, threads=1, dynamic_quantization=group)
+    assert session.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
+
+
+def test_keep_head_leaves_embedding_and_lm_head_fp32(ir, chain_dir):
+    import openvino as ov
+
+    from lmship.openvino import compress_variant, head_and_embedding
+
+    model = ov.Core().read_model(str(ir))
+    kept = head_and_embedding(model)
+    assert any(model.get_result().input_value(0).get_node().get_friendly_name() == k for k in kept)
+    out = compress_variant(
+        ir, chain_dir / "ov" / "model.head.xml", "int8-asym-fp32-head", census_json=chain_dir / "ov" / "head.json"
+    )
+    compressed = ov.Core().read_model(str(out))
+    for op in compressed.get_ordered_ops():
+        if op.get_friendly_name() in kept:
+            weight = op.input_value(0 if op.get_type_name() == "Gather" else 1).get_node()
+            assert weight.get_output_element_type(0) == ov.Type.f32, op.get_friendly_name()
+    weights = read_json(chain_dir / "ov" / "head.json")["weights"]
+    assert "u8" in weights, "the decoder layers should still be int8"
