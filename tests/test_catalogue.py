@@ -86,4 +86,20 @@ def test_every_backend_names_a_rule_output(rules):
         pattern = re.sub(r"\{(\w+),[^}]*\}", r"{\1}", str(getattr(rules[b.rule].output, b.output)))
         assert set(re.findall(r"\{(\w+)\}", pattern)) - {"model", "seq"} == set(b.wildcards), (b, pattern)
         stem = Path(pattern.format(model="m", seq=1, **b.wildcards)).name.split(".")[0]
-        assert stem == (b.name if b.name != REFERENCE else "hf"), (b, pattern)
+        owner = REFERENCE if stem == "hf" else stem
+        # a backend is its artifact's stem, or that artifact run at another precision (<stem>_<precision>)
+        assert b.name in (owner, f"{owner}_{b.precision}"), (b, pattern)
+        assert BACKENDS[owner].rule == b.rule and BACKENDS[owner].wildcards == b.wildcards, b
+
+
+def test_bf16_backends_need_bf16_instructions():
+    from lmship.backends import BF16_FLAGS, not_applicable
+
+    bf16 = [b for b in BACKENDS.values() if "bf16" in (b.precision, b.arithmetic)]
+    assert {b.name for b in bf16} >= {"pytorch_bf16", "openvino_bf16"}
+    for b in bf16:
+        assert b.cpu_flags == BF16_FLAGS
+        assert "bf16 instructions" in not_applicable(b.name, "hub", ["avx2", "avx512f"])
+        assert not_applicable(b.name, "hub", ["avx512f", "avx512_bf16"]) is None
+        assert not_applicable(b.name, "hub", ["amx_bf16"]) is None
+    assert not_applicable("openvino", "hub", ["avx2"]) is None

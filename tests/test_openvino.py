@@ -24,12 +24,15 @@ def _agreement(session, eval_set) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ir(onnx_model, chain_dir):
-    from lmship.openvino import convert_ir
+def ir(onnx_model, chain_dir, eval_set):
+    from lmship.openvino import openvino_ir
 
-    return convert_ir(
+    return openvino_ir(
         onnx_model,
         chain_dir / "ov" / "model.xml",
+        inputs_npz=eval_set["inputs"],
+        reference_npy=eval_set["reference"],
+        min_top1=99.0,
         census_json=chain_dir / "ov" / "model.census.json",
         metrics_json=chain_dir / "ov" / "convert.json",
     )
@@ -65,18 +68,50 @@ def test_census_counts_ops_and_fp32_weights(ir, onnx_model, chain_dir):
     assert census["weights"]["f32"]["bytes"] >= 0.99 * initializer_bytes
     metrics = read_json(chain_dir / "ov" / "convert.json")
     assert metrics["size_mb"] > 0 and metrics["ops_total"] == census["total"]
+    assert metrics["validation"]["top1_agreement_pct"] == 100.0
+
+
+def test_ir_below_the_gate_is_refused_and_not_written(onnx_model, eval_set, tmp_path, monkeypatch):
+    from lmship import validate
+    from lmship.openvino import openvino_ir
+
+    real = validate.compare_with_reference
+
+    def wrong_logits(run, inputs_npz, reference_npy):
+        # the IR "computes" logits with the vocabulary reversed: every top-1 token changes
+        return real(lambda ids: run(ids)[..., ::-1], inputs_npz, reference_npy)
+
+    monkeypatch.setattr(validate, "compare_with_reference", wrong_logits)
+    out = tmp_path / "ov" / "model.xml"
+    with pytest.raises(StageError, match=r"openvino_ir: .* agrees with PyTorch on the top-1 token for only"):
+        openvino_ir(onnx_model, out, inputs_npz=eval_set["inputs"], reference_npy=eval_set["reference"], min_top1=99.0)
+    assert not out.exists() and not out.with_suffix(".bin").exists()
+    assert not list(out.parent.iterdir()), "no temporary IR may be left behind"
+
+
+def test_calibration_windows_avoid_the_evaluated_articles(tiny_model, eval_set, eval_text):
+    from lmship.openvino import calibration_windows
+
+    with np.load(eval_set["inputs"]) as data:
+        evaluated = data["input_ids"][data["is_text"]]
+    windows = calibration_windows(tiny_model, eval_text, eval_set["inputs"], seq_len=evaluated.shape[-1], count=4)
+    assert windows.shape == (4, 1, evaluated.shape[-1]) and windows.dtype == np.int64
+    for w in windows:
+        assert not any(np.array_equal(w[0], e[0]) for e in evaluated), "a calibration window is an evaluated one"
+    with pytest.raises(StageError, match="calibration windows asked"):
+        calibration_windows(tiny_model, eval_text, eval_set["inputs"], seq_len=evaluated.shape[-1], count=10_000)
 
 
 @pytest.mark.parametrize(
     ("variant", "element"),
-    [("int8-asym", "u8"), ("int8-sym", "i8"), ("int4-asym-g32", "u4"), ("int4-asym-g32-awq", "u4")],
+    [("int8_asym", "u8"), ("int8_asym_fp32_head", "u8"), ("int4_asym_g32", "u4"), ("int4_asym_g32_awq", "u4")],
 )
 def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir, variant, element):
-    from lmship.openvino import compress_variant, open_openvino
+    from lmship.openvino import compress_openvino, open_openvino
 
     input_ids, is_text = load_inputs(eval_set["inputs"])
     calibration = input_ids[is_text][:2]
-    out = compress_variant(
+    out = compress_openvino(
         ir,
         chain_dir / "ov" / f"model.{variant}.xml",
         variant,
@@ -93,10 +128,10 @@ def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir
 
 
 def test_data_aware_variant_needs_calibration(ir, chain_dir):
-    from lmship.openvino import compress_variant
+    from lmship.openvino import compress_openvino
 
     with pytest.raises(StageError, match="calibration"):
-        compress_variant(ir, chain_dir / "ov" / "nocal.xml", "int4-asym-g32-awq", None)
+        compress_openvino(ir, chain_dir / "ov" / "nocal.xml", "int4_asym_g32_awq", None)
 
 
 def test_unknown_mode_is_a_clear_error(ir, chain_dir):
@@ -159,25 +194,32 @@ def test_unknown_precision_hint(ir):
         open_openvino(ir, threads=1, precision_hint="fp8")
 
 
-def test_matmul_peaks_report_rates_and_kernels():
-    from lmship.openvino import bf16_matmul_peak, cpu_has_bf16, int8_matmul_peak
+def test_machine_limit_takes_the_best_kernel_per_arithmetic(tmp_path):
+    from lmship.host import cpu_flags
+    from lmship.machine_limit import LIMIT_KEYS, limit_of, machine_limit
 
-    int8 = int8_matmul_peak(1, n=256, repeats=3, min_seconds=0.1)
-    assert int8["int8_gops"] == max(int8["all"].values()) > 0
-    assert int8["kernels"]["openvino"], "the MatMul's kernel name should be reported"
-    # the FakeQuantize graph must really run as an integer matmul, not fp32
-    assert any("I8" in k.upper() or "U8" in k.upper() for k in int8["kernels"]["openvino"]), int8["kernels"]
-    if cpu_has_bf16():
-        bf16 = bf16_matmul_peak(1, n=256, repeats=3, min_seconds=0.1)
-        assert bf16["bf16_gflops"] == max(bf16["all"].values()) > 0
-        assert any("BF16" in k.upper() for k in bf16["kernels"]["openvino"]), bf16["kernels"]
+    result = machine_limit(tmp_path / "t1.json", 1, shapes=((64, 96, 128),))
+    assert read_json(tmp_path / "t1.json") == result
+    for kind, key in LIMIT_KEYS.items():
+        if result[key] is None:  # bf16 on a CPU without it: absent, with the reason
+            assert kind == "bf16" and "no bf16 instructions" in result["bf16_absent"]
+            assert not {"avx512_bf16", "amx_bf16"} & set(cpu_flags())
+            continue
+        candidates = result["candidates"][kind]
+        assert result[key] == max(candidates.values()) > 0 and candidates[result[f"{kind}_by"]] == result[key]
+        assert limit_of(result, kind) == result[key]
+        assert any(name.startswith("openvino ") for name in candidates)
+    # OpenVINO's FakeQuantize graph must really run as an integer matmul, not fp32
+    assert any("I8" in k.upper() or "U8" in k.upper() for k in result["openvino_kernels"]["int8"]), result
+    if result["bf16_gflops"] is not None:
+        assert any("BF16" in k.upper() for k in result["openvino_kernels"]["bf16"]), result
 
 
 @pytest.mark.parametrize("group", [0, 64])
 def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
-    from lmship.openvino import compress_variant, open_openvino
+    from lmship.openvino import compress_openvino, open_openvino
 
-    out = compress_variant(ir, chain_dir / "ov" / "model.dq.xml", "int8-asym")
+    out = compress_openvino(ir, chain_dir / "ov" / "model.dq.xml", "int8_asym")
     session = open_openvino(out, threads=1, dynamic_quantization=group)
     assert session.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
 
@@ -185,13 +227,13 @@ def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
 def test_keep_head_leaves_embedding_and_lm_head_fp32(ir, chain_dir):
     import openvino as ov
 
-    from lmship.openvino import compress_variant, head_and_embedding
+    from lmship.openvino import compress_openvino, head_and_embedding
 
     model = ov.Core().read_model(str(ir))
     kept = head_and_embedding(model)
     assert any(model.get_result().input_value(0).get_node().get_friendly_name() == k for k in kept)
-    out = compress_variant(
-        ir, chain_dir / "ov" / "model.head.xml", "int8-asym-fp32-head", census_json=chain_dir / "ov" / "head.json"
+    out = compress_openvino(
+        ir, chain_dir / "ov" / "model.head.xml", "int8_asym_fp32_head", census_json=chain_dir / "ov" / "head.json"
     )
     compressed = ov.Core().read_model(str(out))
     for op in compressed.get_ordered_ops():

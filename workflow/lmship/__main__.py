@@ -21,6 +21,8 @@ STAGES = {
     "tflite": "tflite",
     "quantize_onnx": "quantize_onnx",
     "quantize_pytorch": "quantize_pytorch",
+    "openvino_ir": "openvino:main_openvino_ir",
+    "compress_openvino": "openvino:main_compress_openvino",
     "timing": "timing",
     "evaluate": "evaluate",
     "machine_limit": "machine_limit",

@@ -5,20 +5,27 @@ rule that makes it and that rule's output (``rule``, ``output``) with the
 rule's own wildcards fixed (``wildcards``, e.g. the TFLite precision), so the
 workflow derives every path from the rule (``rules.<rule>.output.<output>``)
 and nothing here repeats a path. A backend's name is its artifact's file stem
-(``tflite_fp16`` runs ``tflite_fp16.tflite``); the reference ``pytorch`` runs
-the prepared Hugging Face folder ``hf/``.
+(``tflite_fp16`` runs ``tflite_fp16.tflite``), or that stem and the precision
+a runtime runs the same artifact at (``openvino_bf16`` runs ``openvino.xml``
+with bf16 inference precision); the reference ``pytorch`` (and ``pytorch_bf16``)
+runs the prepared Hugging Face folder ``hf/``. ``arithmetic`` names the matmul
+limit its speed is set against; ``cpu_flags`` the instructions it needs.
 
 Adding a backend: a line here and, if its artifact is new, the rule that makes
-it. The schema's ``backends`` enum and ``tolerances`` keys must list the same
-names and precisions (``tests/test_catalogue.py`` checks). Standard library only.
+it. The schema's ``backends`` enum and ``config.yaml`` must list the same
+names (``tests/test_catalogue.py`` checks). Standard library only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-RUNTIMES = ("pytorch", "pytorch_int8", "ort", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+RUNTIMES = ("pytorch", "pytorch_int8", "pytorch_bf16", "ort", "tflite", "openvino", "openvino_bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+#: What a backend's matmuls compute in: selects the machine limit its speed is set against.
+ARITHMETIC = ("fp32", "bf16", "int8")
+#: CPU flags (/proc/cpuinfo) of which a bf16 backend needs one: AVX-512 BF16 or AMX.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REFERENCE = "pytorch"
 #: Model sources whose weights come from a GGUF file (and may sit on its quantisation grid).
 GGUF_SOURCES = ("pypi_gguf", "gguf")
@@ -36,6 +43,10 @@ class Backend:
     wildcards: dict[str, str] = field(default_factory=dict)
     #: model sources whose weights this backend applies to (empty: every model)
     sources: tuple[str, ...] = ()
+    #: the matmul arithmetic it runs (one of ARITHMETIC)
+    arithmetic: str = "fp32"
+    #: CPU flags of which it needs one (empty: any x86-64 CPU)
+    cpu_flags: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -43,13 +54,46 @@ class Backend:
 
 def _tflite(precision: str, label: str, note: str) -> Backend:
     return Backend(
-        f"tflite_{precision}", "tflite", precision, "tflite", "tflite", label, note, {"precision": precision}
+        f"tflite_{precision}",
+        "tflite",
+        precision,
+        "tflite",
+        "tflite",
+        label,
+        note,
+        {"precision": precision},
+        arithmetic="int8" if precision == "int8" else "fp32",
     )
 
 
-def _quantized_onnx(variant: str, precision: str, label: str, note: str, sources: tuple[str, ...] = ()) -> Backend:
+def _quantized_onnx(
+    variant: str, precision: str, label: str, note: str, sources: tuple[str, ...] = (), arithmetic: str = "int8"
+) -> Backend:
     return Backend(
-        f"onnx_{variant}", "ort", precision, "quantize_onnx", "onnx", label, note, {"variant": variant}, sources
+        f"onnx_{variant}",
+        "ort",
+        precision,
+        "quantize_onnx",
+        "onnx",
+        label,
+        note,
+        {"variant": variant},
+        sources,
+        arithmetic,
+    )
+
+
+def _nncf(compression: str, precision: str, label: str, note: str) -> Backend:
+    return Backend(
+        f"openvino_{compression}",
+        "openvino",
+        precision,
+        "compress_openvino",
+        "xml",
+        label,
+        note,
+        {"compression": compression},
+        arithmetic="int8",
     )
 
 
@@ -65,6 +109,18 @@ BACKENDS: dict[str, Backend] = {
             "model",
             "PyTorch int8",
             "quantize_dynamic of every nn.Linear (qint8)",
+            arithmetic="int8",
+        ),
+        Backend(
+            "pytorch_bf16",
+            "pytorch_bf16",
+            "bf16",
+            "prepare_model",
+            "model",
+            "PyTorch bf16",
+            "fp32 weights under CPU bf16 autocast",
+            arithmetic="bf16",
+            cpu_flags=BF16_FLAGS,
         ),
         Backend("onnx", "ort", "fp32", "export_onnx", "onnx", "ORT fp32", "exported ONNX"),
         Backend("onnx_simplified", "ort", "fp32", "simplify_onnx", "onnx", "ORT fp32 (onnxsim)", "simplified ONNX"),
@@ -76,10 +132,37 @@ BACKENDS: dict[str, Backend] = {
             "ORT 4-bit exact grid",
             "GGUF-grid weights stored losslessly in 4 bits",
             sources=GGUF_SOURCES,
+            arithmetic="fp32",
         ),
         _tflite("fp32", "TFLite fp32", "builtins only"),
         _tflite("fp16", "TFLite fp16", "fp16 weights"),
         _tflite("int8", "TFLite int8", "dynamic-range quantisation"),
+        Backend("openvino", "openvino", "fp32", "openvino_ir", "xml", "OpenVINO f32", "IR from the ONNX model"),
+        Backend(
+            "openvino_bf16",
+            "openvino_bf16",
+            "bf16",
+            "openvino_ir",
+            "xml",
+            "OpenVINO bf16",
+            "the same IR, bf16 inference precision",
+            arithmetic="bf16",
+            cpu_flags=BF16_FLAGS,
+        ),
+        _nncf("int8_asym", "int8", "OpenVINO int8 weights", "NNCF int8 asymmetric per channel"),
+        _nncf(
+            "int8_asym_fp32_head",
+            "int8",
+            "OpenVINO int8, fp32 head",
+            "NNCF int8 per channel, embedding and LM head kept fp32",
+        ),
+        _nncf("int4_asym_g32", "int4", "OpenVINO int4 g32", "NNCF int4 asymmetric, groups of 32, data-free"),
+        _nncf(
+            "int4_asym_g32_awq",
+            "int4",
+            "OpenVINO int4 g32 AWQ",
+            "NNCF int4 groups of 32, AWQ + scale estimation on calibration prose",
+        ),
     )
 }
 
@@ -89,9 +172,17 @@ def wildcard_values(rule: str, wildcard: str) -> list[str]:
     return [b.wildcards[wildcard] for b in BACKENDS.values() if b.rule == rule]
 
 
-def not_applicable(backend: str, source: str) -> str | None:
-    """Why ``backend`` does not apply to a model from ``source`` (None when it does)."""
+def not_applicable(backend: str, source: str, cpu_flags: list[str] | None = None) -> str | None:
+    """Why ``backend`` does not apply to a model from ``source`` on a CPU with ``cpu_flags`` (None when it does).
+
+    ``cpu_flags`` None skips the CPU check (e.g. a cluster whose nodes are not this one).
+    """
     b = BACKENDS[backend]
+    if b.cpu_flags and cpu_flags is not None and not set(b.cpu_flags) & set(cpu_flags):
+        return (
+            f"not applicable on this CPU: {b.label} needs one of the CPU features "
+            f"{', '.join(b.cpu_flags)} (bf16 instructions), which /proc/cpuinfo does not list"
+        )
     if b.sources and source not in b.sources:
         return (
             f"not applicable: {b.label} needs weights dequantised from a GGUF file "

@@ -127,6 +127,18 @@ def semantic_problems(config: dict) -> list[str]:
                 f"models.{name}.architecture: num_attention_heads {heads} is not divisible by "
                 f"num_key_value_heads {kv}; grouped-query attention shares each KV head among heads / kv_heads heads"
             )
+    text_samples = (config.get("eval") or {}).get("text_samples", 0)
+    calibration = (config.get("openvino") or {}).get("calibration_samples", 0)
+    data_aware = [b for b in config.get("backends") or [] if b.endswith("_awq")]
+    if data_aware and isinstance(text_samples, int) and isinstance(calibration, int):
+        from .corpus import DOCUMENTS
+
+        if text_samples + calibration > DOCUMENTS:
+            problems.append(
+                f"openvino.calibration_samples: {calibration} calibration windows and eval.text_samples "
+                f"{text_samples} evaluation windows need {text_samples + calibration} different articles, the "
+                f"prose has {DOCUMENTS}; lower one of them (calibration never uses an evaluated article)"
+            )
     options = ((config.get("savedmodel") or {}).get("onnx2tf")) or {}
     known = onnx2tf_options()
     if known is not None:

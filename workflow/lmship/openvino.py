@@ -1,9 +1,9 @@
 """OpenVINO backends: the IR made from the ONNX model, NNCF weight compression, bf16.
 
-* ``convert_ir``: ONNX -> OpenVINO IR (``.xml`` + ``.bin``) with fp32 weights
+* ``openvino_ir`` (stage): ONNX -> OpenVINO IR (``.xml`` + ``.bin``) with fp32 weights
   (``compress_to_fp16=False``: the fp32 IR must be the fp32 model), plus an
   op / precision census (op types and counts, weight element types and bytes).
-* ``compress_ir``: NNCF ``compress_weights`` variants of that IR (:data:`VARIANTS`):
+* ``compress_openvino`` (stage): NNCF ``compress_weights`` of that IR (:data:`COMPRESSIONS`):
   int8 / int4 weights, per channel or in groups, data-free or data-aware
   (AWQ + scale estimation on calibration token windows).
 * ``open_openvino``: a :class:`lmship.runtimes.Session` over an IR with
@@ -16,10 +16,8 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
-import os
 import tempfile
 import time
 from collections import Counter
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
+from .cli import add_checked_stage_arguments, config_default, parser
 from .files import atomic_output, size_bytes, write_json
 from .logs import log_to, peak_rss_mb
 from .runtimes import Session
@@ -36,14 +35,13 @@ log = logging.getLogger(__name__)
 
 PRECISION_HINTS = ("f32", "bf16")
 
-#: NNCF weight-compression variants: name -> ``compress_weights`` settings.
+#: NNCF weight compressions (the ``compression`` wildcard): name -> ``compress_weights`` settings.
 #: ``group_size`` -1 means per output channel; ``data`` means a calibration set is needed.
-VARIANTS: dict[str, dict] = {
-    "int8-asym": {"mode": "int8_asym", "group_size": -1, "ratio": 1.0},
-    "int8-sym": {"mode": "int8_sym", "group_size": -1, "ratio": 1.0},
-    "int8-asym-fp32-head": {"mode": "int8_asym", "group_size": -1, "ratio": 1.0, "keep_head": True},
-    "int4-asym-g32": {"mode": "int4_asym", "group_size": 32, "ratio": 1.0},
-    "int4-asym-g32-awq": {
+COMPRESSIONS: dict[str, dict] = {
+    "int8_asym": {"mode": "int8_asym", "group_size": -1, "ratio": 1.0},
+    "int8_asym_fp32_head": {"mode": "int8_asym", "group_size": -1, "ratio": 1.0, "keep_head": True},
+    "int4_asym_g32": {"mode": "int4_asym", "group_size": 32, "ratio": 1.0},
+    "int4_asym_g32_awq": {
         "mode": "int4_asym",
         "group_size": 32,
         "ratio": 1.0,
@@ -65,8 +63,11 @@ def _ir_files(xml: Path) -> tuple[Path, Path]:
     return xml, xml.with_suffix(".bin")
 
 
-def _save_ir(model, out_xml: Path, *, compress_to_fp16: bool) -> Path:
-    """Save ``model`` as ``out_xml`` + ``.bin`` so that a crash never leaves a half-written pair."""
+def _save_ir(model, out_xml: Path, *, compress_to_fp16: bool, check=None) -> Path:
+    """Save ``model`` as ``out_xml`` + ``.bin`` so that a crash never leaves a half-written pair.
+
+    ``check(xml)``, if given, runs on the written IR before it takes its place (it raises to refuse it).
+    """
     import openvino as ov
 
     out_xml, out_bin = _ir_files(out_xml)
@@ -74,6 +75,8 @@ def _save_ir(model, out_xml: Path, *, compress_to_fp16: bool) -> Path:
     with tempfile.TemporaryDirectory(dir=out_xml.parent, prefix=f".{out_xml.stem}.") as tmp_dir:
         tmp_xml = Path(tmp_dir) / out_xml.name
         ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        if check is not None:
+            check(tmp_xml)
         with atomic_output(out_xml) as tmp:  # the .xml appears last, after its .bin
             tmp_xml.with_suffix(".bin").replace(out_bin)
             tmp_xml.replace(tmp)
@@ -109,15 +112,33 @@ def census(model) -> dict:
     }
 
 
-def convert_ir(
+def openvino_ir(
     onnx_path: Path,
     out_xml: Path,
     *,
+    inputs_npz: Path | None = None,
+    reference_npy: Path | None = None,
+    min_top1: float = 0.0,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
 ) -> Path:
-    """Convert ``onnx_path`` to an fp32 OpenVINO IR at ``out_xml`` (+ ``.bin``); write its census."""
+    """Convert ``onnx_path`` to an fp32 OpenVINO IR at ``out_xml`` (+ ``.bin``); write its census.
+
+    With ``inputs_npz`` and ``reference_npy`` the IR is run at f32 on the
+    evaluation inputs first and refused (nothing written) if its top-1
+    agreement with PyTorch is below ``min_top1`` %.
+    """
     import openvino as ov
+
+    from .validate import validate_artifact
+
+    checked: dict = {}
+
+    def check(xml: Path) -> None:
+        if inputs_npz is not None and reference_npy is not None:
+            checked.update(
+                validate_artifact("openvino", xml, inputs_npz, reference_npy, min_top1=min_top1, stage="openvino_ir")
+            )
 
     if not Path(onnx_path).is_file():
         raise StageError(f"{onnx_path} does not exist; run the export stage first")
@@ -126,13 +147,13 @@ def convert_ir(
         model = ov.convert_model(str(onnx_path))
     except Exception as exc:
         raise StageError(f"OpenVINO {ov.__version__} cannot convert {onnx_path}: {type(exc).__name__}: {exc}") from exc
-    _save_ir(model, out_xml, compress_to_fp16=False)
+    _save_ir(model, out_xml, compress_to_fp16=False, check=check)
     seconds = time.monotonic() - started
     info = census(model)
     if census_json is not None:
         write_json(census_json, info)
     if metrics_json is not None:
-        write_json(metrics_json, _metrics(out_xml, seconds, info, openvino_version=ov.__version__))
+        write_json(metrics_json, _metrics(out_xml, seconds, info, openvino_version=ov.__version__, validation=checked))
     return Path(out_xml)
 
 
@@ -239,13 +260,66 @@ def head_and_embedding(model) -> list[str]:
     return names
 
 
-def compress_variant(ir_xml: Path, out_xml: Path, variant: str, calibration: np.ndarray | None = None, **kw) -> Path:
-    """:func:`compress_ir` with the settings of a named :data:`VARIANTS` entry."""
-    if variant not in VARIANTS:
-        raise StageError(f"unknown NNCF variant {variant!r}; expected one of {tuple(VARIANTS)}")
-    settings = {k: v for k, v in VARIANTS[variant].items() if k != "data"}
-    needs = VARIANTS[variant].get("data", False)
-    return compress_ir(ir_xml, out_xml, calibration=calibration if needs else None, **settings, **kw)
+def calibration_windows(hf_dir: Path, text_txt: Path, eval_npz: Path, *, seq_len: int, count: int) -> np.ndarray:
+    """``count`` token windows ``int64 [count, 1, seq_len]`` from prose articles the evaluation does not use.
+
+    The windows start articles, taken from the end of the corpus; the articles
+    of the evaluation windows (``articles`` in ``eval_npz``) are excluded, so
+    data-aware compression never sees the text it is judged on.
+    """
+    from transformers import AutoTokenizer
+
+    from .corpus import read_documents
+
+    with np.load(eval_npz) as data:
+        used = {int(a) for a in data["articles"]}
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    windows = []
+    documents = read_documents(text_txt)
+    for i in range(len(documents) - 1, -1, -1):
+        if i in used:
+            continue
+        ids = tokenizer(documents[i], add_special_tokens=False)["input_ids"]
+        if len(ids) >= seq_len:
+            windows.append(ids[:seq_len])
+            if len(windows) == count:
+                return np.asarray(windows, dtype=np.int64)[:, None, :]
+    raise StageError(
+        f"only {len(windows)} prose articles of at least {seq_len} tokens are left outside the evaluation "
+        f"windows, {count} calibration windows asked: lower openvino.calibration_samples or eval.text_samples"
+    )
+
+
+def compress_openvino(
+    ir_xml: Path,
+    out_xml: Path,
+    compression: str,
+    calibration: np.ndarray | None = None,
+    *,
+    census_json: Path | None = None,
+    metrics_json: Path | None = None,
+) -> Path:
+    """:func:`compress_ir` with the settings of a named :data:`COMPRESSIONS` entry.
+
+    ``calibration`` (see :func:`calibration_windows`) is used only by the
+    data-aware compressions and required by them.
+    """
+    if compression not in COMPRESSIONS:
+        raise StageError(f"unknown NNCF compression {compression!r}; expected one of {tuple(COMPRESSIONS)}")
+    settings = {k: v for k, v in COMPRESSIONS[compression].items() if k != "data"}
+    needs = COMPRESSIONS[compression].get("data", False)
+    return compress_ir(
+        ir_xml,
+        out_xml,
+        calibration=calibration if needs else None,
+        census_json=census_json,
+        metrics_json=metrics_json,
+        **settings,
+    )
+
+
+def needs_calibration(compression: str) -> bool:
+    return bool(COMPRESSIONS[compression].get("data", False))
 
 
 def cpu_has_bf16() -> bool:
@@ -322,7 +396,10 @@ def open_openvino(
         request.infer([np.ascontiguousarray(input_ids, dtype=np.int64)])
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
-    session = Session(f"openvino-{precision_hint}", ov.__version__, threads, run)
+    import openvino.properties as props
+
+    in_effect = int(compiled.get_property(props.inference_num_threads))
+    session = Session(f"openvino-{precision_hint}", ov.__version__, threads, run, in_effect)
     session.compiled = compiled  # for reading back the applied properties
     return session
 
@@ -345,146 +422,48 @@ def open_torch_bf16(hf_dir: Path, threads: int) -> Session:
             out = model(input_ids=ids, use_cache=False)
         return out.logits.float().numpy()
 
-    return Session("torch-bf16-autocast", torch.__version__, threads, run)
+    return Session("torch-bf16-autocast", torch.__version__, threads, run, torch.get_num_threads())
 
 
-# --- machine limits -------------------------------------------------------------------
-
-
-def _median_seconds(fn, repeats: int, min_seconds: float) -> float:
-    for _ in range(2):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def _ov_matmul_seconds(model, threads: int, precision_hint: str, a: np.ndarray, repeats: int, min_seconds: float):
-    """Median seconds of one OpenVINO MatMul model and the kernels its MatMul ran on."""
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "mm.xml"
-        ov.save_model(model, str(path), compress_to_fp16=False)
-        compiled = compile_ir(path, threads, precision_hint=precision_hint, perf_count=True)
-    request = compiled.create_infer_request()
-    seconds = _median_seconds(lambda: request.infer([a]), repeats, min_seconds)
-    kernels = sorted(
-        {p.exec_type for p in request.get_profiling_info() if p.node_type.startswith(("MatMul", "FullyConnected"))}
-    )
-    return seconds, kernels
-
-
-def _peak_result(kind: str, threads: int, n: int, seconds: dict[str, float], kernels: dict) -> dict:
-    ops = 2.0 * n**3
-    rates = {k: round(ops / s / 1e9, 1) for k, s in seconds.items()}
-    best = max(rates, key=rates.get)
-    return {"threads": threads, "n": n, f"{kind}": rates[best], f"{kind}_by": best, "all": rates, "kernels": kernels}
-
-
-def bf16_matmul_peak(threads: int, n: int = 2048, repeats: int = 10, min_seconds: float = 2.0) -> dict:
-    """bf16 matmul throughput (GFLOP/s): OpenVINO MatMul with bf16 precision hint and torch bf16 ``mm``."""
-    import openvino as ov
-    import openvino.opset13 as ops
-    import torch
-
-    _require_bf16("bf16 matmul peak")
-    torch.set_num_threads(max(threads, 1))
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    param = ops.parameter([n, n], ov.Type.f32, name="A")
-    model = ov.Model([ops.matmul(param, ops.constant(b), False, False)], [param], "mm")
-    seconds, kernels = {}, {}
-    seconds["openvino"], kernels["openvino"] = _ov_matmul_seconds(model, threads, "bf16", a, repeats, min_seconds)
-    ta, tb = torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()
-    seconds["torch"] = _median_seconds(lambda: torch.mm(ta, tb), repeats, min_seconds)
-    result = _peak_result("bf16_gflops", threads, n, seconds, kernels)
-    log.info("bf16 matmul limit at %d threads: %s", threads, result)
-    return result
-
-
-def int8_matmul_peak(threads: int, n: int = 2048, repeats: int = 10, min_seconds: float = 2.0) -> dict:
-    """int8 matmul throughput (GOP/s): OpenVINO u8 x s8 MatMul (FakeQuantize -> oneDNN int8, VNNI).
-
-    The activations pass a 256-level FakeQuantize and the weights are int8 with a
-    dequantising scale; OpenVINO's low-precision transformations turn that into
-    an integer MatMul. The kernels it ran on are reported, so a silent fp32
-    fallback shows. torch's ``_int_mm`` is timed too where it runs on the CPU.
-    """
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    rng = np.random.default_rng(0)
-    a = rng.uniform(0.0, 1.0, (n, n)).astype(np.float32)
-    w8 = rng.integers(-127, 128, (n, n), dtype=np.int8)
-    param = ops.parameter([n, n], ov.Type.f32, name="A")
-    lo, hi = ops.constant(np.float32(0.0)), ops.constant(np.float32(1.0))
-    act = ops.fake_quantize(param, lo, hi, lo, hi, 256)
-    weight = ops.multiply(ops.convert(ops.constant(w8), ov.Type.f32), ops.constant(np.full((1, n), 0.01, np.float32)))
-    model = ov.Model([ops.matmul(act, weight, False, False)], [param], "mmi")
-    seconds, kernels = {}, {}
-    seconds["openvino"], kernels["openvino"] = _ov_matmul_seconds(model, threads, "f32", a, repeats, min_seconds)
-    with contextlib.suppress(Exception):  # torch._int_mm has no CPU kernel in some builds
-        import torch
-
-        torch.set_num_threads(max(threads, 1))
-        ta = torch.from_numpy(rng.integers(-127, 128, (n, n), dtype=np.int8))
-        tb = torch.from_numpy(w8)
-        torch._int_mm(ta, tb)
-        seconds["torch_int_mm"] = _median_seconds(lambda: torch._int_mm(ta, tb), repeats, min_seconds)
-    result = _peak_result("int8_gops", threads, n, seconds, kernels)
-    log.info("int8 matmul limit at %d threads: %s", threads, result)
-    return result
-
-
-def machine_peaks(out_json: Path, threads: int) -> Path:
-    """Write the bf16 (where the CPU has it) and int8 matmul limits at ``threads`` threads."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    result: dict = {"threads": threads, "int8": int8_matmul_peak(threads)}
-    if cpu_has_bf16():
-        result["bf16"] = bf16_matmul_peak(threads)
-    else:
-        result["bf16"] = {"absent": "no bf16 instructions on this CPU (OpenVINO OPTIMIZATION_CAPABILITIES)"}
-    return write_json(out_json, result)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lmship openvino", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="ONNX -> fp32 OpenVINO IR and its census")
-    c.add_argument("--onnx", type=Path, required=True)
-    q = sub.add_parser("compress", help="NNCF weight compression of an IR")
-    q.add_argument("--ir", type=Path, required=True)
-    q.add_argument("--variant", choices=tuple(VARIANTS), required=True)
-    q.add_argument("--calibration", type=Path, help=".npz with input_ids [n, batch, seq] (data-aware variants)")
-    m = sub.add_parser("peaks", help="bf16 and int8 matmul limits")
-    m.add_argument("--threads", type=int, default=1)
-    for s in (c, q):
-        s.add_argument("--census", type=Path)
-        s.add_argument("--metrics", type=Path)
-    for s in (c, q, m):
-        s.add_argument("--out", type=Path, required=True)
-        s.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
+def main_openvino_ir(argv: list[str] | None = None) -> None:
+    p = parser("openvino_ir", "ONNX -> fp32 OpenVINO IR (.xml + .bin), checked against PyTorch, and its census.")
+    add_checked_stage_arguments(p, "--onnx", "the ONNX model")
+    p.add_argument("--census", type=Path)
+    args = p.parse_args(argv)
     with log_to(args.log):
-        if args.cmd == "convert":
-            convert_ir(args.onnx, args.out, census_json=args.census, metrics_json=args.metrics)
-        elif args.cmd == "compress":
-            calibration = None
-            if args.calibration is not None:
-                with np.load(args.calibration) as data:
-                    calibration = data["input_ids"]
-            compress_variant(
-                args.ir, args.out, args.variant, calibration, census_json=args.census, metrics_json=args.metrics
+        openvino_ir(
+            args.onnx,
+            args.out,
+            inputs_npz=args.inputs,
+            reference_npy=args.reference,
+            min_top1=args.min_top1,
+            census_json=args.census,
+            metrics_json=args.metrics,
+        )
+
+
+def main_compress_openvino(argv: list[str] | None = None) -> None:
+    p = parser("compress_openvino", "NNCF weight compression of an OpenVINO IR.")
+    p.add_argument("--ir", type=Path, required=True)
+    p.add_argument("--compression", choices=tuple(COMPRESSIONS), required=True)
+    p.add_argument("--model", type=Path, help="prepared Hugging Face folder (tokenizer; data-aware compressions)")
+    p.add_argument("--text", type=Path, help="the evaluation prose (data-aware compressions)")
+    p.add_argument("--eval-inputs", type=Path, help="eval_inputs.npz: its articles are not calibrated on")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--calibration-samples", type=int, default=config_default("openvino", "calibration_samples"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--census", type=Path)
+    p.add_argument("--metrics", type=Path)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        calibration = None
+        if needs_calibration(args.compression):
+            if not (args.model and args.text and args.eval_inputs):
+                p.error(f"{args.compression} is data-aware: give --model, --text and --eval-inputs")
+            calibration = calibration_windows(
+                args.model, args.text, args.eval_inputs, seq_len=args.seq_len, count=args.calibration_samples
             )
-        else:
-            machine_peaks(args.out, args.threads)
-
-
-if __name__ == "__main__":
-    main()
+        compress_openvino(
+            args.ir, args.out, args.compression, calibration, census_json=args.census, metrics_json=args.metrics
+        )

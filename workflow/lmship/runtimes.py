@@ -5,7 +5,8 @@
 Threads are set explicitly in every runtime (0 keeps the runtime's default), and
 each session reads back the intra-op threads the runtime actually uses
 (``Session.threads_in_effect``): PyTorch ``torch.get_num_threads()``, ONNX Runtime
-the session's own ``intra_op_num_threads`` (0: its default); LiteRT has no getter, so the threads
+the session's own ``intra_op_num_threads`` (0: its default), OpenVINO the compiled
+model's ``INFERENCE_NUM_THREADS``; LiteRT has no getter, so the threads
 its interpreter starts are counted (Linux ``/proc/self/task``: the calling thread
 plus the pool's workers); ``None`` where nothing can be read back.
 Imports are lazy, so a process only loads the runtime it uses.
@@ -46,6 +47,12 @@ def open_backend(runtime: str, artifact: Path, threads: int) -> Session:
         return _ort(artifact, threads)
     if runtime == "tflite":
         return _tflite(artifact, threads)
+    if runtime in ("openvino", "openvino_bf16", "pytorch_bf16"):
+        from . import openvino
+
+        if runtime == "pytorch_bf16":
+            return openvino.open_torch_bf16(artifact, threads)
+        return openvino.open_openvino(artifact, threads, precision_hint="bf16" if runtime == "openvino_bf16" else "f32")
     raise StageError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
 
 

@@ -27,6 +27,7 @@ from .cli import config_default, parser
 from .files import atomic_output, read_json
 from .flops import forward_ops_from_folder
 from .logs import log_to
+from .machine_limit import limit_of
 from .quality import BROKEN
 from .rounds import fastest, stability
 
@@ -71,6 +72,7 @@ COLUMNS = [
     "tier_missed",
     "gops_per_forward",
     "achieved_gops",
+    "arithmetic",
     "machine_limit_gops",
     "limit_share_pct",
     "peak_rss_mb",
@@ -238,7 +240,7 @@ def _accuracy(accuracy_jsons: list[Path], reference_jsons: dict[tuple[str, int],
 
 
 def _with_throughput(table: pd.DataFrame, machine_jsons: list[Path], model_dirs: dict[str, Path]) -> pd.DataFrame:
-    """Operations per forward, achieved GOP/s and their share of the machine's matmul limit."""
+    """Operations per forward, achieved GOP/s and their share of the machine's limit in the backend's arithmetic."""
     limits = {int(m["threads"]): m for m in map(read_json, machine_jsons)}
     gops = [
         forward_ops_from_folder(model_dirs[m], int(b), int(s))["total"] / 1e9 if m in model_dirs else np.nan
@@ -246,9 +248,10 @@ def _with_throughput(table: pd.DataFrame, machine_jsons: list[Path], model_dirs:
     ]
     table["gops_per_forward"] = gops
     table["achieved_gops"] = table["gops_per_forward"] / (table["median_ms"] / 1e3)
+    table["arithmetic"] = [BACKENDS[b].arithmetic for b in table["backend"]]
     table["machine_limit_gops"] = [
-        float(limits[t]["int8_gops" if p == "int8" else "fp32_gflops"]) if t in limits else np.nan
-        for t, p in zip(table["threads"], table["precision"], strict=True)
+        limit_of(limits[t], a) if t in limits and limit_of(limits[t], a) else np.nan
+        for t, a in zip(table["threads"], table["arithmetic"], strict=True)
     ]
     table["limit_share_pct"] = 100.0 * table["achieved_gops"] / table["machine_limit_gops"]
     return table
@@ -328,7 +331,7 @@ def to_markdown(table: pd.DataFrame, tiers: list[str], skipped: dict[str, dict[s
         lines.append("")
         lines.append(
             "| backend | threads | median ms (round spread) | p90 ms | speed-up vs PyTorch | size MB | tier "
-            "| top-1 % [95 % CI] | mean KLD | p99 KLD | Δppl % | GOP/s (share of limit) |"
+            "| top-1 % [95 % CI] | mean KLD | p99 KLD | Δppl % | GOP/s (share of the limit in its arithmetic) |"
         )
         lines.append("|" + "---|" * 12)
         for _, r in block.iterrows():
@@ -336,7 +339,7 @@ def to_markdown(table: pd.DataFrame, tiers: list[str], skipped: dict[str, dict[s
             tier = r["tier"] if r["tier"] != BROKEN else f"**broken** (misses {tiers[-1]}: {loosest})"
             flag = f" ⚠ unstable: {r['unstable_why']}" if r["unstable"] else ""
             share = (
-                f"{_fmt(r['achieved_gops'], '.0f')} ({_fmt(r['limit_share_pct'], '.0f')}%)"
+                f"{_fmt(r['achieved_gops'], '.0f')} ({_fmt(r['limit_share_pct'], '.0f')}% of {r['arithmetic']})"
                 if not pd.isna(r["achieved_gops"])
                 else "–"
             )

@@ -25,7 +25,8 @@ from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE, not_applicable  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
-from lmship.host import total_memory_mb  # noqa: E402
+from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
+from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
 from lmship.tflite import PRECISIONS  # noqa: E402
@@ -77,6 +78,7 @@ wildcard_constraints:
     backend="|".join(map(re.escape, BACKENDS)),
     precision="|".join(PRECISIONS),
     variant="|".join(VARIANTS),
+    compression="|".join(COMPRESSIONS),
 
 
 # --------------------------------------------------------------- after the rules
@@ -151,6 +153,17 @@ def artifact(backend, model, seq):
     return expand(pattern, model=model, seq=seq, **b.wildcards)[0]
 
 
+def calibration_inputs(wildcards):
+    """What a data-aware NNCF compression calibrates on (nothing for the data-free ones)."""
+    if not needs_calibration(wildcards.compression):
+        return {}
+    return {
+        "model": expand(rules.prepare_model.output.model, **wildcards)[0],
+        "text": rules.eval_text.output.text,
+        "inputs": expand(rules.eval_inputs.output.inputs, **wildcards)[0],
+    }
+
+
 def backend_artifact(wildcards):
     return artifact(wildcards.backend, wildcards.model, wildcards.seq)
 
@@ -160,17 +173,22 @@ def backend_info(wildcards):
     return {"runtime": b.runtime, "precision": b.precision}
 
 
+# The CPU the workflow starts on decides whether the bf16 backends apply (a cluster's
+# nodes are taken to be of its kind; a bf16 job on a node without bf16 fails and says so).
+CPU_FLAGS = cpu_flags()
+
+
 def backends_of(model):
-    """The configured backends that apply to ``model`` (the reference first)."""
+    """The configured backends that apply to ``model`` on this CPU (the reference first)."""
     source = config["models"][model]["source"]
-    return [b for b in BACKEND_NAMES if not_applicable(b, source) is None]
+    return [b for b in BACKEND_NAMES if not_applicable(b, source, CPU_FLAGS) is None]
 
 
 def skipped_backends():
     """{model: {backend: why}} for configured backends that do not apply to a model."""
     return {
         m: {
-            b: not_applicable(b, config["models"][m]["source"])
+            b: not_applicable(b, config["models"][m]["source"], CPU_FLAGS)
             for b in BACKEND_NAMES
             if b not in backends_of(m)
         }

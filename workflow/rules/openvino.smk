@@ -1,0 +1,56 @@
+# ONNX -> OpenVINO IR (fp32 weights; run at f32 or bf16 inference precision) -> NNCF
+# weight-compressed IRs. Resources: mem_mb is the peak RSS measured on SmolLM2-135M at
+# sequence length 128 plus headroom (raise it for bigger models:
+# --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+
+
+rule openvino_ir:
+    input:
+        onnx=rules.export_onnx.output.onnx,
+        inputs=rules.eval_inputs.output.inputs,
+        reference=rules.reference_logits.output.logits,
+    output:
+        xml="results/{model}/seq{seq}/openvino.xml",
+        bin="results/{model}/seq{seq}/openvino.bin",
+        census="results/{model}/seq{seq}/openvino.ops.json",
+        metrics="results/{model}/seq{seq}/metrics/openvino_ir.json",
+    log:
+        "logs/openvino_ir/{model}_seq{seq}.log",
+    benchmark:
+        "benchmarks/openvino_ir/{model}_seq{seq}.tsv"
+    conda:
+        "../../envs/openvino.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        min_top1=config["conversion_gate"]["fp32"],
+    script:
+        "../scripts/openvino_ir.py"
+
+
+rule compress_openvino:
+    input:
+        unpack(calibration_inputs),
+        ir=rules.openvino_ir.output.xml,
+        ir_bin=rules.openvino_ir.output.bin,
+    output:
+        xml="results/{model}/seq{seq}/openvino_{compression}.xml",
+        bin="results/{model}/seq{seq}/openvino_{compression}.bin",
+        census="results/{model}/seq{seq}/openvino_{compression}.ops.json",
+        metrics="results/{model}/seq{seq}/metrics/compress_openvino_{compression}.json",
+    log:
+        "logs/compress_openvino/{model}_seq{seq}_{compression}.log",
+    benchmark:
+        "benchmarks/compress_openvino/{model}_seq{seq}_{compression}.tsv"
+    conda:
+        "../../envs/openvino.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    params:
+        calibration_samples=config["openvino"]["calibration_samples"],
+    script:
+        "../scripts/compress_openvino.py"
