@@ -146,7 +146,7 @@ def _draw_block(subfig, model: str, seq: int, block: pd.DataFrame, tiers: list[s
     ax = axes[1, 2]
     _grouped(ax, block, "limit_share_pct", threads, tiers, fmt="{:.0f}%")
     ax.set_title("Achieved GOP/s as share of the CPU's matmul limit")
-    ax.set_xlabel("% of measured fp32 (int8: int8) matmul throughput")
+    ax.set_xlabel("% of the measured matmul limit in its arithmetic (fp32, bf16 or int8)")
 
 
 def _tier_legend(tiers: list[str]):
