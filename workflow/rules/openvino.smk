@@ -48,8 +48,8 @@ rule compress_openvino:
         "../../envs/openvino.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=30,
+        mem_mb=3000,
+        runtime=20,
     params:
         calibration_samples=config["openvino"]["calibration_samples"],
     script:
