@@ -43,7 +43,7 @@ from slurm_cluster import run_bounded
 from workflow_helpers import REPO, SNAKEFILE, tiny_config, write_config
 
 SEQ = 16
-BACKENDS = ["pytorch", "onnx", "tflite_fp32"]
+BACKENDS = ["pytorch", "onnx", "tflite_fp32", "openvino"]
 # Every rule but eval_text: the test containers have no network (docker run --network none), so
 # the evaluation prose (a PyPI wheel's file) is fetched on the host first (see _prose_on_host).
 RULES = {
@@ -54,6 +54,7 @@ RULES = {
     "simplify_onnx",
     "savedmodel",
     "tflite",
+    "openvino_ir",
     "timing",
     "machine_limit",
     "evaluate",
