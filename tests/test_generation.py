@@ -64,18 +64,92 @@ def reference(lively, prompts):
     return torch_generate(lively, prompts, NEW, L, threads=1, keep_prompt_cache=True)
 
 
-@pytest.fixture(scope="module")
-def tflite_graphs(graphs, gen_dir) -> dict[str, Path]:
-    from lmship.decode_graph import graph_to_savedmodel, simplify_graph
+LOSSLESS = ("onnx", "onnx_simplified", "tflite_fp32")
+LOSSY = ("onnx_int8_dynamic", "onnx_int8_block", "tflite_fp16", "tflite_int8")
+
+
+def _snap_to_q4_1(weight):
+    """``weight`` [out, in] moved onto a Q4_1 grid along ``in`` (blocks of 32, fp16 d and m), as GGUF stores it."""
+    import torch
+
+    out_dim, k = weight.shape
+    blocks = weight.reshape(out_dim, k // 32, 32)
+    lo, hi = blocks.min(-1, keepdim=True).values, blocks.max(-1, keepdim=True).values
+    d = ((hi - lo) / 15).half().float().clamp_min(1e-4)
+    m = lo.half().float()
+    q = torch.clamp(torch.round((blocks - m) / d), 0, 15)
+    q[..., 0], q[..., 1] = 0, 15  # the block's minimum and maximum sit on the grid's ends
+    return (d * q + m).reshape(out_dim, k)
+
+
+def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_too: bool = True) -> dict:
+    """Every generation-graph artifact of ``hf`` made by the workflow's stage functions (with their gates)."""
+    from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
+    from lmship.quantize_onnx import quantize_onnx
     from lmship.tflite import tflite
 
-    out = {}
-    for graph in ("prefill", "decode"):
-        simplified = simplify_graph(graphs[graph], gen_dir / f"{graph}.sim.onnx")
-        saved = gen_dir / f"{graph}_saved_model"
-        graph_to_savedmodel(simplified, saved)
-        tflite(saved, gen_dir / f"{graph}.tflite", precision="fp32", census_json=gen_dir / f"{graph}.json")
-        out[graph] = gen_dir / f"{graph}.tflite"
+    out: dict[str, dict[str, Path]] = {}
+    for graph, length in (("prefill", P), ("decode", L)):
+        d = root / f"{graph}{length}"
+        d.mkdir(parents=True, exist_ok=True)
+        made = out.setdefault(graph, {})
+        export_generation(graph, hf, prompts_npz, host, d / "onnx.onnx", length=length, opset=18, min_top1=99.0)
+        made["onnx"] = d / "onnx.onnx"
+        simplify_generation(graph, made["onnx"], hf, prompts_npz, host, d / "onnx_simplified.onnx", min_top1=99.0)
+        made["onnx_simplified"] = d / "onnx_simplified.onnx"
+        if not tflite_too:
+            continue
+        for variant in ("int8_dynamic", "int8_block"):
+            quantize_onnx(made["onnx_simplified"], d / f"onnx_{variant}.onnx", variant=variant)
+            made[f"onnx_{variant}"] = d / f"onnx_{variant}.onnx"
+        savedmodel_generation(graph, made["onnx_simplified"], hf, prompts_npz, host, d / "savedmodel", min_top1=99.0)
+        for precision, gate in (("fp32", 99.0), ("fp16", 50.0), ("int8", 20.0)):
+            tflite(
+                d / "savedmodel",
+                d / f"tflite_{precision}.tflite",
+                precision=precision,
+                census_json=d / f"tflite_{precision}.ops.json",
+                gate=tflite_gate(graph, hf, prompts_npz, host, precision=precision, min_top1=gate),
+            )
+            made[f"tflite_{precision}"] = d / f"tflite_{precision}.tflite"
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompts_npz(lively, eval_text, gen_dir) -> Path:
+    from lmship.evalset import eval_inputs
+
+    return eval_inputs(
+        lively, eval_text, gen_dir / "prompts.npz", seq_len=P, batch_size=1, text_samples=3, random_samples=1, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def staged(lively, graphs, prompts_npz, gen_dir) -> dict:
+    return _stage_chain(lively, graphs["host"], prompts_npz, gen_dir / "staged")
+
+
+@pytest.fixture(scope="module")
+def tflite_graphs(staged) -> dict[str, Path]:
+    return {graph: staged[graph]["tflite_fp32"] for graph in ("prefill", "decode")}
+
+
+@pytest.fixture(scope="module")
+def gridded(lively, gen_dir) -> Path:
+    """The lively model with every linear weight on a Q4_1 grid: the 4-bit exact grid applies to it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = gen_dir / "gridded"
+    model = AutoModelForCausalLM.from_pretrained(lively, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2 and "embed_tokens" not in name:
+                param.copy_(_snap_to_q4_1(param))
+    model.save_pretrained(out)
+    for f in lively.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, out / f.name)
     return out
 
 
@@ -132,7 +206,7 @@ def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, pr
     from lmship.files import read_json
     from lmship.generation import generate, validate_graph
 
-    census = read_json(gen_dir / "decode.json")
+    census = read_json(gen_dir / "staged" / f"decode{L}" / "tflite_fp32.ops.json")
     assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
     result = generate(
         "tflite", tflite_graphs["prefill"], tflite_graphs["decode"], graphs["host"], prompts, new_tokens=NEW
@@ -263,3 +337,88 @@ def test_gemm_rewrite_feeds_matmulnbits(graphs, lively, prompts, gen_dir):
         "decode", "ort", gen_dir / "decode.block.onnx", graphs["host"], lively, prompts, min_top1=50.0
     )
     assert metrics["finite"]
+
+
+@pytest.mark.parametrize("backend", LOSSLESS + LOSSY)
+def test_every_format_generates_and_the_lossless_ones_reproduce_pytorch(
+    backend, staged, graphs, lively, prompts, reference
+):
+    """Each format's prefill + decode graphs, as the workflow makes them, in their runtime.
+
+    fp32 formats must give PyTorch's tokens exactly; quantised ones must generate and keep
+    most teacher-forced top-1 tokens (their text may differ: that is what the table reports).
+    """
+    from lmship.generation import generate, same_text, validate_graph
+
+    runtime = "tflite" if backend.startswith("tflite") else "ort"
+    made = {graph: staged[graph][backend] for graph in ("prefill", "decode")}
+    result = generate(runtime, made["prefill"], made["decode"], graphs["host"], prompts, new_tokens=NEW)
+    checks = [same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
+    if backend in LOSSLESS:
+        assert all(c["identical"] for c in checks), checks
+    else:
+        assert all(len(t) == NEW for t in result.tokens)
+        metrics = validate_graph("decode", runtime, made["decode"], graphs["host"], lively, prompts, min_top1=50.0)
+        assert metrics["finite"] and metrics["top1_agreement_pct"] >= 50.0
+
+
+def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded, prompts, gen_dir, eval_text):
+    """On weights that sit on a Q4_1 grid the 4-bit exact-grid graphs (rank 2, Gemm rewritten) lose nothing."""
+    import onnx
+
+    from lmship.decode_graph import write_host_tables
+    from lmship.evalset import eval_inputs
+    from lmship.generation import generate, torch_generate
+    from lmship.quantize_onnx import quantize_onnx
+
+    root = gen_dir / "gridded-chain"
+    host = write_host_tables(gridded, root / "host.npz", prompt_len=P, max_len=L)
+    npz = eval_inputs(gridded, eval_text, root / "prompts.npz", seq_len=P, batch_size=1, text_samples=2,
+                      random_samples=0, seed=0)  # fmt: skip
+    made = _stage_chain(gridded, host, npz, root, tflite_too=False)
+    q4 = {}
+    for graph in ("prefill", "decode"):
+        q4[graph] = made[graph]["onnx_simplified"].with_name("onnx_q4_exact.onnx")
+        metrics = quantize_onnx(made[graph]["onnx_simplified"], q4[graph], variant="q4_exact")
+        assert metrics["matmul_q4_1"] == metrics["bit_exact_matmul_q4_1"] > 0 and metrics["gemm_to_matmul"] > 0
+        assert "MatMulNBits" in {n.op_type for n in onnx.load(str(q4[graph])).graph.node}
+    expected = torch_generate(gridded, prompts, NEW, L).tokens
+    assert len({t for seq in expected for t in seq}) > NEW // 2  # not a degenerate repeat
+    assert generate("ort", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == expected
+
+
+def test_lossless_format_with_other_text_fails_the_generation_stage():
+    """The stage's same-text check: a lossless format that diverges fails; a lossy one is reported."""
+    from lmship import StageError
+    from lmship.generation_bench import same_text_columns
+
+    def rows():
+        return [
+            {"backend": "pytorch", "round": 0, "prompt": "0", "tokens": "1 2 3 4"},
+            {"backend": "pytorch", "round": 1, "prompt": "0", "tokens": "1 2 3 4"},
+            {"backend": "onnx", "round": 0, "prompt": "0", "tokens": "1 2 3 4"},
+            {"backend": "tflite_int8", "round": 0, "prompt": "0", "tokens": "1 2 9 4"},
+        ]
+
+    table = rows()
+    differs = same_text_columns(table, "pytorch")
+    assert set(differs) == {"tflite_int8"}
+    assert [(r["identical"], r["first_divergence"], r["matched_pct"]) for r in table] == [
+        (True, "", 100.0),
+        (True, "", 100.0),
+        (True, "", 100.0),
+        (False, 2, 75.0),
+    ]
+    unsteady = rows()
+    unsteady[1]["tokens"] = "1 2 3 5"
+    with pytest.raises(StageError, match="PyTorch's own greedy tokens differ between rounds"):
+        same_text_columns(unsteady, "pytorch")
+
+
+def test_exact_text_is_required_of_lossless_formats_with_pytorchs_weights(tmp_path):
+    from lmship.files import write_json
+    from lmship.generation_bench import lossless_backends
+
+    tiers = {"onnx": "lossless", "tflite_fp16": "lossless", "onnx_q4_exact": "lossless", "tflite_fp32": "8-bit"}
+    paths = [write_json(tmp_path / f"{b}.json", {"backend": b, "tier": t}) for b, t in tiers.items()]
+    assert lossless_backends(paths, "lossless") == ["onnx", "onnx_q4_exact"]

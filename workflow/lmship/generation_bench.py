@@ -11,8 +11,9 @@ ONNX Runtime and TFLite run the prefill and decode graphs with the host's cache.
 discipline of :func:`lmship.rounds.time_in_rounds`: each backend in a fresh
 process per round, the order rotating, rows tagged with run id, round and host.
 It then compares each sequence with PyTorch's (:func:`lmship.generation.same_text`):
-a backend of the lossless tier that does not generate exactly PyTorch's tokens
-fails the stage; the others report the first divergence and the share matched.
+a backend of the lossless tier that computes with PyTorch's own weights (fp32, the
+exact 4-bit grid) and does not generate exactly PyTorch's tokens fails the stage;
+the others report the first divergence and the share matched.
 """
 
 from __future__ import annotations
@@ -129,9 +130,23 @@ def generate_once(
     return Path(out_csv)
 
 
+def exact_weights(backend: str) -> bool:
+    """Whether ``backend`` computes with PyTorch's own weight values: fp32, or the exact 4-bit grid
+    (whose stage proves every weight bit for bit). fp16 or int8 weights are rounded, so their text
+    may part from PyTorch's after a near-tie even when their tier is lossless."""
+    from .backends import BACKENDS
+
+    b = BACKENDS[backend]
+    return b.precision == "fp32" or b.wildcards.get("variant") == "q4_exact"
+
+
 def lossless_backends(accuracy_jsons: list[Path], tier: str) -> list[str]:
-    """The backends whose accuracy JSON places them in ``tier`` (the strictest quality tier)."""
-    return [j["backend"] for j in (read_json(p) for p in accuracy_jsons) if j.get("tier") == tier]
+    """The backends that must generate PyTorch's exact tokens: in ``tier`` (the strictest) with exact weights."""
+    return [
+        j["backend"]
+        for j in (read_json(p) for p in accuracy_jsons)
+        if j.get("tier") == tier and exact_weights(j["backend"])
+    ]
 
 
 def same_text_columns(rows: list[dict], reference: str) -> dict[str, list[str]]:
