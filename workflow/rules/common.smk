@@ -354,4 +354,6 @@ def bandwidth_jsons():
 
 
 def generation_targets():
+    if not GEN["enabled"]:
+        return []
     return [*rules.generation_summary.output, *rules.generation_plot.output]
