@@ -20,9 +20,10 @@ nothing is scattered inside the graph. Grouped-query attention stacks the query
 heads that share a KV head as rows ([group*rows, head_dim] against K^T), so no
 KV head is repeated (no Expand/Tile) and no 4-D tensor appears.
 
-The module also holds the conversion steps that the single-input forward stages
-cannot do yet for multi-input graphs (simplify without the forward check,
-Gemm -> MatMul before MatMulNBits, onnx2tf SavedModel with named inputs and outputs).
+The module also holds the conversion steps that differ for these multi-input graphs
+(onnxsim without the forward check, Gemm -> MatMul before the ONNX Runtime quantisers,
+onnx2tf SavedModel with named inputs and outputs); :mod:`lmship.generation_stages`
+wraps them as the workflow's stages with their checks against PyTorch.
 """
 
 from __future__ import annotations

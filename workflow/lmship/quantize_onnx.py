@@ -13,6 +13,9 @@
                   fp32 compute.
 
 The file is ``onnx_<variant>.onnx`` and the backend that runs it ``onnx_<variant>``.
+A ``Gemm`` by a constant weight (the exporter's form for the generation graphs' 2-D
+activations) is rewritten to ``MatMul`` first (:func:`lmship.decode_graph.gemm_to_matmul`):
+the quantisers above take MatMul.
 """
 
 from __future__ import annotations
