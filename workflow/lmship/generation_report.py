@@ -205,16 +205,17 @@ def generation_plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:
             for i, t in enumerate(threads):
                 sub = block[block["threads"] == t].set_index("label").reindex(labels)
                 styles = bar_styles(sub.reset_index(), tiers)
-                ax.barh(
+                bars = ax.barh(
                     y + i * width,
                     sub[value].to_numpy(dtype=float),
                     height=width,
                     color=[c for c, _ in styles],
-                    hatch=None,
                     edgecolor="black" if i else "none",
                     alpha=1.0 if i == 0 else 0.6,
                     label=f"{t} thread(s)",
                 )
+                for bar, (_, hatch) in zip(bars, styles, strict=True):
+                    bar.set_hatch(hatch)  # broken formats hatched, as in plot.png
             ax.set_yticks(y + 0.4 - width / 2, labels)
             ax.set_title(f"{model}: {title}")
             ax.grid(axis="x", alpha=0.3)
