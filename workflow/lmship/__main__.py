@@ -27,6 +27,8 @@ STAGES = {
     "bandwidth": "bandwidth",
     "generation": "generation_bench:main_rounds",
     "generate_once": "generation_bench",
+    "host_tables": "decode_graph:main_host_tables",
+    "generation_plot": "generation_report:main_generation_plot",
     "accuracy_table": "summary:main_accuracy_table",
     "summary": "summary",
     "plot": "plot",

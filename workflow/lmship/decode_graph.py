@@ -471,3 +471,18 @@ def _keras_runner(model, specs: list, out_names: list[str]):
         return {name: np.asarray(o) for name, o in zip(out_names, outs, strict=True)}
 
     return run
+
+
+def main_host_tables(argv: list[str] | None = None) -> None:
+    from .cli import config_default, parser
+    from .logs import log_to
+
+    p = parser("host_tables", write_host_tables.__doc__ or "")
+    p.add_argument("--model", type=Path, required=True, help="prepared HF folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prompt-len", type=int, default=config_default("generation", "prompt_tokens"))
+    p.add_argument("--max-len", type=int, default=config_default("generation", "max_len"))
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        write_host_tables(args.model, args.out, prompt_len=args.prompt_len, max_len=args.max_len)

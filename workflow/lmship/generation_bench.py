@@ -266,7 +266,7 @@ def generation_in_rounds(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser("generation", __doc__)
+    p = parser("generate_once", __doc__)
     p.add_argument("--runtime", required=True)
     p.add_argument("--decode", type=Path, required=True, help="decode graph (PyTorch: the HF folder)")
     p.add_argument("--prefill", type=Path, help="prefill graph (absent: the prompt goes through decode steps)")

@@ -227,3 +227,16 @@ def generation_plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def main_generation_plot(argv: list[str] | None = None) -> None:
+    from .cli import config_default, parser
+    from .logs import log_to
+
+    p = parser("generation_plot", generation_plot.__doc__ or "")
+    p.add_argument("--summary", type=Path, required=True, help="results/generation.csv")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        generation_plot(args.summary, args.out, list(config_default("quality_tiers")))
