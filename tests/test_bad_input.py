@@ -212,3 +212,26 @@ def test_model_named_like_an_output_stops_before_the_dag(tmp_path):
     out = _rejected(tmp_path, {**tiny_config(), "models": {"summary.csv": {"source": "random", "seed": 0}}})
     assert "collides with the workflow's own output" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("generation", "expected"),
+    [
+        (
+            {"prompt_tokens": 8, "max_len": 12, "new_tokens": 8},
+            ["8 + new_tokens 8 - 1 = 15", "raise max_len to at least 15"],
+        ),
+        ({"prompts": 3}, ["generation: prompts 3 exceeds eval.text_samples 2"]),
+        ({"max_len": 1}, ["generation.max_len = 1", "minimum of 2"]),
+    ],
+)
+def test_generation_lengths_that_cannot_work_are_named(generation, expected):
+    from lmship.configcheck import ConfigError, check_config
+
+    config = tiny_config()
+    config["generation"] = {**config["generation"], **generation}
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    with pytest.raises(ConfigError) as err:
+        check_config(config, schema)
+    for fragment in expected:
+        assert fragment in str(err.value), (fragment, str(err.value))

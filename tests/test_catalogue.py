@@ -84,8 +84,9 @@ def test_every_backend_names_a_rule_output(rules):
         assert b.output in rules[b.rule].output._names, b
         # the rule's pattern without wildcard constraints ({model,tiny} -> {model})
         pattern = re.sub(r"\{(\w+),[^}]*\}", r"{\1}", str(getattr(rules[b.rule].output, b.output)))
-        assert set(re.findall(r"\{(\w+)\}", pattern)) - {"model", "seq"} == set(b.wildcards), (b, pattern)
-        stem = Path(pattern.format(model="m", seq=1, **b.wildcards)).name.split(".")[0]
+        # {graph}: the forward pass or a generation graph, made by the same rule
+        assert set(re.findall(r"\{(\w+)\}", pattern)) - {"model", "seq", "graph"} == set(b.wildcards), (b, pattern)
+        stem = Path(pattern.format(model="m", seq=1, graph="seq", **b.wildcards)).name.split(".")[0]
         owner = REFERENCE if stem == "hf" else stem
         # a backend is its artifact's stem, or that artifact run at another precision (<stem>_<precision>)
         assert b.name in (owner, f"{owner}_{b.precision}"), (b, pattern)

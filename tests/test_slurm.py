@@ -40,6 +40,9 @@ def slurm_config() -> dict:
     return tiny_config(
         backends=["pytorch", "onnx", "tflite_fp32"],
         benchmark={"threads": [1, 2], "repeats": 3, "warmup": 1, "min_seconds": 0},
+        # generation runs the same envs and rules as the forward chain (tests/test_workflow.py
+        # runs it); left out here to keep CI's time
+        generation={**tiny_config()["generation"], "enabled": False},
     )
 
 

@@ -82,6 +82,45 @@ def test_every_artifact_is_built(full_run):
     assert bench["max_rss"].iloc[0] > 0
 
 
+def test_generation_graphs_and_rounds(full_run):
+    """Generation graphs went through the conversion rules; every format generated in interleaved rounds."""
+    gen = yaml.safe_load((full_run / "config.yaml").read_text())["generation"]
+    for model in ("tiny", "mine"):
+        base = full_run / "results" / model
+        decode, prefill = base / f"decode{gen['max_len']}", base / f"prefill{gen['prompt_tokens']}"
+        for name in ("onnx.onnx", "onnx_simplified.onnx", "onnx_int8_block.onnx", "tflite_fp32.tflite", "host.npz"):
+            assert (decode / name).is_file(), name
+        assert (prefill / "onnx_int8_block.onnx").is_file()
+        assert not (prefill / "tflite_fp32.tflite").exists()  # tflite_prefill false: decode steps
+        census = json.loads((decode / "tflite_fp32.ops.json").read_text())
+        assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
+        for threads in (1, 2):
+            raw = pd.read_csv(base / "generation" / f"t{threads}.csv")
+            assert raw["run_id"].nunique() == 1 and sorted(raw["round"].unique()) == [0, 1]
+            backends = [b for b in BACKEND_NAMES if b != "pytorch_int8"]
+            assert set(raw["backend"]) == set(backends)
+            assert (raw.groupby(["backend", "round"]).size() == gen["prompts"]).all()
+            firsts = raw.groupby("round")["backend"].first().tolist()
+            assert firsts[0] != firsts[1]
+            assert (raw["new_tokens"] == gen["new_tokens"]).all() and (raw["threads"] == threads).all()
+            assert (raw["ttft_ms"] > 0).all() and (raw["decode_ms_median"] > 0).all()
+            tflite = raw[raw["runtime"] == "tflite"]
+            assert set(tflite["prompt_via"]) == {"decode steps"}
+            lossless = raw[raw["backend"].isin(["onnx", "onnx_simplified", "tflite_fp32"])]
+            assert lossless["identical"].all()
+    summary = pd.read_csv(full_run / "results" / "generation.csv")
+    assert len(summary) == 2 * 2 * len([b for b in BACKEND_NAMES if b != "pytorch_int8"])
+    assert (summary["roofline_share"] > 0).all() and (summary["bandwidth_gb_s"] > 0).all()
+    ref = summary[summary["backend"] == "pytorch"]
+    assert (ref["vs_pytorch"] == 1.0).all()
+    md = (full_run / "results" / "generation.md").read_text()
+    assert "continuation of the first prompt" in md and "| PyTorch fp32 | reference |" in md
+    assert (full_run / "results" / "generation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for t in (1, 2):
+        bw = json.loads((full_run / "results" / "machine_limit" / f"bandwidth_t{t}.json").read_text())
+        assert bw["threads"] == t and bw["read_gb_s"] > 0
+
+
 def test_no_partial_outputs_left(full_run):
     assert not list((full_run / "results").rglob(".*partial*"))
 
@@ -149,14 +188,15 @@ def test_changing_a_conversion_parameter_reruns_only_downstream(full_run):
         jobs = planned_jobs(snakemake(full_run, "-n").stdout)
     finally:
         write_config(full_run, config)
-    assert jobs.get("savedmodel") == 2  # both models
-    assert jobs.get("tflite") == 6
+    assert jobs.get("savedmodel") == 2 * 2  # both models: forward and decode graph
+    assert jobs.get("tflite") == 6 * 2
     for upstream in ("prepare_model", "eval_inputs", "reference_logits", "export_onnx", "simplify_onnx"):
         assert upstream not in jobs, (upstream, jobs)
     assert "quantize_onnx" not in jobs and "quantize_pytorch" not in jobs
     # the TFLite backends are evaluated again; timing reruns whole (every backend of the
     # model, in the same rounds) so that no ratio divides figures of two runs
     assert jobs.get("timing") == 2 * 2 and jobs.get("evaluate") == 2 * 3
+    assert jobs.get("generation") == 2 * 2
 
 
 def test_report_contains_plot_and_tables(full_run):
@@ -168,6 +208,8 @@ def test_report_contains_plot_and_tables(full_run):
     assert any(n.endswith("quality.png") for n in names)
     assert any(n.endswith("summary.csv") for n in names)
     assert any(n.endswith("accuracy.csv") for n in names)
+    assert any(n.endswith("generation.png") for n in names)
+    assert any(n.endswith("generation.csv") for n in names)
 
 
 def test_one_target_builds_only_what_it_needs(tmp_path):

@@ -28,6 +28,9 @@ def tiny_config(**overrides) -> dict:
         "seq_lens": [16],
         "eval": {"text_samples": 2, "random_samples": 1, "seed": 0},
         "benchmark": {"threads": [1, 2], "rounds": 2, "warmup": 1, "repeats": 3, "min_seconds": 0},
+        # TFLite runs the prompt through decode steps here (one SavedModel less per model);
+        # tests/test_generation.py converts the prefill graph to TFLite too.
+        "generation": {"prompt_tokens": 8, "max_len": 24, "new_tokens": 8, "prompts": 2, "tflite_prefill": False},
     }
     config.update(overrides)
     return config

@@ -99,7 +99,17 @@ def check_config(config: dict, schema_path: Path) -> None:
 
 
 #: Names directly under results/ that the workflow itself writes: a model of that name would collide.
-RESERVED_NAMES = ("machine_limit", "summary.csv", "summary.md", "plot.png", "quality.png", "eval_text.txt")
+RESERVED_NAMES = (
+    "machine_limit",
+    "summary.csv",
+    "summary.md",
+    "plot.png",
+    "quality.png",
+    "eval_text.txt",
+    "generation.csv",
+    "generation.md",
+    "generation.png",
+)
 
 
 def semantic_problems(config: dict) -> list[str]:
@@ -139,6 +149,7 @@ def semantic_problems(config: dict) -> list[str]:
                 f"{text_samples} evaluation windows need {text_samples + calibration} different articles, the "
                 f"prose has {DOCUMENTS}; lower one of them (calibration never uses an evaluated article)"
             )
+    problems += _generation_problems(config)
     options = ((config.get("savedmodel") or {}).get("onnx2tf")) or {}
     known = onnx2tf_options()
     if known is not None:
@@ -170,3 +181,23 @@ def onnx2tf_options() -> set[str] | None:
             args = node.args
             return {a.arg for a in [*args.args, *args.kwonlyargs]}
     return None
+
+
+def _generation_problems(config: dict) -> list[str]:
+    """The generation lengths must fit the cache, and the prompts the evaluation prose."""
+    gen = config.get("generation") or {}
+    prompt, max_len, new = gen.get("prompt_tokens", 128), gen.get("max_len", 256), gen.get("new_tokens", 64)
+    prompts = gen.get("prompts", 4)
+    samples = (config.get("eval") or {}).get("text_samples", 40)
+    problems = []
+    if all(isinstance(v, int) for v in (prompt, max_len, new)) and prompt + new - 1 > max_len:
+        problems.append(
+            f"generation: prompt_tokens {prompt} + new_tokens {new} - 1 = {prompt + new - 1} do not fit the "
+            f"cache of max_len {max_len} slots; raise max_len to at least {prompt + new - 1} or generate fewer tokens"
+        )
+    if isinstance(prompts, int) and isinstance(samples, int) and prompts > samples:
+        problems.append(
+            f"generation: prompts {prompts} exceeds eval.text_samples {samples}; the prompts are the "
+            "evaluation set's prose windows"
+        )
+    return problems

@@ -78,7 +78,7 @@ def reencode(model) -> dict[str, int]:
     inits = {i.name: i for i in graph.initializer}
     stats = {"matmul_q4_1": 0, "matmul_fp32": 0, "gather_q8_0": 0}
     added: list = []
-    nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats)
+    nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats, _ranks(model))
     nodes = _gathers_to_q8_0(nodes, inits, added, stats)
     del graph.node[:]
     graph.node.extend(nodes)
@@ -91,7 +91,16 @@ def reencode(model) -> dict[str, int]:
     return stats
 
 
-def _matmuls_to_q4_1(nodes: list, inits: dict, added: list, stats: dict[str, int]) -> list:
+def _ranks(model) -> dict[str, int]:
+    """Rank of every tensor whose shape ONNX shape inference knows (graph inputs, outputs, intermediates)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+
+
+def _matmuls_to_q4_1(nodes: list, inits: dict, added: list, stats: dict[str, int], ranks: dict[str, int]) -> list:
     """First pass: each MatMul by a Q4_1-grid weight becomes MatMulNBits 4-bit plus the exact correction."""
     from onnx import numpy_helper
 
@@ -110,13 +119,20 @@ def _matmuls_to_q4_1(nodes: list, inits: dict, added: list, stats: dict[str, int
             stats["matmul_fp32"] += 1
             out.append(node)
             continue
-        out += _q4_1_matmul(node, weight, grid, added)
+        if node.input[0] not in ranks:
+            from . import StageError
+
+            raise StageError(
+                f"the rank of {node.input[0]!r} (input of MatMul {node.name!r}) is unknown to ONNX shape "
+                "inference; the exact-grid correction needs it to cut the input into blocks"
+            )
+        out += _q4_1_matmul(node, weight, grid, added, ranks[node.input[0]])
         stats["matmul_q4_1"] += 1
     return out
 
 
-def _q4_1_matmul(node, weight: np.ndarray, grid, added: list) -> list:
-    """The nodes replacing ``node`` (``Y = X @ weight``) for a weight on the Q4_1 ``grid``."""
+def _q4_1_matmul(node, weight: np.ndarray, grid, added: list, rank: int) -> list:
+    """The nodes replacing ``node`` (``Y = X @ weight``, ``X`` of ``rank``) for a weight on the Q4_1 ``grid``."""
     from onnx import helper, numpy_helper
 
     q, d, m = grid
@@ -129,7 +145,7 @@ def _q4_1_matmul(node, weight: np.ndarray, grid, added: list) -> list:
         numpy_helper.from_array(d.astype(np.float32).reshape(-1), base + "_scales"),
         numpy_helper.from_array(_pack_nibbles(zp.astype(np.uint8)).reshape(-1), base + "_zp"),
         numpy_helper.from_array(correction, base + "_corr"),
-        numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), base + "_blocks"),
+        numpy_helper.from_array(np.array([0] * (rank - 1) + [k // BLOCK, BLOCK], np.int64), base + "_blocks"),
         numpy_helper.from_array(np.array([-1], np.int64), base + "_axis"),
     ]
     added += tensors

@@ -13,6 +13,9 @@
                   fp32 compute.
 
 The file is ``onnx_<variant>.onnx`` and the backend that runs it ``onnx_<variant>``.
+A ``Gemm`` by a constant weight (the exporter's form for the generation graphs' 2-D
+activations) is rewritten to ``MatMul`` first (:func:`lmship.decode_graph.gemm_to_matmul`):
+the quantisers above take MatMul.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from . import StageError
 from .cli import parser
+from .decode_graph import gemm_to_matmul
 from .files import atomic_output, load_onnx, stage_metrics
 from .logs import log_to
 
@@ -96,7 +100,16 @@ def quantize_onnx(
     make = {"int8_dynamic": _int8_dynamic, "int8_block": _int8_block, "q4_exact": _q4_exact}[variant]
     started = time.monotonic()
     with atomic_output(Path(out_onnx)) as tmp:
-        info = make(Path(in_onnx), tmp)
+        # The exporter emits Gemm for the generation graphs' 2-D activations; MatMulNBits and the
+        # exact grid take MatMul only, and quantize_dynamic's Gemm path breaks the prefill graph.
+        matmul = tmp.with_name(tmp.name + ".matmul.onnx")
+        rewritten = gemm_to_matmul(Path(in_onnx), matmul)
+        source = matmul if rewritten else Path(in_onnx)
+        try:
+            info = make(source, tmp)
+        finally:
+            matmul.unlink(missing_ok=True)
+        info["gemm_to_matmul"] = rewritten
     return stage_metrics(
         metrics_json,
         out_onnx,

@@ -41,8 +41,9 @@ def _weight_matmul_validation_skipped(enabled: bool) -> Iterator[None]:
     it on dummy data to choose input transpositions: quadratic in the model's
     depth, and most of the SavedModel stage's time on a 30-layer LLM. For a
     MatMul whose second input is a constant weight the untransposed product is
-    the ONNX semantics, so the search is skipped for those only (attention
-    MatMuls between activations keep it). The whole model is still checked
+    the ONNX semantics, so the search is skipped for those; likewise for a
+    MatMul of two rank-2 tensors (the generation graphs'), which onnx2tf never
+    transposes (attention MatMuls of the 3-D forward graph keep the search). The whole model is still checked
     against PyTorch afterwards; set ``savedmodel: {fast_weight_matmul: false}``
     in the config to turn this off.
     """
@@ -55,9 +56,10 @@ def _weight_matmul_validation_skipped(enabled: bool) -> Iterator[None]:
         return
 
     def acquisition(**kwargs):
-        if isinstance(kwargs.get("input_tensor_2"), np.ndarray) and not isinstance(
-            kwargs.get("input_tensor_1"), np.ndarray
-        ):
+        a, b = kwargs.get("input_tensor_1"), kwargs.get("input_tensor_2")
+        if isinstance(b, np.ndarray) and not isinstance(a, np.ndarray):
+            return None, None, None
+        if _rank(a) <= 2 and _rank(b) <= 2:  # no layout to choose: onnx2tf transposes rank >= 3 only
             return None, None, None
         return original(**kwargs)
 
@@ -66,6 +68,15 @@ def _weight_matmul_validation_skipped(enabled: bool) -> Iterator[None]:
         yield
     finally:
         module.acquisition_of_validation_data = original
+
+
+def _rank(tensor) -> int:
+    """Rank of a numpy array or Keras / TF tensor (large when unknown, so the search is kept)."""
+    shape = getattr(tensor, "shape", None)
+    try:
+        return len(shape)
+    except TypeError:
+        return 99
 
 
 def savedmodel(

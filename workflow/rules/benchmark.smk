@@ -72,3 +72,50 @@ rule machine_limit:
         bench_lock=BENCH_LOCK,
     script:
         "../scripts/machine_limit.py"
+
+
+rule generation:
+    input:
+        artifacts=lambda wc: generation_artifacts(wc.model),
+        host=lambda wc: host_npz(wc.model),
+        inputs=lambda wc: prompt_inputs(wc.model),
+        tiers=lambda wc: generation_tiers(wc.model),
+    output:
+        csv="results/{model}/generation/t{threads}.csv",
+    log:
+        "logs/generation/{model}_t{threads}.log",
+    benchmark:
+        "benchmarks/generation/{model}_t{threads}.tsv"
+    conda:
+        "../../envs/runtimes.yaml"
+    threads: lambda wc: int(wc.threads)
+    resources:
+        mem_mb=3000,
+        runtime=90,
+        bench_lock=BENCH_LOCK,
+    params:
+        backends=lambda wc: generation_backends(wc.model),
+        rounds=config["benchmark"]["rounds"],
+        prompts=GEN["prompts"],
+        new_tokens=GEN["new_tokens"],
+        strictest_tier=list(config["quality_tiers"])[0],
+    script:
+        "../scripts/generation.py"
+
+
+rule bandwidth:
+    output:
+        json="results/machine_limit/bandwidth_t{threads}.json",
+    log:
+        "logs/bandwidth/t{threads}.log",
+    benchmark:
+        "benchmarks/bandwidth/t{threads}.tsv"
+    conda:
+        "../../envs/runtimes.yaml"
+    threads: lambda wc: int(wc.threads)
+    resources:
+        mem_mb=2500,
+        runtime=5,
+        bench_lock=BENCH_LOCK,
+    script:
+        "../scripts/bandwidth.py"

@@ -25,6 +25,7 @@ from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE, not_applicable  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
+from lmship.decode_graph import GRAPH_FAMILIES, GENERATION_RUNTIMES  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
@@ -44,6 +45,9 @@ validate(config, SCHEMA)
 MODELS = list(config["models"])
 SEQ_LENS = [int(s) for s in config["seq_lens"]]
 THREADS = [int(t) for t in config["benchmark"]["threads"]]
+GEN = config[
+    "generation"
+]  # prompt_tokens, max_len, new_tokens, prompts, rounds, tflite_prefill
 BACKEND_NAMES = list(dict.fromkeys([REFERENCE, *config["backends"]]))
 
 # Machine-wide resource the scheduler enforces: every job takes 1 bench_lock (set on
@@ -74,6 +78,7 @@ if workflow.is_main_process:
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     seq=r"\d+",
+    graph="|".join(GRAPH_FAMILIES),
     threads=r"\d+",
     backend="|".join(map(re.escape, BACKENDS)),
     precision="|".join(PRECISIONS),
@@ -146,11 +151,19 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
-def artifact(backend, model, seq):
-    """The file or folder ``backend`` runs: its rule's output (see lmship.backends)."""
+def artifact(backend, model, seq, graph="seq"):
+    """The file or folder ``backend`` runs: its rule's output (see lmship.backends).
+
+    ``graph``: ``seq`` (the forward pass of ``seq`` tokens), ``prefill`` or ``decode``.
+    """
     b = BACKENDS[backend]
     pattern = getattr(getattr(rules, b.rule).output, b.output)
-    return expand(pattern, model=model, seq=seq, **b.wildcards)[0]
+    return expand(pattern, model=model, seq=seq, graph=graph, **b.wildcards)[0]
+
+
+def forward_graph(pattern):
+    """Input function: the rule output ``pattern`` (with ``{graph}``) of the forward pass."""
+    return lambda wc: expand(pattern, model=wc.model, seq=wc.seq, graph="seq")[0]
 
 
 def calibration_inputs(wildcards):
@@ -250,7 +263,9 @@ def conversion_targets():
         if b.precision in ("fp32", "fp16") and b.name != REFERENCE
     ]
     return [
-        *expand(rules.savedmodel.output.savedmodel, model=MODELS, seq=SEQ_LENS),
+        *expand(
+            rules.savedmodel.output.savedmodel, model=MODELS, seq=SEQ_LENS, graph="seq"
+        ),
         *(artifact(b.name, m, s) for b in artifacts for m, s in model_seqs()),
     ]
 
@@ -262,4 +277,106 @@ def all_targets():
         *rules.summary.output,
         *rules.plot.output,
         *rules.quality_plot.output,
+        *generation_targets(),
     ]
+
+
+# ------------------------------------------------------------------ generation
+
+
+def graph_check(wildcards):
+    """What a conversion of ``{graph}`` is checked with.
+
+    Forward graph (``seq``): the evaluation set and PyTorch's logits. Generation
+    graphs: prompts from the evaluation prose, the host tables and the model.
+    """
+    if wildcards.graph == "seq":
+        return {
+            "inputs": expand(rules.eval_inputs.output.inputs, **wildcards)[0],
+            "reference": expand(rules.reference_logits.output.logits, **wildcards)[0],
+        }
+    return {
+        "inputs": prompt_inputs(wildcards.model),
+        "host": host_npz(wildcards.model),
+        "hf": expand(rules.prepare_model.output.model, model=wildcards.model)[0],
+    }
+
+
+def prompt_inputs(model):
+    """The evaluation windows of generation.prompt_tokens tokens: the prompts are their prose."""
+    return expand(
+        rules.eval_inputs.output.inputs, model=model, seq=GEN["prompt_tokens"]
+    )[0]
+
+
+def host_npz(model):
+    return expand(rules.host_tables.output.npz, model=model, seq=GEN["max_len"])[0]
+
+
+def generation_backends(model):
+    """The configured backends that generate text: runtime, precision and graphs of each.
+
+    PyTorch (the reference) runs the HF folder with its own KV cache; ONNX Runtime
+    and TFLite run the prefill and decode graphs; with generation.tflite_prefill
+    false a TFLite backend runs the prompt through decode steps (no prefill graph).
+    """
+    out = []
+    for b in backends_of(model):
+        spec = BACKENDS[b]
+        if spec.runtime not in GENERATION_RUNTIMES:
+            continue
+        decode = artifact(b, model, GEN["max_len"], "decode")
+        prefill = artifact(b, model, GEN["prompt_tokens"], "prefill")
+        if spec.runtime == "pytorch":
+            decode = prefill = artifact(b, model, GEN["max_len"])
+        elif spec.runtime == "tflite" and not GEN["tflite_prefill"]:
+            prefill = None
+        out.append(
+            {
+                "backend": b,
+                "runtime": spec.runtime,
+                "precision": spec.precision,
+                "decode": decode,
+                "prefill": prefill,
+            }
+        )
+    return out
+
+
+def generation_artifacts(model):
+    return sorted(
+        {
+            g[k]
+            for g in generation_backends(model)
+            for k in ("decode", "prefill")
+            if g[k]
+        }
+    )
+
+
+def generation_tiers(model):
+    """The accuracy JSONs (quality tier) of the generating backends, at the first sequence length."""
+    return [
+        expand(
+            rules.evaluate.output.json,
+            model=model,
+            seq=SEQ_LENS[0],
+            backend=g["backend"],
+        )[0]
+        for g in generation_backends(model)
+        if g["backend"] != REFERENCE
+    ]
+
+
+def generation_csvs():
+    return expand(rules.generation.output.csv, model=MODELS, threads=THREADS)
+
+
+def bandwidth_jsons():
+    return expand(rules.bandwidth.output.json, threads=THREADS)
+
+
+def generation_targets():
+    if not GEN["enabled"]:
+        return []
+    return [*rules.generation_summary.output, *rules.generation_plot.output]

@@ -5,16 +5,15 @@
 
 rule savedmodel:
     input:
+        unpack(graph_check),
         onnx=rules.simplify_onnx.output.onnx,
-        inputs=rules.eval_inputs.output.inputs,
-        reference=rules.reference_logits.output.logits,
     output:
-        savedmodel=directory("results/{model}/seq{seq}/savedmodel"),
-        metrics="results/{model}/seq{seq}/metrics/savedmodel.json",
+        savedmodel=directory("results/{model}/{graph}{seq}/savedmodel"),
+        metrics="results/{model}/{graph}{seq}/metrics/savedmodel.json",
     log:
-        "logs/savedmodel/{model}_seq{seq}.log",
+        "logs/savedmodel/{model}_{graph}{seq}.log",
     benchmark:
-        "benchmarks/savedmodel/{model}_seq{seq}.tsv"
+        "benchmarks/savedmodel/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
     threads: 1
@@ -31,17 +30,16 @@ rule savedmodel:
 
 rule tflite:
     input:
+        unpack(graph_check),
         savedmodel=rules.savedmodel.output.savedmodel,
-        inputs=rules.eval_inputs.output.inputs,
-        reference=rules.reference_logits.output.logits,
     output:
-        tflite="results/{model}/seq{seq}/tflite_{precision}.tflite",
-        census="results/{model}/seq{seq}/tflite_{precision}.ops.json",
-        metrics="results/{model}/seq{seq}/metrics/tflite_{precision}.json",
+        tflite="results/{model}/{graph}{seq}/tflite_{precision}.tflite",
+        census="results/{model}/{graph}{seq}/tflite_{precision}.ops.json",
+        metrics="results/{model}/{graph}{seq}/metrics/tflite_{precision}.json",
     log:
-        "logs/tflite/{model}_seq{seq}_{precision}.log",
+        "logs/tflite/{model}_{graph}{seq}_{precision}.log",
     benchmark:
-        "benchmarks/tflite/{model}_seq{seq}_{precision}.tsv"
+        "benchmarks/tflite/{model}_{graph}{seq}_{precision}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
     threads: 2

@@ -5,16 +5,15 @@
 
 rule export_onnx:
     input:
+        unpack(graph_check),
         model=rules.prepare_model.output.model,
-        inputs=rules.eval_inputs.output.inputs,
-        reference=rules.reference_logits.output.logits,
     output:
-        onnx="results/{model}/seq{seq}/onnx.onnx",
-        metrics="results/{model}/seq{seq}/metrics/export_onnx.json",
+        onnx="results/{model}/{graph}{seq}/onnx.onnx",
+        metrics="results/{model}/{graph}{seq}/metrics/export_onnx.json",
     log:
-        "logs/export_onnx/{model}_seq{seq}.log",
+        "logs/export_onnx/{model}_{graph}{seq}.log",
     benchmark:
-        "benchmarks/export_onnx/{model}_seq{seq}.tsv"
+        "benchmarks/export_onnx/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: 1
@@ -30,16 +29,15 @@ rule export_onnx:
 
 rule simplify_onnx:
     input:
+        unpack(graph_check),
         onnx=rules.export_onnx.output.onnx,
-        inputs=rules.eval_inputs.output.inputs,
-        reference=rules.reference_logits.output.logits,
     output:
-        onnx="results/{model}/seq{seq}/onnx_simplified.onnx",
-        metrics="results/{model}/seq{seq}/metrics/simplify_onnx.json",
+        onnx="results/{model}/{graph}{seq}/onnx_simplified.onnx",
+        metrics="results/{model}/{graph}{seq}/metrics/simplify_onnx.json",
     log:
-        "logs/simplify_onnx/{model}_seq{seq}.log",
+        "logs/simplify_onnx/{model}_{graph}{seq}.log",
     benchmark:
-        "benchmarks/simplify_onnx/{model}_seq{seq}.tsv"
+        "benchmarks/simplify_onnx/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/onnxsim.yaml"
     threads: 1
@@ -56,12 +54,12 @@ rule quantize_onnx:
     input:
         onnx=rules.simplify_onnx.output.onnx,
     output:
-        onnx="results/{model}/seq{seq}/onnx_{variant}.onnx",
-        metrics="results/{model}/seq{seq}/metrics/quantize_onnx_{variant}.json",
+        onnx="results/{model}/{graph}{seq}/onnx_{variant}.onnx",
+        metrics="results/{model}/{graph}{seq}/metrics/quantize_onnx_{variant}.json",
     log:
-        "logs/quantize_onnx/{model}_seq{seq}_{variant}.log",
+        "logs/quantize_onnx/{model}_{graph}{seq}_{variant}.log",
     benchmark:
-        "benchmarks/quantize_onnx/{model}_seq{seq}_{variant}.tsv"
+        "benchmarks/quantize_onnx/{model}_{graph}{seq}_{variant}.tsv"
     conda:
         "../../envs/onnxsim.yaml"
     threads: 1
@@ -70,3 +68,24 @@ rule quantize_onnx:
         runtime=20,
     script:
         "../scripts/quantize_onnx.py"
+
+
+rule host_tables:
+    input:
+        model=rules.prepare_model.output.model,
+    output:
+        npz="results/{model}/decode{seq}/host.npz",
+    log:
+        "logs/host_tables/{model}_decode{seq}.log",
+    benchmark:
+        "benchmarks/host_tables/{model}_decode{seq}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        prompt_len=GEN["prompt_tokens"],
+    script:
+        "../scripts/host_tables.py"

@@ -6,7 +6,7 @@
 
 rule openvino_ir:
     input:
-        onnx=rules.export_onnx.output.onnx,
+        onnx=forward_graph(rules.export_onnx.output.onnx),
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,
     output:

@@ -102,3 +102,59 @@ rule quality_plot:
         tiers=config["quality_tiers"],
     script:
         "../scripts/quality_plot.py"
+
+
+rule generation_summary:
+    input:
+        csvs=generation_csvs(),
+        bandwidth=bandwidth_jsons(),
+        tiers=[t for m in MODELS for t in generation_tiers(m)],
+        models=expand(rules.prepare_model.output.model, model=MODELS),
+        host=[host_npz(m) for m in MODELS],
+    output:
+        csv=report(
+            "results/generation.csv",
+            caption="../report/generation.rst",
+            category="Generation",
+        ),
+        md="results/generation.md",
+    log:
+        "logs/generation_summary.log",
+    benchmark:
+        "benchmarks/generation_summary.tsv"
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        models=MODELS,
+        backends={m: generation_backends(m) for m in MODELS},
+    script:
+        "../scripts/generation_summary.py"
+
+
+rule generation_plot:
+    input:
+        summary=rules.generation_summary.output.csv,
+    output:
+        png=report(
+            "results/generation.png",
+            caption="../report/generation.rst",
+            category="Generation",
+        ),
+    log:
+        "logs/generation_plot.log",
+    benchmark:
+        "benchmarks/generation_plot.tsv"
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        tiers=list(config["quality_tiers"]),
+    script:
+        "../scripts/generation_plot.py"

@@ -1,19 +1,32 @@
-"""Snakemake adapter: lmship.tflite.tflite."""
+"""Snakemake adapter: lmship.tflite.tflite, checked on the evaluation set (forward graph)
+or by lmship.generation_stages.tflite_gate (prefill / decode graph)."""
 
 from pathlib import Path
 
+from lmship.generation_stages import tflite_gate
 from lmship.logs import log_to
 from lmship.tflite import tflite
 
 smk = snakemake  # noqa: F821
+forward = smk.wildcards.graph == "seq"
 with log_to(smk.log[0]):
     tflite(
         Path(smk.input.savedmodel),
         Path(smk.output.tflite),
         precision=smk.wildcards.precision,
-        inputs_npz=Path(smk.input.inputs),
-        reference_npy=Path(smk.input.reference),
+        inputs_npz=Path(smk.input.inputs) if forward else None,
+        reference_npy=Path(smk.input.reference) if forward else None,
         min_top1=smk.params.min_top1,
         census_json=Path(smk.output.census),
         metrics_json=Path(smk.output.metrics),
+        gate=None
+        if forward
+        else tflite_gate(
+            smk.wildcards.graph,
+            Path(smk.input.hf),
+            Path(smk.input.inputs),
+            Path(smk.input.host),
+            precision=smk.wildcards.precision,
+            min_top1=smk.params.min_top1,
+        ),
     )

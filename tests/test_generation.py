@@ -1,0 +1,424 @@
+"""Generation graphs (prefill / decode step) and greedy loops on a tiny random Llama.
+
+The tiny model's default initialisation (std 0.02) makes greedy decoding
+repeat one token forever, which would hide a broken cache; the ``lively``
+model re-draws the tiny model's matrices with std 0.15 so that every step's
+argmax depends on the attention over the cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+P, L, NEW = 8, 32, 12
+
+
+@pytest.fixture(scope="module")
+def gen_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("generation")
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_model, gen_dir) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = gen_dir / "lively"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
+    model.save_pretrained(out)
+    for f in tiny_model.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def graphs(lively, gen_dir) -> dict[str, Path]:
+    from lmship.decode_graph import export_generation_graph, write_host_tables
+
+    paths = {"host": write_host_tables(lively, gen_dir / "host.npz", prompt_len=P, max_len=L)}
+    for graph in ("prefill", "decode"):
+        paths[graph] = export_generation_graph(lively, gen_dir / f"{graph}.onnx", graph=graph, prompt_len=P, max_len=L)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 384, P), rng.integers(0, 384, P + 3), rng.integers(0, 384, P + 1)]
+
+
+@pytest.fixture(scope="module")
+def reference(lively, prompts):
+    from lmship.generation import torch_generate
+
+    return torch_generate(lively, prompts, NEW, L, threads=1, keep_prompt_cache=True)
+
+
+LOSSLESS = ("onnx", "onnx_simplified", "tflite_fp32")
+LOSSY = ("onnx_int8_dynamic", "onnx_int8_block", "tflite_fp16", "tflite_int8")
+
+
+def _snap_to_q4_1(weight):
+    """``weight`` [out, in] moved onto a Q4_1 grid along ``in`` (blocks of 32, fp16 d and m), as GGUF stores it."""
+    import torch
+
+    out_dim, k = weight.shape
+    blocks = weight.reshape(out_dim, k // 32, 32)
+    lo, hi = blocks.min(-1, keepdim=True).values, blocks.max(-1, keepdim=True).values
+    d = ((hi - lo) / 15).half().float().clamp_min(1e-4)
+    m = lo.half().float()
+    q = torch.clamp(torch.round((blocks - m) / d), 0, 15)
+    q[..., 0], q[..., 1] = 0, 15  # the block's minimum and maximum sit on the grid's ends
+    return (d * q + m).reshape(out_dim, k)
+
+
+def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_too: bool = True) -> dict:
+    """Every generation-graph artifact of ``hf`` made by the workflow's stage functions (with their gates)."""
+    from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
+    from lmship.quantize_onnx import quantize_onnx
+    from lmship.tflite import tflite
+
+    out: dict[str, dict[str, Path]] = {}
+    for graph, length in (("prefill", P), ("decode", L)):
+        d = root / f"{graph}{length}"
+        d.mkdir(parents=True, exist_ok=True)
+        made = out.setdefault(graph, {})
+        export_generation(graph, hf, prompts_npz, host, d / "onnx.onnx", length=length, opset=18, min_top1=99.0)
+        made["onnx"] = d / "onnx.onnx"
+        simplify_generation(graph, made["onnx"], hf, prompts_npz, host, d / "onnx_simplified.onnx", min_top1=99.0)
+        made["onnx_simplified"] = d / "onnx_simplified.onnx"
+        if not tflite_too:
+            continue
+        for variant in ("int8_dynamic", "int8_block"):
+            quantize_onnx(made["onnx_simplified"], d / f"onnx_{variant}.onnx", variant=variant)
+            made[f"onnx_{variant}"] = d / f"onnx_{variant}.onnx"
+        savedmodel_generation(graph, made["onnx_simplified"], hf, prompts_npz, host, d / "savedmodel", min_top1=99.0)
+        for precision, gate in (("fp32", 99.0), ("fp16", 50.0), ("int8", 20.0)):
+            tflite(
+                d / "savedmodel",
+                d / f"tflite_{precision}.tflite",
+                precision=precision,
+                census_json=d / f"tflite_{precision}.ops.json",
+                gate=tflite_gate(graph, hf, prompts_npz, host, precision=precision, min_top1=gate),
+            )
+            made[f"tflite_{precision}"] = d / f"tflite_{precision}.tflite"
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompts_npz(lively, eval_text, gen_dir) -> Path:
+    from lmship.evalset import eval_inputs
+
+    return eval_inputs(
+        lively, eval_text, gen_dir / "prompts.npz", seq_len=P, batch_size=1, text_samples=3, random_samples=1, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def staged(lively, graphs, prompts_npz, gen_dir) -> dict:
+    return _stage_chain(lively, graphs["host"], prompts_npz, gen_dir / "staged")
+
+
+@pytest.fixture(scope="module")
+def tflite_graphs(staged) -> dict[str, Path]:
+    return {graph: staged[graph]["tflite_fp32"] for graph in ("prefill", "decode")}
+
+
+@pytest.fixture(scope="module")
+def gridded(lively, gen_dir) -> Path:
+    """The lively model with every linear weight on a Q4_1 grid: the 4-bit exact grid applies to it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = gen_dir / "gridded"
+    model = AutoModelForCausalLM.from_pretrained(lively, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2 and "embed_tokens" not in name:
+                param.copy_(_snap_to_q4_1(param))
+    model.save_pretrained(out)
+    for f in lively.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def test_reference_is_not_degenerate(reference):
+    # the checks below are only meaningful if greedy tokens change from step to step
+    for tokens in reference.tokens:
+        assert len(set(tokens)) > NEW // 2
+
+
+def test_graphs_are_static_rank2_without_scatter(graphs):
+    import onnx
+
+    for graph in ("prefill", "decode"):
+        model = onnx.load(str(graphs[graph]))
+        assert not [n.op_type for n in model.graph.node if n.op_type.startswith("Scatter")]
+        for value in [*model.graph.input, *model.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            assert all(d.HasField("dim_value") for d in dims), value.name
+            assert len(dims) <= 2, (value.name, len(dims))
+    decode = onnx.load(str(graphs["decode"]))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in decode.graph.input}
+    assert shapes["mask"] == [1, L + 1]
+    assert shapes["k0"] == [2 * L, 16]  # kv_heads * L, head_dim
+
+
+@pytest.mark.parametrize("runtime", ["ort", "torch"])
+def test_decode_graphs_reproduce_pytorch_tokens(runtime, graphs, lively, prompts, reference):
+    from lmship.generation import generate, same_text
+
+    if runtime == "torch":
+        artifacts = (lively, lively)
+    else:
+        artifacts = (graphs["prefill"], graphs["decode"])
+    result = generate(runtime, *artifacts, graphs["host"], prompts, new_tokens=NEW, threads=1)
+    for ref, got in zip(reference.tokens, result.tokens, strict=True):
+        assert same_text(ref, got) == {"identical": True, "first_divergence": None, "matched_pct": 100.0}
+    summary = result.summary()
+    assert summary["prompts"] == len(prompts) and summary["new_tokens"] == NEW
+    assert all(len(steps) == NEW - 1 for steps in result.decode_ms)
+
+
+def test_decode_graph_alone_takes_the_whole_prompt(graphs, lively, prompts, reference):
+    """Without a prefill graph every prompt token goes through a decode step; the text is the same."""
+    from lmship.generation import generate, torch_generate
+
+    result = generate("ort", None, graphs["decode"], graphs["host"], prompts, new_tokens=NEW)
+    assert result.tokens == reference.tokens
+    short = [prompts[0][:3]]  # shorter than P: fine without a prefill graph
+    expected = torch_generate(lively, short, NEW, L).tokens
+    assert generate("ort", None, graphs["decode"], graphs["host"], short, new_tokens=NEW).tokens == expected
+
+
+def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, prompts, reference, gen_dir):
+    from lmship.files import read_json
+    from lmship.generation import generate, validate_graph
+
+    census = read_json(gen_dir / "staged" / f"decode{L}" / "tflite_fp32.ops.json")
+    assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
+    result = generate(
+        "tflite", tflite_graphs["prefill"], tflite_graphs["decode"], graphs["host"], prompts, new_tokens=NEW
+    )
+    assert result.tokens == reference.tokens
+    for graph in ("prefill", "decode"):
+        metrics = validate_graph(
+            graph, "tflite", tflite_graphs[graph], graphs["host"], gen_dir / "lively", prompts, max_abs_diff=1e-3
+        )
+        assert metrics["top1_agreement_pct"] == 100.0
+
+
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_graph_logits_match_pytorch(graph, graphs, lively, prompts):
+    from lmship.generation import validate_graph
+
+    metrics = validate_graph(graph, "ort", graphs[graph], graphs["host"], lively, prompts, max_abs_diff=1e-3)
+    assert metrics["top1_agreement_pct"] == 100.0
+    assert metrics["positions"] == (len(prompts) if graph == "prefill" else len(prompts) * 9)
+
+
+def test_cache_layout_matches_pytorch(graphs, reference, prompts):
+    """The prefill's k/v rows and a decode step's new k/v land where PyTorch's cache has them."""
+    from lmship.generation import _Graphs, load_host_tables, write_kv, write_prefill_kv
+
+    host = load_host_tables(graphs["host"])
+    kv, d = int(host["kv_heads"]), int(host["head_dim"])
+    ort = _Graphs("ort", graphs["prefill"], graphs["decode"], host, threads=1)
+    prompt = prompts[2]  # P + 1 tokens: prefill P, then one decode step at position P
+    expected = reference.prompt_caches[2]  # per layer [kv_heads, P + 1, head_dim]
+    out = ort.prefill({"input_ids": prompt[None, :P], "cos": host["cos"][:P], "sin": host["sin"][:P]})
+    caches = []
+    for i in range(int(host["layers"])):
+        for j, c in enumerate(("k", "v")):
+            cache = np.zeros((kv * L, d), np.float32)
+            write_prefill_kv(cache, out[f"{c}{i}"], kv)
+            np.testing.assert_allclose(cache.reshape(kv, L, d)[:, :P], expected[2 * i + j][:, :P], atol=1e-5)
+            assert not cache.reshape(kv, L, d)[:, P:].any()
+            caches.append(cache)
+    mask = np.full((1, L + 1), host["mask_neg"], np.float32)
+    mask[0, :P] = 0.0
+    mask[0, -1] = 0.0
+    feeds = {"token": prompt[None, P : P + 1], "cos": host["cos"][P : P + 1], "sin": host["sin"][P : P + 1]}
+    feeds["mask"] = mask
+    names = [f"{c}{i}" for i in range(int(host["layers"])) for c in ("k", "v")]
+    feeds.update(zip(names, caches, strict=True))
+    step = ort.decode(feeds)
+    for n, (name, cache) in enumerate(zip(names, caches, strict=True)):
+        assert step["new_" + name].shape == (kv, d)
+        write_kv(cache, step["new_" + name], P, kv)
+        np.testing.assert_allclose(cache.reshape(kv, L, d)[:, P], expected[n][:, P], atol=1e-5)
+
+
+def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monkeypatch):
+    """Writing the new K/V one slot too far must fail the logits gate and change the text."""
+    from lmship import StageError, generation
+
+    right = generation.write_kv
+
+    def off_by_one(cache, new, position, kv_heads):
+        right(cache, new, position + 1, kv_heads)
+
+    monkeypatch.setattr(generation, "write_kv", off_by_one)
+    with pytest.raises(StageError, match="decode graph"):
+        generation.validate_graph("decode", "ort", graphs["decode"], graphs["host"], lively, prompts, max_abs_diff=1e-3)
+    result = generation.generate("ort", graphs["prefill"], graphs["decode"], graphs["host"], prompts, new_tokens=NEW)
+    checks = [generation.same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
+    assert not all(c["identical"] for c in checks)
+    assert min(c["matched_pct"] for c in checks) < 100.0
+
+
+def test_prompt_lengths_are_checked(graphs, lively):
+    from lmship import StageError
+    from lmship.generation import generate, torch_generate
+
+    rng = np.random.default_rng(1)
+    with pytest.raises(StageError, match="shorter than the prefill graph's 8 tokens"):
+        generate(
+            "ort", graphs["prefill"], graphs["decode"], graphs["host"], [rng.integers(0, 384, P - 1)], new_tokens=2
+        )
+    with pytest.raises(StageError, match="longer than the cache of max_len=32"):
+        generate(
+            "ort", graphs["prefill"], graphs["decode"], graphs["host"], [rng.integers(0, 384, L + 1)], new_tokens=2
+        )
+    with pytest.raises(StageError, match="needs 35 cache slots"):
+        generate("ort", graphs["prefill"], graphs["decode"], graphs["host"], [rng.integers(0, 384, 30)], new_tokens=6)
+    with pytest.raises(StageError, match="does not fit max_len"):
+        torch_generate(lively, [rng.integers(0, 384, 30)], 6, L)
+
+
+def test_export_refuses_bad_lengths_and_graphs(lively, tmp_path):
+    from lmship import StageError
+    from lmship.decode_graph import export_generation_graph
+
+    with pytest.raises(StageError, match="must be smaller than max_len"):
+        export_generation_graph(lively, tmp_path / "x.onnx", graph="decode", prompt_len=32, max_len=32)
+    with pytest.raises(StageError, match="unknown generation graph"):
+        export_generation_graph(lively, tmp_path / "x.onnx", graph="forward", prompt_len=8, max_len=32)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_same_text_reports_first_divergence_and_share():
+    from lmship.generation import same_text
+
+    assert same_text([1, 2, 3, 4], [1, 2, 3, 4]) == {"identical": True, "first_divergence": None, "matched_pct": 100.0}
+    assert same_text([1, 2, 3, 4], [1, 2, 9, 4]) == {"identical": False, "first_divergence": 2, "matched_pct": 75.0}
+    assert same_text([1, 2, 3, 4], [5, 6, 7, 8]) == {"identical": False, "first_divergence": 0, "matched_pct": 0.0}
+    assert same_text([1, 2, 3, 4], [1, 2]) == {"identical": False, "first_divergence": 2, "matched_pct": 50.0}
+
+
+def test_gemm_rewrite_feeds_matmulnbits(graphs, lively, prompts, gen_dir):
+    import onnx
+
+    from lmship.decode_graph import gemm_to_matmul
+    from lmship.generation import validate_graph
+    from lmship.quantize_onnx import quantize_onnx
+
+    before = onnx.load(str(graphs["decode"]))
+    assert any(n.op_type == "Gemm" for n in before.graph.node)  # 2-D activations: the exporter emits Gemm
+    assert gemm_to_matmul(graphs["decode"], gen_dir / "decode.mm.onnx") > 0
+    rewritten = gen_dir / "decode.mm.onnx"
+    assert not any(n.op_type == "Gemm" for n in onnx.load(str(rewritten)).graph.node)
+    validate_graph("decode", "ort", rewritten, graphs["host"], lively, prompts, max_abs_diff=1e-4)
+    quantize_onnx(rewritten, gen_dir / "decode.block.onnx", variant="int8_block")
+    ops = {n.op_type for n in onnx.load(str(gen_dir / "decode.block.onnx")).graph.node}
+    assert "MatMulNBits" in ops
+    metrics = validate_graph(
+        "decode", "ort", gen_dir / "decode.block.onnx", graphs["host"], lively, prompts, min_top1=50.0
+    )
+    assert metrics["finite"]
+
+
+@pytest.mark.parametrize("backend", LOSSLESS + LOSSY)
+def test_every_format_generates_and_the_lossless_ones_reproduce_pytorch(
+    backend, staged, graphs, lively, prompts, reference
+):
+    """Each format's prefill + decode graphs, as the workflow makes them, in their runtime.
+
+    fp32 formats must give PyTorch's tokens exactly; quantised ones must generate and keep
+    most teacher-forced top-1 tokens (their text may differ: that is what the table reports).
+    """
+    from lmship.generation import generate, same_text, validate_graph
+
+    runtime = "tflite" if backend.startswith("tflite") else "ort"
+    made = {graph: staged[graph][backend] for graph in ("prefill", "decode")}
+    result = generate(runtime, made["prefill"], made["decode"], graphs["host"], prompts, new_tokens=NEW)
+    checks = [same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
+    if backend in LOSSLESS:
+        assert all(c["identical"] for c in checks), checks
+    else:
+        assert all(len(t) == NEW for t in result.tokens)
+        metrics = validate_graph("decode", runtime, made["decode"], graphs["host"], lively, prompts, min_top1=50.0)
+        assert metrics["finite"] and metrics["top1_agreement_pct"] >= 50.0
+
+
+def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded, prompts, gen_dir, eval_text):
+    """On weights that sit on a Q4_1 grid the 4-bit exact-grid graphs (rank 2, Gemm rewritten) lose nothing."""
+    import onnx
+
+    from lmship.decode_graph import write_host_tables
+    from lmship.evalset import eval_inputs
+    from lmship.generation import generate, torch_generate
+    from lmship.quantize_onnx import quantize_onnx
+
+    root = gen_dir / "gridded-chain"
+    host = write_host_tables(gridded, root / "host.npz", prompt_len=P, max_len=L)
+    npz = eval_inputs(gridded, eval_text, root / "prompts.npz", seq_len=P, batch_size=1, text_samples=2,
+                      random_samples=0, seed=0)  # fmt: skip
+    made = _stage_chain(gridded, host, npz, root, tflite_too=False)
+    q4 = {}
+    for graph in ("prefill", "decode"):
+        q4[graph] = made[graph]["onnx_simplified"].with_name("onnx_q4_exact.onnx")
+        metrics = quantize_onnx(made[graph]["onnx_simplified"], q4[graph], variant="q4_exact")
+        assert metrics["matmul_q4_1"] == metrics["bit_exact_matmul_q4_1"] > 0 and metrics["gemm_to_matmul"] > 0
+        assert "MatMulNBits" in {n.op_type for n in onnx.load(str(q4[graph])).graph.node}
+    expected = torch_generate(gridded, prompts, NEW, L).tokens
+    assert len({t for seq in expected for t in seq}) > NEW // 2  # not a degenerate repeat
+    assert generate("ort", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == expected
+
+
+def test_lossless_format_with_other_text_fails_the_generation_stage():
+    """The stage's same-text check: a lossless format that diverges fails; a lossy one is reported."""
+    from lmship import StageError
+    from lmship.generation_bench import same_text_columns
+
+    def rows():
+        return [
+            {"backend": "pytorch", "round": 0, "prompt": "0", "tokens": "1 2 3 4"},
+            {"backend": "pytorch", "round": 1, "prompt": "0", "tokens": "1 2 3 4"},
+            {"backend": "onnx", "round": 0, "prompt": "0", "tokens": "1 2 3 4"},
+            {"backend": "tflite_int8", "round": 0, "prompt": "0", "tokens": "1 2 9 4"},
+        ]
+
+    table = rows()
+    differs = same_text_columns(table, "pytorch")
+    assert set(differs) == {"tflite_int8"}
+    assert [(r["identical"], r["first_divergence"], r["matched_pct"]) for r in table] == [
+        (True, "", 100.0),
+        (True, "", 100.0),
+        (True, "", 100.0),
+        (False, 2, 75.0),
+    ]
+    unsteady = rows()
+    unsteady[1]["tokens"] = "1 2 3 5"
+    with pytest.raises(StageError, match="PyTorch's own greedy tokens differ between rounds"):
+        same_text_columns(unsteady, "pytorch")
+
+
+def test_exact_text_is_required_of_lossless_formats_with_pytorchs_weights(tmp_path):
+    from lmship.files import write_json
+    from lmship.generation_bench import lossless_backends
+
+    tiers = {"onnx": "lossless", "tflite_fp16": "lossless", "onnx_q4_exact": "lossless", "tflite_fp32": "8-bit"}
+    paths = [write_json(tmp_path / f"{b}.json", {"backend": b, "tier": t}) for b, t in tiers.items()]
+    assert lossless_backends(paths, "lossless") == ["onnx", "onnx_q4_exact"]

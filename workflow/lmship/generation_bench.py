@@ -1,0 +1,331 @@
+"""The generation benchmark: every backend generates the same text, timed in interleaved rounds.
+
+:func:`generate_once` runs one backend in this process: greedy ``new_tokens``
+from each prompt (the first prose windows of the evaluation set), one CSV row
+per generated sequence with time to first token, decode latency per token
+(median and p90), prompt and generated tokens/s, load time, peak RSS and the
+token ids. PyTorch eager with its own KV cache (transformers) is the reference;
+ONNX Runtime and TFLite run the prefill and decode graphs with the host's cache.
+
+:func:`generation_in_rounds` runs every backend at one thread count in the
+discipline of :func:`lmship.rounds.time_in_rounds`: each backend in a fresh
+process per round, the order rotating, rows tagged with run id, round and host.
+It then compares each sequence with PyTorch's (:func:`lmship.generation.same_text`):
+a backend of the lossless tier that computes with PyTorch's own weights (fp32, the
+exact 4-bit grid) and does not generate exactly PyTorch's tokens fails the stage;
+the others report the first divergence and the share matched.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+from .cli import parser
+from .files import atomic_output, read_json
+from .host import limit_threads_env
+from .logs import log_to, peak_rss_mb
+from .rounds import ROUND_FIELDS, new_run_id, rotated
+
+log = logging.getLogger(__name__)
+
+FIELDS = [
+    "model",
+    "backend",
+    "runtime",
+    "precision",
+    "threads",
+    "prompt",
+    "prompt_tokens",
+    "new_tokens",
+    "prompt_via",
+    "ttft_ms",
+    "decode_ms_median",
+    "decode_ms_p90",
+    "prompt_tok_s",
+    "generated_tok_s",
+    "load_s",
+    "peak_rss_mb",
+    "tokens",
+]
+SAME_TEXT_FIELDS = ["identical", "first_divergence", "matched_pct"]
+
+
+def generate_once(
+    runtime: str,
+    decode: Path,
+    prefill: Path | None,
+    host_npz: Path,
+    inputs_npz: Path,
+    out_csv: Path,
+    *,
+    model: str,
+    backend: str,
+    precision: str,
+    threads: int,
+    prompts: int,
+    new_tokens: int,
+) -> Path:
+    """Greedy generation of ``backend`` from ``prompts`` prompts; one CSV row per sequence.
+
+    ``runtime`` ``pytorch`` runs the HF folder ``decode`` with transformers' KV cache;
+    ``ort`` / ``tflite`` run the graphs (``prefill`` None: the prompt goes through decode steps).
+    """
+    limit_threads_env(threads)
+    from .generation import generate, graph_prompts, load_host_tables, torch_generate
+
+    cut = graph_prompts(inputs_npz, prompts)
+    started = time.perf_counter()
+    if runtime == "pytorch":
+        max_len = int(load_host_tables(host_npz)["max_len"])
+        result = torch_generate(decode, cut, new_tokens, max_len, threads=threads)
+        via = "prefill (transformers)"
+    else:
+        result = generate(runtime, prefill, decode, host_npz, cut, new_tokens=new_tokens, threads=threads)
+        via = "prefill graph" if prefill is not None else "decode steps"
+    log.info("%s: %d prompts in %.1f s", backend, len(cut), time.perf_counter() - started)
+    rss = round(peak_rss_mb(), 1)
+    rows = []
+    for k, (tokens, ttft, steps, n) in enumerate(
+        zip(result.tokens, result.ttft_ms, result.decode_ms, result.prompt_lens, strict=True)
+    ):
+        steps = np.asarray(steps, dtype=np.float64)
+        median = float(np.median(steps)) if steps.size else float("nan")
+        rows.append(
+            {
+                "model": model,
+                "backend": backend,
+                "runtime": runtime,
+                "precision": precision,
+                "threads": threads,
+                "prompt": k,
+                "prompt_tokens": n,
+                "new_tokens": len(tokens),
+                "prompt_via": via,
+                "ttft_ms": round(ttft, 3),
+                "decode_ms_median": round(median, 3),
+                "decode_ms_p90": round(float(np.percentile(steps, 90)), 3) if steps.size else float("nan"),
+                "prompt_tok_s": round(n / (ttft / 1000.0), 2),
+                "generated_tok_s": round(steps.size / (steps.sum() / 1000.0), 2) if steps.size else float("nan"),
+                "load_s": round(result.load_s, 3),
+                "peak_rss_mb": rss,
+                "tokens": " ".join(str(int(t)) for t in tokens),
+            }
+        )
+    with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(out_csv)
+
+
+def exact_weights(backend: str) -> bool:
+    """Whether ``backend`` computes with PyTorch's own weight values: fp32, or the exact 4-bit grid
+    (whose stage proves every weight bit for bit). fp16 or int8 weights are rounded, so their text
+    may part from PyTorch's after a near-tie even when their tier is lossless."""
+    from .backends import BACKENDS
+
+    b = BACKENDS[backend]
+    return b.precision == "fp32" or b.wildcards.get("variant") == "q4_exact"
+
+
+def lossless_backends(accuracy_jsons: list[Path], tier: str) -> list[str]:
+    """The backends that must generate PyTorch's exact tokens: in ``tier`` (the strictest) with exact weights."""
+    return [
+        j["backend"]
+        for j in (read_json(p) for p in accuracy_jsons)
+        if j.get("tier") == tier and exact_weights(j["backend"])
+    ]
+
+
+def same_text_columns(rows: list[dict], reference: str) -> dict[str, list[str]]:
+    """Add ``identical``, ``first_divergence``, ``matched_pct`` to every row; return mismatches per backend.
+
+    PyTorch's tokens of the first round are the reference of each prompt; PyTorch
+    must repeat them exactly in every round.
+    """
+    from .generation import same_text
+
+    ref_rows = [r for r in rows if r["backend"] == reference]
+    if not ref_rows:
+        raise StageError(f"no {reference} rows: the reference generation is missing")
+    first_round = min(int(r["round"]) for r in ref_rows)
+    expected = {r["prompt"]: r["tokens"].split() for r in ref_rows if int(r["round"]) == first_round}
+    differs: dict[str, list[str]] = {}
+    for row in rows:
+        if row["prompt"] not in expected:
+            raise StageError(f"{row['backend']} generated from prompt {row['prompt']}, which PyTorch did not")
+        check = same_text(expected[row["prompt"]], row["tokens"].split())
+        row["identical"] = check["identical"]
+        row["first_divergence"] = "" if check["first_divergence"] is None else check["first_divergence"]
+        row["matched_pct"] = check["matched_pct"]
+        if not check["identical"]:
+            differs.setdefault(row["backend"], []).append(
+                f"prompt {row['prompt']} round {row['round']}: first divergence at token "
+                f"{check['first_divergence']}, {check['matched_pct']:.1f}% matched"
+            )
+    if reference in differs:
+        raise StageError(
+            f"PyTorch's own greedy tokens differ between rounds ({'; '.join(differs[reference][:3])}): "
+            "the reference is not deterministic on this machine"
+        )
+    return differs
+
+
+def generation_in_rounds(
+    backends: list[dict],
+    host_npz: Path,
+    inputs_npz: Path,
+    out_csv: Path,
+    *,
+    model: str,
+    threads: int,
+    rounds: int,
+    prompts: int,
+    new_tokens: int,
+    lossless: list[str],
+    reference: str = "pytorch",
+    given_threads: int | None = None,
+    timeout_s: float = 3600.0,
+) -> Path:
+    """Generate with every backend in ``rounds`` interleaved rounds; one CSV row per sequence.
+
+    ``backends`` holds dicts with ``backend``, ``runtime``, ``precision``,
+    ``decode`` and ``prefill`` (None: prompt through decode steps). A backend
+    named in ``lossless`` must generate exactly PyTorch's tokens, or the stage fails.
+    """
+    if rounds < 1:
+        raise StageError(f"rounds ({rounds}) must be >= 1")
+    if given_threads is not None and given_threads != threads:
+        raise StageError(
+            f"generation at {threads} thread(s) was given {given_threads} core(s) by the scheduler: "
+            f"rerun with --cores {threads} or more, or drop {threads} from benchmark.threads"
+        )
+    if reference not in [b["backend"] for b in backends]:
+        raise StageError(f"the generation backends {[b['backend'] for b in backends]} lack the reference {reference}")
+    run_id, node = new_run_id(), socket.gethostname()
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="lmship-generation-") as tmp:
+        for r in range(rounds):
+            for b in rotated(backends, r):
+                part = Path(tmp) / f"r{r}_{b['backend']}.csv"
+                cmd = [
+                    sys.executable, "-c", "import sys; from lmship.generation_bench import main; main(sys.argv[1:])",
+                    "--runtime", b["runtime"], "--decode", str(b["decode"]),
+                    *(["--prefill", str(b["prefill"])] if b.get("prefill") else []),
+                    "--host", str(host_npz), "--inputs", str(inputs_npz), "--out", str(part),
+                    "--model", model, "--backend", b["backend"], "--precision", b["precision"],
+                    "--threads", str(threads), "--prompts", str(prompts), "--new-tokens", str(new_tokens),
+                ]  # fmt: skip
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+                if proc.returncode != 0:
+                    raise StageError(
+                        f"generation with {b['backend']} at {threads} thread(s), round {r + 1}/{rounds} failed "
+                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                    )
+                with open(part, newline="") as f:
+                    part_rows = [{"run_id": run_id, "round": r, "node": node, **row} for row in csv.DictReader(f)]
+                rows.extend(part_rows)
+                log.info(
+                    "round %d/%d %s t%d: decode %s ms/token, TTFT %s ms",
+                    r + 1,
+                    rounds,
+                    b["backend"],
+                    threads,
+                    part_rows[0]["decode_ms_median"],
+                    part_rows[0]["ttft_ms"],
+                )
+    differs = same_text_columns(rows, reference)
+    for backend, where in differs.items():
+        log.info("%s does not generate PyTorch's text: %s", backend, "; ".join(where[:4]))
+    failed = {b: w for b, w in differs.items() if b in lossless}
+    if failed:
+        raise StageError(
+            "backends of the lossless tier must generate exactly PyTorch's tokens, but "
+            + "; ".join(f"{b}: {', '.join(w[:2])}" for b, w in failed.items())
+            + ". A lossless conversion whose text differs is a failed conversion."
+        )
+    with atomic_output(Path(out_csv)) as tmp_csv, open(tmp_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*ROUND_FIELDS, *FIELDS, *SAME_TEXT_FIELDS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(out_csv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("generate_once", __doc__)
+    p.add_argument("--runtime", required=True)
+    p.add_argument("--decode", type=Path, required=True, help="decode graph (PyTorch: the HF folder)")
+    p.add_argument("--prefill", type=Path, help="prefill graph (absent: the prompt goes through decode steps)")
+    p.add_argument("--host", type=Path, required=True)
+    p.add_argument("--inputs", type=Path, required=True, help="eval_inputs of prompt_tokens tokens")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", default="model")
+    p.add_argument("--backend", required=True)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--prompts", type=int, required=True)
+    p.add_argument("--new-tokens", type=int, required=True)
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        generate_once(
+            args.runtime,
+            args.decode,
+            args.prefill,
+            args.host,
+            args.inputs,
+            args.out,
+            model=args.model,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            prompts=args.prompts,
+            new_tokens=args.new_tokens,
+        )
+
+
+def main_rounds(argv: list[str] | None = None) -> None:
+    p = parser("generation", "Every backend's generation at one thread count, in interleaved rounds.")
+    p.add_argument("--backends", required=True, help="JSON list of {backend, runtime, precision, decode, prefill}")
+    p.add_argument("--host", type=Path, required=True)
+    p.add_argument("--inputs", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", default="model")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--prompts", type=int, required=True)
+    p.add_argument("--new-tokens", type=int, required=True)
+    p.add_argument("--lossless", nargs="*", default=[], help="backends that must generate PyTorch's exact tokens")
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        generation_in_rounds(
+            json.loads(args.backends),
+            args.host,
+            args.inputs,
+            args.out,
+            model=args.model,
+            threads=args.threads,
+            rounds=args.rounds,
+            prompts=args.prompts,
+            new_tokens=args.new_tokens,
+            lossless=args.lossless,
+        )
+
+
+if __name__ == "__main__":
+    main()

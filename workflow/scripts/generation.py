@@ -1,0 +1,22 @@
+"""Snakemake adapter: lmship.generation_bench.generation_in_rounds."""
+
+from pathlib import Path
+
+from lmship.generation_bench import generation_in_rounds, lossless_backends
+from lmship.logs import log_to
+
+smk = snakemake  # noqa: F821
+with log_to(smk.log[0]):
+    generation_in_rounds(
+        [dict(b) for b in smk.params.backends],
+        Path(smk.input.host),
+        Path(smk.input.inputs),
+        Path(smk.output.csv),
+        model=smk.wildcards.model,
+        threads=int(smk.wildcards.threads),
+        rounds=smk.params.rounds,
+        prompts=smk.params.prompts,
+        new_tokens=smk.params.new_tokens,
+        lossless=lossless_backends([Path(p) for p in smk.input.tiers], smk.params.strictest_tier),
+        given_threads=smk.threads,
+    )
