@@ -82,6 +82,13 @@ def test_every_artifact_is_built(full_run):
     assert bench["max_rss"].iloc[0] > 0
 
 
+def generating(backends: list[str]) -> list[str]:
+    """The backends whose runtime generates text (see lmship.decode_graph.GENERATION_RUNTIMES)."""
+    from lmship.decode_graph import GENERATION_RUNTIMES
+
+    return [b for b in backends if BACKENDS[b].runtime in GENERATION_RUNTIMES]
+
+
 def test_generation_graphs_and_rounds(full_run):
     """Generation graphs went through the conversion rules; every format generated in interleaved rounds."""
     gen = yaml.safe_load((full_run / "config.yaml").read_text())["generation"]
@@ -97,7 +104,7 @@ def test_generation_graphs_and_rounds(full_run):
         for threads in (1, 2):
             raw = pd.read_csv(base / "generation" / f"t{threads}.csv")
             assert raw["run_id"].nunique() == 1 and sorted(raw["round"].unique()) == [0, 1]
-            backends = [b for b in BACKEND_NAMES if b != "pytorch_int8"]
+            backends = generating(BACKEND_NAMES)
             assert set(raw["backend"]) == set(backends)
             assert (raw.groupby(["backend", "round"]).size() == gen["prompts"]).all()
             firsts = raw.groupby("round")["backend"].first().tolist()
@@ -109,7 +116,7 @@ def test_generation_graphs_and_rounds(full_run):
             lossless = raw[raw["backend"].isin(["onnx", "onnx_simplified", "tflite_fp32"])]
             assert lossless["identical"].all()
     summary = pd.read_csv(full_run / "results" / "generation.csv")
-    assert len(summary) == 2 * 2 * len([b for b in BACKEND_NAMES if b != "pytorch_int8"])
+    assert len(summary) == 2 * 2 * len(generating(BACKEND_NAMES))
     assert (summary["roofline_share"] > 0).all() and (summary["bandwidth_gb_s"] > 0).all()
     ref = summary[summary["backend"] == "pytorch"]
     assert (ref["vs_pytorch"] == 1.0).all()
