@@ -69,6 +69,11 @@ def test_census_counts_ops_and_fp32_weights(ir, onnx_model, chain_dir):
     metrics = read_json(chain_dir / "ov" / "convert.json")
     assert metrics["size_mb"] > 0 and metrics["ops_total"] == census["total"]
     assert metrics["validation"]["top1_agreement_pct"] == 100.0
+    # an IR's size is its .xml and its .bin (the weights): what the summary's size column shows
+    from lmship.files import size_bytes
+
+    assert size_bytes(ir) == ir.stat().st_size + ir.with_suffix(".bin").stat().st_size
+    assert size_bytes(ir) >= 0.99 * initializer_bytes
 
 
 def test_ir_below_the_gate_is_refused_and_not_written(onnx_model, eval_set, tmp_path, monkeypatch):

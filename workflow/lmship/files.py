@@ -66,10 +66,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def size_bytes(path: Path) -> int:
-    """Size of a file, or the total of the files under a directory."""
+    """Size of a file, the total of the files under a directory, or of an OpenVINO IR (``.xml`` + its ``.bin``)."""
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and weights.is_file():
+        return path.stat().st_size + weights.stat().st_size
     return path.stat().st_size
 
 
