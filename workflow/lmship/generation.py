@@ -119,15 +119,10 @@ def _ort_graph(path: Path, threads: int):
 
     if not Path(path).is_file():
         raise StageError(f"generation graph {path} does not exist")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    from .runtimes import ort_session_options
+
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), ort_session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise StageError(f"ONNX Runtime cannot load {path}: {type(exc).__name__}: {exc}") from exc
     outs = [o.name for o in session.get_outputs()]
