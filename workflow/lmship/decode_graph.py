@@ -29,7 +29,6 @@ wraps them as the workflow's stages with their checks against PyTorch.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -395,12 +394,11 @@ def graph_to_savedmodel(
     ``check(run)``, given ``run(feeds) -> outputs`` of the Keras model (by name), is called
     before anything is saved and its result returned; it raises to fail the stage.
     """
-    import onnx2tf
     import tensorflow as tf
     import tf_keras
 
     from .files import load_onnx
-    from .savedmodel import _weight_matmul_validation_skipped
+    from .savedmodel import _keras_model
 
     proto = load_onnx(in_onnx)
     in_names = [i.name for i in proto.graph.input]
@@ -410,25 +408,7 @@ def graph_to_savedmodel(
     options = {"not_use_onnxsim": True, "verbosity": "warn", **(onnx2tf_options or {})}
     with atomic_output(Path(out_dir)) as tmp:
         work = tmp.with_name(tmp.name + "-onnx2tf")
-        work.mkdir()
-        private = work / "input.onnx"
-        shutil.copyfile(in_onnx, private)
-        try:
-            with _weight_matmul_validation_skipped(fast_weight_matmul):
-                model = onnx2tf.convert(
-                    input_onnx_file_path=str(private),
-                    output_folder_path=str(work),
-                    disable_model_save=True,
-                    **options,
-                )
-        except SystemExit as exc:
-            raise StageError(f"onnx2tf failed on {in_onnx} (exit {exc.code}); see the messages above") from exc
-        except Exception as exc:
-            raise StageError(f"onnx2tf failed on {in_onnx}: {type(exc).__name__}: {str(exc)[:2000]}") from exc
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if model is None:
-            raise StageError(f"onnx2tf returned no model for {in_onnx}")
+        model = _keras_model(in_onnx, work, options, fast_weight_matmul)
         if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
             raise StageError(
                 f"onnx2tf made {len(model.inputs)} inputs / {len(model.outputs)} outputs of {in_onnx}; "
