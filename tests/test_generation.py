@@ -134,9 +134,20 @@ def tflite_graphs(staged) -> dict[str, Path]:
     return {graph: staged[graph]["tflite_fp32"] for graph in ("prefill", "decode")}
 
 
+def _snap_to_q8_0(weight):
+    """``weight`` [rows, in] moved onto a Q8_0 grid along ``in`` (blocks of 32, fp16 d), as GGUF stores it."""
+    import torch
+
+    rows, k = weight.shape
+    blocks = weight.reshape(rows, k // 32, 32)
+    d = (blocks.abs().max(-1, keepdim=True).values / 127).half().float().clamp_min(1e-4)
+    return (d * torch.clamp(torch.round(blocks / d), -127, 127)).reshape(rows, k) + 0.0  # no -0.0: GGUF has none
+
+
 @pytest.fixture(scope="module")
 def gridded(lively, gen_dir) -> Path:
-    """The lively model with every linear weight on a Q4_1 grid: the 4-bit exact grid applies to it."""
+    """The lively model with every linear weight on a Q4_1 grid and the embedding on a Q8_0 grid
+    (as the default model's GGUF file stores them): the 4-bit exact grid applies to it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -144,8 +155,8 @@ def gridded(lively, gen_dir) -> Path:
     model = AutoModelForCausalLM.from_pretrained(lively, dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.ndim == 2 and "embed_tokens" not in name:
-                param.copy_(_snap_to_q4_1(param))
+            if param.ndim == 2:
+                param.copy_(_snap_to_q8_0(param) if "embed_tokens" in name else _snap_to_q4_1(param))
     model.save_pretrained(out)
     for f in lively.iterdir():
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
@@ -362,29 +373,138 @@ def test_every_format_generates_and_the_lossless_ones_reproduce_pytorch(
         assert metrics["finite"] and metrics["top1_agreement_pct"] >= 50.0
 
 
-def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded, prompts, gen_dir, eval_text):
-    """On weights that sit on a Q4_1 grid the 4-bit exact-grid graphs (rank 2, Gemm rewritten) lose nothing."""
-    import onnx
-
+@pytest.fixture(scope="module")
+def gridded_chain(gridded, gen_dir, eval_text) -> dict:
+    """The gridded model's host tables, prompts and ONNX generation graphs made by the stage functions."""
     from lmship.decode_graph import write_host_tables
     from lmship.evalset import eval_inputs
-    from lmship.generation import generate, torch_generate
-    from lmship.quantize_onnx import quantize_onnx
 
     root = gen_dir / "gridded-chain"
     host = write_host_tables(gridded, root / "host.npz", prompt_len=P, max_len=L)
     npz = eval_inputs(gridded, eval_text, root / "prompts.npz", seq_len=P, batch_size=1, text_samples=2,
                       random_samples=0, seed=0)  # fmt: skip
-    made = _stage_chain(gridded, host, npz, root, tflite_too=False)
+    return {"root": root, "host": host, "npz": npz, "made": _stage_chain(gridded, host, npz, root, tflite_too=False)}
+
+
+@pytest.fixture(scope="module")
+def gridded_tokens(gridded, prompts) -> list[list[int]]:
+    from lmship.generation import torch_generate
+
+    expected = torch_generate(gridded, prompts, NEW, L).tokens
+    assert len({t for seq in expected for t in seq}) > NEW // 2  # not a degenerate repeat
+    return expected
+
+
+def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded_chain, gridded_tokens, prompts):
+    """On weights that sit on a Q4_1 grid the 4-bit exact-grid graphs (rank 2, Gemm rewritten) lose nothing."""
+    import onnx
+
+    from lmship.generation import generate
+    from lmship.quantize_onnx import quantize_onnx
+
+    made, host = gridded_chain["made"], gridded_chain["host"]
     q4 = {}
     for graph in ("prefill", "decode"):
         q4[graph] = made[graph]["onnx_simplified"].with_name("onnx_q4_exact.onnx")
         metrics = quantize_onnx(made[graph]["onnx_simplified"], q4[graph], variant="q4_exact")
         assert metrics["matmul_q4_1"] == metrics["bit_exact_matmul_q4_1"] > 0 and metrics["gemm_to_matmul"] > 0
         assert "MatMulNBits" in {n.op_type for n in onnx.load(str(q4[graph])).graph.node}
-    expected = torch_generate(gridded, prompts, NEW, L).tokens
-    assert len({t for seq in expected for t in seq}) > NEW // 2  # not a degenerate repeat
-    assert generate("ort", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == expected
+    assert generate("ort", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == gridded_tokens
+
+
+@pytest.fixture(scope="module")
+def openvino_graphs(gridded, gridded_chain) -> dict[str, dict[str, Path]]:
+    """The gridded model's OpenVINO generation IRs: fp32 (gated against PyTorch) and the exact grid."""
+    pytest.importorskip("openvino")
+    from lmship.generation_stages import openvino_generation
+    from lmship.openvino import compress_openvino
+
+    out: dict[str, dict[str, Path]] = {}
+    for graph in ("prefill", "decode"):
+        onnx_file = gridded_chain["made"][graph]["onnx"]
+        ir = openvino_generation(
+            graph, onnx_file, gridded, gridded_chain["npz"], gridded_chain["host"],
+            onnx_file.with_name("openvino.xml"), min_top1=99.0,
+        )  # fmt: skip
+        exact = compress_openvino(
+            ir, ir.with_name("openvino_q4_exact.xml"), "q4_exact", metrics_json=ir.with_name("q4_exact.json")
+        )
+        out[graph] = {"openvino": ir, "openvino_q4_exact": exact, "metrics": ir.with_name("q4_exact.json")}
+    return out
+
+
+@pytest.mark.parametrize("backend", ["openvino", "openvino_q4_exact"])
+def test_openvino_generation_reproduces_pytorch_tokens(
+    backend, openvino_graphs, gridded_chain, gridded_tokens, prompts
+):
+    """OpenVINO runs the prefill and decode IRs with the host's cache: fp32 and the exact grid give PyTorch's text."""
+    from lmship.generation import generate
+
+    made = {graph: openvino_graphs[graph][backend] for graph in ("prefill", "decode")}
+    result = generate("openvino", made["prefill"], made["decode"], gridded_chain["host"], prompts, new_tokens=NEW)
+    assert result.tokens == gridded_tokens
+
+
+def test_openvino_exact_grid_keeps_the_grid_and_fp32_activations(openvino_graphs):
+    """Every linear weight is stored as 4-bit codes, the embedding as 8-bit codes, within 1 ulp of the
+    originals, and the IR tells the CPU plugin not to quantise activations."""
+    import openvino as ov
+
+    from lmship.files import read_json
+    from lmship.openvino import compile_ir
+
+    for graph in ("prefill", "decode"):
+        metrics = read_json(openvino_graphs[graph]["metrics"])
+        assert metrics["recipe"]["matmul_q4_1"] > 0 and metrics["recipe"]["matmul_fp32"] == 0, metrics
+        assert metrics["recipe"]["gather_q8_0"] == 1, metrics
+        recipe = metrics["recipe"]
+        assert metrics["verified"]["weights_checked"] == recipe["matmul_q4_1"] + recipe["matmul_q8_0"]
+        assert metrics["verified"]["max_error_ulps"] <= 1.0, metrics
+        assert {"u4", "u8"} <= set(metrics["weights"]), metrics["weights"]
+        compiled = compile_ir(openvino_graphs[graph]["openvino_q4_exact"], 1)
+        assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 0
+        before = ov.Core().read_model(str(openvino_graphs[graph]["openvino"]))
+        assert metrics["weights"]["f32"]["bytes"] < 0.2 * before_weight_bytes(before)
+
+
+def before_weight_bytes(model) -> int:
+    return sum(op.get_byte_size() for op in model.get_ordered_ops() if op.get_type_name() == "Constant")
+
+
+def test_openvino_exact_grid_catches_a_wrong_code(openvino_graphs):
+    """A single stored 4-bit code changed makes the verification fail and name the weight."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from lmship import StageError
+    from lmship.openvino import _constant_values, verify_exact_grid
+
+    core = ov.Core()
+    original = core.read_model(str(openvino_graphs["decode"]["openvino"]))
+    broken = core.read_model(str(openvino_graphs["decode"]["openvino_q4_exact"]))
+    assert verify_exact_grid(original, broken)["max_error_ulps"] <= 1.0
+    codes = next(
+        op for op in broken.get_ordered_ops()
+        if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == "u4"
+    )  # fmt: skip
+    values = _constant_values(codes).copy()
+    values.flat[0] = (values.flat[0] + 1) % 16
+    codes.output(0).replace(ops.constant(values, dtype=ov.Type.u4).output(0))
+    with pytest.raises(StageError, match="does not rebuild the original weights"):
+        verify_exact_grid(original, broken)
+
+
+def test_openvino_exact_grid_is_not_applicable_off_the_grid(graphs, gen_dir):
+    """The lively model's weights sit on no GGUF grid: the stage refuses to write a 4-bit name over fp32."""
+    pytest.importorskip("openvino")
+    from lmship import StageError
+    from lmship.openvino import compress_openvino, openvino_ir
+
+    ir = openvino_ir(graphs["decode"], gen_dir / "lively-ov" / "openvino.xml")
+    out = gen_dir / "lively-ov" / "openvino_q4_exact.xml"
+    with pytest.raises(StageError, match="not applicable: no MatMul weight"):
+        compress_openvino(ir, out, "q4_exact")
+    assert not out.exists() and not out.with_suffix(".bin").exists()
 
 
 def test_lossless_format_with_other_text_fails_the_generation_stage():

@@ -85,10 +85,10 @@ def test_every_artifact_is_built(full_run):
 
 
 def generating(backends: list[str]) -> list[str]:
-    """The backends whose runtime generates text (see lmship.decode_graph.GENERATION_RUNTIMES)."""
-    from lmship.decode_graph import GENERATION_RUNTIMES
+    """The backends that generate text (see lmship.decode_graph.generates)."""
+    from lmship.decode_graph import generates
 
-    return [b for b in backends if BACKENDS[b].runtime in GENERATION_RUNTIMES]
+    return [b for b in backends if generates(b)]
 
 
 def test_generation_graphs_and_rounds(full_run):

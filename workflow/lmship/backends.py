@@ -83,7 +83,14 @@ def _quantized_onnx(
     )
 
 
-def _nncf(compression: str, precision: str, label: str, note: str) -> Backend:
+def _compressed_ir(
+    compression: str,
+    precision: str,
+    label: str,
+    note: str,
+    sources: tuple[str, ...] = (),
+    arithmetic: str = "int8",
+) -> Backend:
     return Backend(
         f"openvino_{compression}",
         "openvino",
@@ -93,7 +100,8 @@ def _nncf(compression: str, precision: str, label: str, note: str) -> Backend:
         label,
         note,
         {"compression": compression},
-        arithmetic="int8",
+        sources,
+        arithmetic,
     )
 
 
@@ -149,19 +157,27 @@ BACKENDS: dict[str, Backend] = {
             arithmetic="bf16",
             cpu_flags=BF16_FLAGS,
         ),
-        _nncf("int8_asym", "int8", "OpenVINO int8 weights", "NNCF int8 asymmetric per channel"),
-        _nncf(
+        _compressed_ir("int8_asym", "int8", "OpenVINO int8 weights", "NNCF int8 asymmetric per channel"),
+        _compressed_ir(
             "int8_asym_fp32_head",
             "int8",
             "OpenVINO int8, fp32 head",
             "NNCF int8 per channel, embedding and LM head kept fp32",
         ),
-        _nncf("int4_asym_g32", "int4", "OpenVINO int4 g32", "NNCF int4 asymmetric, groups of 32, data-free"),
-        _nncf(
+        _compressed_ir("int4_asym_g32", "int4", "OpenVINO int4 g32", "NNCF int4 asymmetric, groups of 32, data-free"),
+        _compressed_ir(
             "int4_asym_g32_awq",
             "int4",
             "OpenVINO int4 g32 AWQ",
             "NNCF int4 groups of 32, AWQ + scale estimation on calibration prose",
+        ),
+        _compressed_ir(
+            "q4_exact",
+            "int4",
+            "OpenVINO 4-bit exact grid",
+            "GGUF-grid weights kept on their grid (u4, float zero point), fp32 activations",
+            sources=GGUF_SOURCES,
+            arithmetic="fp32",
         ),
     )
 }

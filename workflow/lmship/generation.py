@@ -28,7 +28,7 @@ from .decode_graph import io_names
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "ort", "tflite")
+RUNTIMES = ("torch", "ort", "tflite", "openvino", "openvino_bf16")
 
 
 @dataclass
@@ -106,6 +106,10 @@ class _Graphs:
             opener = _ort_graph if runtime == "ort" else _tflite_graph
             self.prefill = opener(prefill, threads) if prefill else None
             self.decode = opener(decode, threads) if decode else None
+        elif runtime in ("openvino", "openvino_bf16"):
+            hint = "bf16" if runtime == "openvino_bf16" else "f32"
+            self.prefill = _openvino_graph(prefill, threads, hint) if prefill else None
+            self.decode = _openvino_graph(decode, threads, hint) if decode else None
         elif runtime == "torch":
             self.prefill, self.decode = _torch_graphs(prefill or decode, threads)
             if prefill is None:
@@ -131,6 +135,25 @@ def _ort_graph(path: Path, threads: int):
         return dict(zip(outs, session.run(None, feeds), strict=True))
 
     run.input_names = [i.name for i in session.get_inputs()]
+    return run
+
+
+def _openvino_graph(path: Path, threads: int, precision_hint: str):
+    """An OpenVINO IR (or ONNX file) compiled for the CPU; inputs are shared with the host's arrays, not copied."""
+    from .openvino import compile_ir
+
+    if not Path(path).is_file():
+        raise StageError(f"generation graph {path} does not exist")
+    compiled = compile_ir(path, threads, precision_hint=precision_hint)
+    request = compiled.create_infer_request()
+    outs = [(o, o.get_any_name()) for o in compiled.outputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        got = request.infer(feeds, share_inputs=True)
+        return {name: got[o] for o, name in outs}
+
+    run.input_names = [i.get_any_name() for i in compiled.inputs]
+    run.keepalive = compiled
     return run
 
 

@@ -80,7 +80,8 @@ def generate_once(
     """Greedy generation of ``backend`` from ``prompts`` prompts; one CSV row per sequence.
 
     ``runtime`` ``pytorch`` runs the HF folder ``decode`` with transformers' KV cache;
-    ``ort`` / ``tflite`` run the graphs (``prefill`` None: the prompt goes through decode steps).
+    ``ort`` / ``tflite`` / ``openvino`` (``openvino_bf16``) run the graphs (``prefill`` None: the prompt
+    goes through decode steps).
     """
     limit_threads_env(threads)
     from .generation import generate, graph_prompts, load_host_tables, torch_generate

@@ -8,7 +8,8 @@ made here. Their gate (:class:`GraphGate`) runs the graph on prompts cut from
 the evaluation prose and compares its logits with transformers' own KV-cache
 generation (:func:`lmship.generation.validate_graph`): the prefill graph's last
 logits, or 8 teacher-forced decode steps whose K/V the host writes into the cache.
-``quantize_onnx`` needs no stage of its own (it rewrites Gemm to MatMul itself).
+``quantize_onnx`` needs no stage of its own (it rewrites Gemm to MatMul itself), nor does
+``compress_openvino`` (its exact-grid form proves its weights; NNCF's are judged by their text).
 """
 
 from __future__ import annotations
@@ -170,3 +171,28 @@ def tflite_gate(graph: str, hf_dir: Path, inputs_npz: Path, host_npz: Path, *, p
     """The ``check(tflite_file) -> metrics`` that :func:`lmship.tflite.tflite` runs on a generation graph."""
     gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
     return lambda artifact: gate("tflite", artifact, stage=f"tflite_{precision}")
+
+
+def openvino_generation(
+    graph: str,
+    in_onnx: Path,
+    hf_dir: Path,
+    inputs_npz: Path,
+    host_npz: Path,
+    out_xml: Path,
+    *,
+    min_top1: float,
+    census_json: Path | None = None,
+    metrics_json: Path | None = None,
+) -> Path:
+    """The fp32 OpenVINO IR of a generation graph, checked at f32 against PyTorch before it is written."""
+    from .openvino import openvino_ir
+
+    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
+    return openvino_ir(
+        in_onnx,
+        out_xml,
+        census_json=census_json,
+        metrics_json=metrics_json,
+        gate=lambda xml: gate("openvino", xml, stage="openvino_ir"),
+    )

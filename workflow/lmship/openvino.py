@@ -5,7 +5,10 @@
   op / precision census (op types and counts, weight element types and bytes).
 * ``compress_openvino`` (stage): NNCF ``compress_weights`` of that IR (:data:`COMPRESSIONS`):
   int8 / int4 weights, per channel or in groups, data-free or data-aware
-  (AWQ + scale estimation on calibration token windows).
+  (AWQ + scale estimation on calibration token windows); or ``q4_exact``
+  (:func:`exact_grid_ir`): weights that already sit on the checkpoint's GGUF grid
+  stored on that grid (4-bit codes with a float zero point, the tied head's Q8_0
+  codes in 8 bits), for OpenVINO's compressed-weight kernels with fp32 activations.
 * ``open_openvino``: a :class:`lmship.runtimes.Session` over an IR with
   ``INFERENCE_NUM_THREADS``, latency hint and f32 / bf16 inference precision;
   bf16 is refused with a :class:`StageError` on a CPU without it.
@@ -49,6 +52,8 @@ COMPRESSIONS: dict[str, dict] = {
         "scale_estimation": True,
         "data": True,
     },
+    # not NNCF: the checkpoint's own GGUF grid (lmship.exact_grid), activations kept fp32
+    "q4_exact": {"exact_grid": True},
 }
 
 
@@ -121,12 +126,14 @@ def openvino_ir(
     min_top1: float = 0.0,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
+    gate=None,
 ) -> Path:
     """Convert ``onnx_path`` to an fp32 OpenVINO IR at ``out_xml`` (+ ``.bin``); write its census.
 
     With ``inputs_npz`` and ``reference_npy`` the IR is run at f32 on the
     evaluation inputs first and refused (nothing written) if its top-1
-    agreement with PyTorch is below ``min_top1`` %.
+    agreement with PyTorch is below ``min_top1`` %. ``gate(xml) -> metrics``
+    (raising to refuse the IR) replaces that check, e.g. for a generation graph.
     """
     import openvino as ov
 
@@ -135,7 +142,9 @@ def openvino_ir(
     checked: dict = {}
 
     def check(xml: Path) -> None:
-        if inputs_npz is not None and reference_npy is not None:
+        if gate is not None:
+            checked.update(gate(xml))
+        elif inputs_npz is not None and reference_npy is not None:
             checked.update(
                 validate_artifact("openvino", xml, inputs_npz, reference_npy, min_top1=min_top1, stage="openvino_ir")
             )
@@ -158,10 +167,9 @@ def openvino_ir(
 
 
 def _metrics(out_xml: Path, seconds: float, info: dict, **extra) -> dict:
-    xml, binary = _ir_files(out_xml)
     return {
-        "artifact": str(xml),
-        "size_mb": round((size_bytes(xml) + size_bytes(binary)) / 1e6, 1),
+        "artifact": str(out_xml),
+        "size_mb": round(size_bytes(out_xml) / 1e6, 1),  # the .xml and its .bin
         "seconds": round(seconds, 1),
         "peak_rss_mb": round(peak_rss_mb()),
         "ops_total": info["total"],
@@ -290,6 +298,179 @@ def calibration_windows(hf_dir: Path, text_txt: Path, eval_npz: Path, *, seq_len
     )
 
 
+def exact_grid_ir(model) -> dict:
+    """Store every MatMul weight of ``model`` (in place) that sits on a GGUF grid on that grid.
+
+    A Q4_1 weight (``d * q + m``, ``q`` in 0..15 per block of 32 inputs) becomes
+    ``(u4 q - zp) * d`` with the float zero point ``zp = -m / d``: the decompression
+    pattern (Convert, Subtract, Multiply) that OpenVINO's CPU plugin runs as a
+    compressed-weight FullyConnected. A Q8_0 weight (the tied LM head, ``d * q``)
+    becomes ``(u8 (q + 128) - 128) * d``. Nothing is re-quantised; the float zero
+    point rebuilds ``d * q + m`` to within float rounding (:func:`verify_exact_grid`
+    measures it). The runtime option ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` 0 is written
+    into the model: its activations are never quantised. Returns counts per form.
+    """
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from .exact_grid import q4_1_grid, q8_0_grid
+
+    stats = {"matmul_q4_1": 0, "matmul_q8_0": 0, "matmul_fp32": 0}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or op.input_value(1).get_node().get_type_name() != "Constant":
+            continue
+        weight = op.input_value(1).get_node().get_data()
+        if weight.ndim != 2:
+            stats["matmul_fp32"] += 1
+            continue
+        transpose_b = op.get_attributes()["transpose_b"]
+        nk = weight if transpose_b else weight.T  # [N, K]: blocks run along K
+        n, k = nk.shape
+        grid = q4_1_grid(nk.T)
+        if grid is not None:
+            q, d, m = grid
+            codes = ops.constant(q.astype(np.uint8), dtype=ov.Type.u4)
+            scale = d.astype(np.float32)[..., None]
+            zero = (-m.astype(np.float32)[..., None] / scale).astype(np.float32)
+            stats["matmul_q4_1"] += 1
+        elif (grid8 := q8_0_grid(nk.T)) is not None:
+            q, d = grid8
+            codes = ops.constant((q + 128).astype(np.uint8), dtype=ov.Type.u8)
+            scale = d.astype(np.float32)[..., None]
+            zero = np.full_like(scale, 128.0)
+            stats["matmul_q8_0"] += 1
+        else:
+            stats["matmul_fp32"] += 1
+            continue
+        decompressed = ops.multiply(
+            ops.subtract(ops.convert(codes, ov.Type.f32), ops.constant(zero)), ops.constant(scale)
+        )
+        flat = ops.reshape(decompressed, ops.constant(np.array([n, k], np.int64)), False)
+        new = ops.matmul(op.input_value(0), flat, op.get_attributes()["transpose_a"], True)
+        new.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(new.output(0))
+    for op in model.get_ordered_ops():  # the embedding table: a Gather of rows on the Q8_0 grid
+        table = op.input_value(0).get_node() if op.get_type_name() == "Gather" else None
+        if table is None or table.get_type_name() != "Constant" or op.input_value(2).get_node().get_data() != 0:
+            continue
+        values = table.get_data()
+        grid8 = q8_0_grid(values.T) if values.ndim == 2 else None
+        if grid8 is None:
+            continue
+        q, d = grid8  # [vocab, hidden/32, 32]
+        scale = d.astype(np.float32)[..., None]
+        codes = ops.constant((q + 128).astype(np.uint8), dtype=ov.Type.u8)
+        decompressed = ops.multiply(
+            ops.subtract(ops.convert(codes, ov.Type.f32), ops.constant(np.full_like(scale, 128.0))), ops.constant(scale)
+        )
+        op.input(0).replace_source_output(
+            ops.reshape(decompressed, ops.constant(np.array(values.shape, np.int64)), False).output(0)
+        )
+        stats["gather_q8_0"] = stats.get("gather_q8_0", 0) + 1
+    model.validate_nodes_and_infer_types()
+    model.set_rt_info("0", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+    return stats
+
+
+def _constant_values(constant) -> np.ndarray:
+    """The values of an OpenVINO Constant in its shape (u4 is stored two per byte, low nibble first)."""
+    data = constant.get_data()
+    shape = tuple(constant.get_output_shape(0))
+    if constant.get_output_element_type(0).get_type_name() == "u4":
+        unpacked = np.empty(data.size * 2, np.uint8)
+        unpacked[0::2], unpacked[1::2] = data & 0x0F, data >> 4
+        data = unpacked[: int(np.prod(shape))]
+    return data.reshape(shape)
+
+
+#: Largest error allowed between a weight rebuilt from its stored grid codes and the original,
+#: in units of the float32 spacing (ulp) of the largest magnitude of its block of 32.
+EXACT_GRID_MAX_ULPS = 4.0
+
+
+def verify_exact_grid(original, compressed) -> dict:
+    """Rebuild each grid-stored weight of ``compressed`` from its codes and compare with ``original``.
+
+    Both are OpenVINO models (the fp32 IR and the output of :func:`exact_grid_ir`),
+    matched by MatMul name. The rebuild is the decompression the CPU plugin runs,
+    ``(codes - zp) * d`` in float32. Raises :class:`StageError` naming the weights
+    whose error exceeds :data:`EXACT_GRID_MAX_ULPS` ulps of their block's largest
+    magnitude; returns the count and the largest error seen (absolute and in ulps).
+    """
+    weights = {}
+    for op in original.get_ordered_ops():
+        if op.get_type_name() == "MatMul" and op.input_value(1).get_node().get_type_name() == "Constant":
+            w = op.input_value(1).get_node().get_data()
+            weights[op.get_friendly_name()] = w if op.get_attributes()["transpose_b"] else w.T
+    checked, worst_abs, worst_ulps, wrong = 0, 0.0, 0.0, []
+    for op in compressed.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or op.input_value(1).get_node().get_type_name() != "Reshape":
+            continue
+        multiply = op.input_value(1).get_node().input_value(0).get_node()
+        subtract = multiply.input_value(0).get_node()
+        convert = subtract.input_value(0).get_node()
+        codes = convert.input_value(0).get_node()
+        if not (multiply.get_type_name() == "Multiply" and subtract.get_type_name() == "Subtract"):
+            continue
+        q = _constant_values(codes).astype(np.float32)
+        zero = subtract.input_value(1).get_node().get_data().astype(np.float32)
+        scale = multiply.input_value(1).get_node().get_data().astype(np.float32)
+        source = weights.get(op.get_friendly_name())
+        rebuilt = ((q - zero) * scale).reshape(source.shape if source is not None else (-1,))
+        if source is None:
+            wrong.append(f"{op.get_friendly_name()} (no such MatMul in the original)")
+            continue
+        blocks = source.reshape(source.shape[0], -1, q.shape[-1])
+        spacing = np.spacing(np.abs(blocks).max(-1, keepdims=True)).astype(np.float64)
+        err = np.abs(rebuilt.reshape(blocks.shape).astype(np.float64) - blocks)
+        ulps = float((err / spacing).max())
+        worst_abs, worst_ulps = max(worst_abs, float(err.max())), max(worst_ulps, ulps)
+        checked += 1
+        if ulps > EXACT_GRID_MAX_ULPS:
+            wrong.append(f"{op.get_friendly_name()} ({ulps:.1f} ulps)")
+    if wrong or not checked:
+        raise StageError(
+            "the exact-grid IR does not rebuild the original weights within "
+            f"{EXACT_GRID_MAX_ULPS:g} ulps: " + (", ".join(wrong[:5]) if wrong else "no grid-stored weight found")
+        )
+    return {"weights_checked": checked, "max_abs_error": worst_abs, "max_error_ulps": round(worst_ulps, 2)}
+
+
+def exact_grid_openvino(
+    ir_xml: Path, out_xml: Path, *, census_json: Path | None = None, metrics_json: Path | None = None
+) -> Path:
+    """:func:`exact_grid_ir` of the IR ``ir_xml`` into ``out_xml``, verified on the written IR."""
+    import openvino as ov
+
+    started = time.monotonic()
+    core = _core()
+    model = core.read_model(str(ir_xml))
+    stats = exact_grid_ir(model)
+    if stats["matmul_q4_1"] == 0:
+        raise StageError(
+            f"not applicable: no MatMul weight of {ir_xml} sits on a GGUF Q4_1 grid (the model's weights were "
+            "not dequantised from a Q4_1 GGUF file), so there is nothing to store losslessly in 4 bits; "
+            "remove openvino_q4_exact from `backends` for this model"
+        )
+    proof: dict = {}
+
+    def check(xml: Path) -> None:
+        proof.update(verify_exact_grid(core.read_model(str(ir_xml)), core.read_model(str(xml))))
+
+    _save_ir(model, out_xml, compress_to_fp16=False, check=check)
+    seconds = time.monotonic() - started
+    info = census(model)
+    log.info("%s: %s; rebuilt weights vs the originals: %s", out_xml, stats, proof)
+    if census_json is not None:
+        write_json(census_json, info)
+    if metrics_json is not None:
+        write_json(
+            metrics_json,
+            _metrics(out_xml, seconds, info, recipe=stats, verified=proof, openvino_version=ov.__version__),
+        )
+    return Path(out_xml)
+
+
 def compress_openvino(
     ir_xml: Path,
     out_xml: Path,
@@ -306,6 +487,8 @@ def compress_openvino(
     """
     if compression not in COMPRESSIONS:
         raise StageError(f"unknown NNCF compression {compression!r}; expected one of {tuple(COMPRESSIONS)}")
+    if COMPRESSIONS[compression].get("exact_grid"):
+        return exact_grid_openvino(ir_xml, out_xml, census_json=census_json, metrics_json=metrics_json)
     settings = {k: v for k, v in COMPRESSIONS[compression].items() if k != "data"}
     needs = COMPRESSIONS[compression].get("data", False)
     return compress_ir(

@@ -25,7 +25,7 @@ from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE, not_applicable  # noqa: E402
 from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
-from lmship.decode_graph import GRAPH_FAMILIES, GENERATION_RUNTIMES  # noqa: E402
+from lmship.decode_graph import GRAPH_FAMILIES, generates  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
@@ -161,14 +161,9 @@ def artifact(backend, model, seq, graph="seq"):
     return expand(pattern, model=model, seq=seq, graph=graph, **b.wildcards)[0]
 
 
-def forward_graph(pattern):
-    """Input function: the rule output ``pattern`` (with ``{graph}``) of the forward pass."""
-    return lambda wc: expand(pattern, model=wc.model, seq=wc.seq, graph="seq")[0]
-
-
 def calibration_inputs(wildcards):
     """What a data-aware NNCF compression calibrates on (nothing for the data-free ones)."""
-    if not needs_calibration(wildcards.compression):
+    if not needs_calibration(wildcards.compression) or wildcards.graph != "seq":
         return {}
     return {
         "model": expand(rules.prepare_model.output.model, **wildcards)[0],
@@ -316,14 +311,15 @@ def host_npz(model):
 def generation_backends(model):
     """The configured backends that generate text: runtime, precision and graphs of each.
 
-    PyTorch (the reference) runs the HF folder with its own KV cache; ONNX Runtime
-    and TFLite run the prefill and decode graphs; with generation.tflite_prefill
+    PyTorch (the reference) runs the HF folder with its own KV cache; ONNX Runtime,
+    TFLite and OpenVINO run the prefill and decode graphs; with generation.tflite_prefill
     false a TFLite backend runs the prompt through decode steps (no prefill graph).
+    Data-aware NNCF compressions calibrate on forward windows: they stay forward-only.
     """
     out = []
     for b in backends_of(model):
         spec = BACKENDS[b]
-        if spec.runtime not in GENERATION_RUNTIMES:
+        if not generates(b):
             continue
         decode = artifact(b, model, GEN["max_len"], "decode")
         prefill = artifact(b, model, GEN["prompt_tokens"], "prefill")

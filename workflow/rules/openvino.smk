@@ -6,18 +6,17 @@
 
 rule openvino_ir:
     input:
-        onnx=forward_graph(rules.export_onnx.output.onnx),
-        inputs=rules.eval_inputs.output.inputs,
-        reference=rules.reference_logits.output.logits,
+        unpack(graph_check),
+        onnx=rules.export_onnx.output.onnx,
     output:
-        xml="results/{model}/seq{seq}/openvino.xml",
-        bin="results/{model}/seq{seq}/openvino.bin",
-        census="results/{model}/seq{seq}/openvino.ops.json",
-        metrics="results/{model}/seq{seq}/metrics/openvino_ir.json",
+        xml="results/{model}/{graph}{seq}/openvino.xml",
+        bin="results/{model}/{graph}{seq}/openvino.bin",
+        census="results/{model}/{graph}{seq}/openvino.ops.json",
+        metrics="results/{model}/{graph}{seq}/metrics/openvino_ir.json",
     log:
-        "logs/openvino_ir/{model}_seq{seq}.log",
+        "logs/openvino_ir/{model}_{graph}{seq}.log",
     benchmark:
-        "benchmarks/openvino_ir/{model}_seq{seq}.tsv"
+        "benchmarks/openvino_ir/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/openvino.yaml"
     threads: 2
@@ -36,14 +35,14 @@ rule compress_openvino:
         ir=rules.openvino_ir.output.xml,
         ir_bin=rules.openvino_ir.output.bin,
     output:
-        xml="results/{model}/seq{seq}/openvino_{compression}.xml",
-        bin="results/{model}/seq{seq}/openvino_{compression}.bin",
-        census="results/{model}/seq{seq}/openvino_{compression}.ops.json",
-        metrics="results/{model}/seq{seq}/metrics/compress_openvino_{compression}.json",
+        xml="results/{model}/{graph}{seq}/openvino_{compression}.xml",
+        bin="results/{model}/{graph}{seq}/openvino_{compression}.bin",
+        census="results/{model}/{graph}{seq}/openvino_{compression}.ops.json",
+        metrics="results/{model}/{graph}{seq}/metrics/compress_openvino_{compression}.json",
     log:
-        "logs/compress_openvino/{model}_seq{seq}_{compression}.log",
+        "logs/compress_openvino/{model}_{graph}{seq}_{compression}.log",
     benchmark:
-        "benchmarks/compress_openvino/{model}_seq{seq}_{compression}.tsv"
+        "benchmarks/compress_openvino/{model}_{graph}{seq}_{compression}.tsv"
     conda:
         "../../envs/openvino.yaml"
     threads: 2
