@@ -122,6 +122,7 @@ def test_generation_graphs_and_rounds(full_run):
     assert (summary["roofline_share"] > 0).all() and (summary["bandwidth_gb_s"] > 0).all()
     ref = summary[summary["backend"] == "pytorch"]
     assert (ref["vs_pytorch"] == 1.0).all()
+    assert (summary["decode_spread_pct"] >= 0).all() and summary["unstable"].isin([True, False]).all()
     md = (full_run / "results" / "generation.md").read_text()
     assert "continuation of the first prompt" in md and "| PyTorch fp32 | reference |" in md
     assert (full_run / "results" / "generation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

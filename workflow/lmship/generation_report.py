@@ -10,7 +10,9 @@ K/V cache of ``max_len`` slots that the static graphs read every step) divided
 by the measured read bandwidth at that thread count. ``roofline_share`` is the
 roofline time over the measured decode time (1.0 = at the memory limit).
 ``generation.md`` adds PyTorch's continuation of the first prompt next to the
-fastest format's of each quality tier, as decoded text.
+fastest format's of each quality tier, as decoded text. A decode figure is
+``unstable`` (marked ⚠) when its rounds' medians spread or its p90 runs away
+(:func:`lmship.rounds.stability`, the thresholds of the forward timings).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 
 from .backends import BACKENDS, REFERENCE
 from .files import atomic_output, read_json, size_bytes
+from .rounds import stability
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,15 @@ def generation_summary(
     backends: dict[str, list[dict]],
     out_csv: Path,
     out_md: Path,
+    *,
+    max_round_spread_pct: float,
+    max_p90_ratio: float,
 ) -> pd.DataFrame:
-    """Aggregate the generation rows into ``out_csv`` and ``out_md`` (with decoded continuations)."""
+    """Aggregate the generation rows into ``out_csv`` and ``out_md`` (with decoded continuations).
+
+    ``max_round_spread_pct`` / ``max_p90_ratio``: when a decode figure is unstable
+    (:func:`lmship.rounds.stability` over each sequence's median decode latency).
+    """
     rows = pd.concat([pd.read_csv(p, dtype={"tokens": str, "first_divergence": str}) for p in csvs], ignore_index=True)
     bandwidth = {int(j["threads"]): float(j["read_gb_s"]) for j in (read_json(p) for p in bandwidth_jsons)}
     tiers = {(j["model"], j["backend"]): j["tier"] for j in (read_json(p) for p in tier_jsons)}
@@ -64,6 +74,12 @@ def generation_summary(
         decode_ms = float(g["decode_ms_median"].median())
         roofline_ms = read / (bandwidth[int(threads)] * 1e9) * 1e3 if int(threads) in bandwidth else float("nan")
         first = pd.to_numeric(g["first_divergence"], errors="coerce")
+        steady = stability(
+            g["decode_ms_median"].to_numpy(),
+            g["round"].to_numpy(),
+            max_round_spread_pct=max_round_spread_pct,
+            max_p90_ratio=max_p90_ratio,
+        )
         table.append(
             {
                 "model": model,
@@ -77,6 +93,9 @@ def generation_summary(
                 "ttft_ms": float(g["ttft_ms"].median()),
                 "decode_ms_median": decode_ms,
                 "decode_ms_p90": float(g["decode_ms_p90"].median()),
+                "decode_spread_pct": steady["spread_pct"],
+                "unstable": steady["unstable"],
+                "unstable_why": steady["unstable_why"],
                 "generated_tok_s": 1000.0 / decode_ms,
                 "prompt_tok_s": float(g["prompt_tok_s"].median()),
                 "load_s": float(g["load_s"].median()),
@@ -119,7 +138,8 @@ def _markdown(summary: pd.DataFrame, rows: pd.DataFrame, hf_dirs: dict[str, Path
         "the reference. Decode ms/token: median over sequences (p90 likewise). Roofline share: bytes read per "
         "decode step (weights + the full K/V cache) / measured read bandwidth, over the measured decode time. "
         "'decode steps' in *prompt via*: that format has no prefill graph and runs the prompt token by token, "
-        "so its time to first token is the prompt's decode steps.",
+        "so its time to first token is the prompt's decode steps. ⚠: an unstable decode figure (its rounds' "
+        "medians differ by more than the threshold, or p90 runs away from the median): repeat before relying on it.",
         "",
     ]
     cols = [
@@ -148,6 +168,8 @@ def _markdown(summary: pd.DataFrame, rows: pd.DataFrame, hf_dirs: dict[str, Path
                 v = r[key]
                 if isinstance(v, float):
                     v = "" if np.isnan(v) else (f"{v:.0%}" if key == "roofline_share" else f"{v:.3g}")
+                if key == "decode_ms_median" and r["unstable"]:
+                    v = f"{v} ⚠"
                 cells.append(str(v))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

@@ -131,6 +131,8 @@ rule generation_summary:
     params:
         models=MODELS,
         backends={m: generation_backends(m) for m in MODELS},
+        max_round_spread_pct=config["benchmark"]["max_round_spread_pct"],
+        max_p90_ratio=config["benchmark"]["max_p90_ratio"],
     script:
         "../scripts/generation_summary.py"
 

@@ -16,4 +16,6 @@ with log_to(smk.log[0]):
         {m: [dict(b) for b in smk.params.backends[m]] for m in smk.params.models},
         Path(smk.output.csv),
         Path(smk.output.md),
+        max_round_spread_pct=smk.params.max_round_spread_pct,
+        max_p90_ratio=smk.params.max_p90_ratio,
     )
