@@ -9,7 +9,16 @@ import pytest
 
 from lmship import StageError
 from lmship.corpus import text_windows
-from lmship.quality import BROKEN, Agreement, kl_divergence, perplexity, tier, tier_failures, wilson_interval
+from lmship.quality import (
+    BROKEN,
+    Agreement,
+    kl_divergence,
+    log_softmax,
+    perplexity,
+    tier,
+    tier_failures,
+    wilson_interval,
+)
 
 TIERS = {
     "lossless": {"min_top1_pct": 99.5, "max_mean_kld": 0.0005, "max_ppl_change_pct": 0.1},
@@ -86,6 +95,69 @@ def test_agreement_streams_samples_and_reports_text_positions():
     assert d["top1_random_pct"] == 100.0
     assert d["kld_max"] > 0.1 and d["kld_mean"] == pytest.approx(d["kld_max"] / 16, rel=1e-9)
     assert d["top1_ci95_low"] < d["top1_pct"] < d["top1_ci95_high"]
+
+
+def _plain_figures(samples) -> dict:
+    """The figures of Agreement written as the plain formulas, one fresh array per step (the oracle)."""
+    kld, top1, text, nll_ref, nll, cosine, abs_max, abs_sum, values = [], [], [], [], [], [], 0.0, 0.0, 0
+    for reference, logits, ids, is_text in samples:
+        ref2 = np.asarray(reference, dtype=np.float64).reshape(-1, reference.shape[-1])
+        cand2 = np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=0.0, posinf=1e4, neginf=-1e4)
+        cand2 = cand2.reshape(ref2.shape)
+        ref_lp, cand_lp = log_softmax(ref2), log_softmax(cand2)
+        kld.append(np.maximum((np.exp(ref_lp) * (ref_lp - cand_lp)).sum(-1), 0.0))
+        top1.append(ref2.argmax(-1) == cand2.argmax(-1))
+        text.append(np.full(len(ref2), is_text))
+        abs_max = max(abs_max, float(np.abs(ref2 - cand2).max()))
+        abs_sum += float(np.abs(ref2 - cand2).sum())
+        values += ref2.size
+        norms = np.linalg.norm(ref2, axis=-1) * np.linalg.norm(cand2, axis=-1)
+        cosine.append(np.where(norms > 0, (ref2 * cand2).sum(-1) / np.maximum(norms, 1e-300), 1.0))
+        if is_text:
+            target, rows = np.asarray(ids).reshape(-1)[1:], np.arange(len(ref2) - 1)
+            nll_ref.append(-ref_lp[rows, target])
+            nll.append(-cand_lp[rows, target])
+    kld, top1, text, cosine = map(np.concatenate, (kld, top1, text, cosine))
+    ppl_ref, ppl = float(np.exp(np.concatenate(nll_ref).mean())), float(np.exp(np.concatenate(nll).mean()))
+    n = int(text.sum())
+    return {
+        "kld_mean": float(kld[text].mean()),
+        "kld_p99": float(np.percentile(kld[text], 99)),
+        "kld_max": float(kld[text].max()),
+        "kld_mean_random": float(kld[~text].mean()),
+        "top1_pct": 100.0 * int(top1[text].sum()) / n,
+        "top1_agreement_pct": float(100.0 * top1.mean()),
+        "max_abs_diff": abs_max,
+        "mean_abs_diff": abs_sum / values,
+        "cosine_similarity": float(cosine.mean()),
+        "min_cosine_similarity": float(cosine.min()),
+        "perplexity_reference": ppl_ref,
+        "perplexity": ppl,
+    }
+
+
+def test_agreement_gives_the_plain_formulas_figures_bit_for_bit():
+    """Agreement reuses its work arrays from sample to sample: the figures must be the plain formulas', exactly.
+
+    Float32 logits of a realistic size, samples of two shapes (the arrays are remade), a
+    non-finite logit, text and random samples; a reused array not fully overwritten, or an
+    operation done in another order, changes some figure in its last bits.
+    """
+    rng = np.random.default_rng(1)
+    samples = []
+    for k, seq in enumerate((13, 13, 7, 13)):
+        reference = (3 * rng.standard_normal((1, seq, 4999))).astype(np.float32)
+        logits = reference + rng.normal(0, 0.2, reference.shape).astype(np.float32)
+        if k == 1:
+            logits[0, 2, 7], logits[0, 4, 1] = np.nan, np.inf
+        samples.append((reference, logits, rng.integers(0, 4999, (1, seq)), k != 3))
+    agreement = Agreement()
+    for sample in samples:
+        agreement.add(*sample)
+    got = agreement.summarise()
+    assert got["finite"] is False
+    expected = _plain_figures(samples)
+    assert {key: got[key] for key in expected} == expected
 
 
 def test_nonfinite_logits_are_flagged():

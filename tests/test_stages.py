@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 
@@ -416,3 +417,94 @@ def test_summary_reference_perplexity_without_other_backends(tmp_path):
     )
     assert table["perplexity"].tolist() == [123.4]
     assert table["tier"].tolist() == ["reference"] and table["speedup_vs_pytorch"].tolist() == [1.0]
+
+
+def _without_metadata(model) -> bytes:
+    """The serialised model without metadata_props (they hold the exporting file's path and line numbers)."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info, *model.graph.initializer]:
+        del value.metadata_props[:]
+    del model.graph.metadata_props[:]
+    del model.metadata_props[:]
+    return model.SerializeToString()
+
+
+def _slices_graph():
+    """Slices that SlicesSplit rewrites, and ones where the partner found first decides (graph order matters)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = {"z": [0], "h": [4], "e": [8], "last": [-1], "one": [1]}
+    slices = [  # (input, start, end, axes, output)
+        ("r", "h", "e", "last", "b1"),  # a partner before the first half
+        ("r", "z", "h", "last", "a"),
+        ("r", "h", "e", "last", "b2"),  # a second, identical partner: only the first one is split off
+        ("y", "h", "e", "last", "o"),
+        ("y", "z", "h", "one", "p"),  # its first partner in graph order is o (other axes): no Split
+        ("y", "h", "e", "one", "q"),
+    ]
+    nodes = [helper.make_node("Relu", ["x"], ["r"])]
+    nodes += [helper.make_node("Slice", list(s[:4]), [s[4]]) for s in slices]
+    nodes.append(helper.make_node("Concat", [s[4] for s in slices], ["out"], axis=-1))
+    graph = helper.make_graph(
+        nodes,
+        "slices",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, 8]) for n in ("x", "y")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in const.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_sibling_matcher_rewrites_slices_as_the_brute_force_does():
+    """onnxscript's optimiser with SlicesSplit's fast matcher makes the graph its stock matcher makes."""
+    import onnx_ir as ir
+    import onnxscript
+
+    from lmship.dynamo_export import sibling_slice_split
+
+    def optimised(fast: bool):
+        model = ir.serde.deserialize_model(_slices_graph())
+        with sibling_slice_split() if fast else contextlib.nullcontext():
+            onnxscript.optimizer.optimize_ir(model)
+        return ir.serde.serialize_model(model)
+
+    stock, fast = optimised(False), optimised(True)
+    split = [(list(n.input), list(n.output)) for n in stock.graph.node if n.op_type == "Split"]
+    assert split == [(["r"], ["a", "b1"])]  # the rule applied, to the partner first in graph order
+    assert fast.SerializeToString() == stock.SerializeToString()
+
+
+@pytest.mark.parametrize("graph", ["seq", "prefill", "decode"])
+def test_export_graph_is_the_stock_optimisers(tiny_model, graph):
+    """Every exported graph family is the one torch.onnx.export(optimize=True) makes, node for node."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmship import decode_graph, dynamo_export
+
+    if graph == "seq":
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+
+        class LogitsOnly(torch.nn.Module):
+            def forward(self, input_ids):
+                return model(input_ids=input_ids, use_cache=False).logits
+
+        module, args, names = (
+            LogitsOnly().eval(),
+            (torch.zeros((1, SEQ), dtype=torch.int64),),
+            (["input_ids"], ["logits"]),
+        )
+    else:
+        model = decode_graph._llama_parts(tiny_model)
+        dims = decode_graph.model_dims(model)
+        module = dict(zip(decode_graph.GRAPHS, decode_graph._build_modules(model), strict=True))[graph]
+        args = tuple(torch.from_numpy(a) for a in decode_graph.example_inputs(graph, dims, 8, 16))
+        names = decode_graph.io_names(graph, dims["layers"])
+    fast = dynamo_export.export(module, args, opset=18, input_names=names[0], output_names=names[1])
+    with torch.inference_mode():
+        stock = torch.onnx.export(
+            module, args, dynamo=True, opset_version=18, input_names=names[0], output_names=names[1], optimize=True
+        )
+    assert any(n.op_type == "Slice" for n in stock.model_proto.graph.node)
+    assert _without_metadata(fast.model_proto) == _without_metadata(stock.model_proto)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import StageError
+from . import StageError, dynamo_export
 from .files import atomic_output, size_bytes
 from .logs import peak_rss_mb
 
@@ -254,16 +254,7 @@ def export_generation_graph(
     with atomic_output(Path(out_onnx)) as tmp:
         tmp_onnx = tmp.with_suffix(".onnx")
         try:
-            with torch.inference_mode():
-                program = torch.onnx.export(
-                    module,
-                    args,
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=inputs,
-                    output_names=outputs,
-                    optimize=True,
-                )
+            program = dynamo_export.export(module, args, opset=opset, input_names=inputs, output_names=outputs)
         except Exception as exc:
             raise StageError(
                 f"ONNX export of the {graph} graph of {hf_dir} failed (torch {torch.__version__}): "

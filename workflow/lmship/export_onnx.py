@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import StageError
+from . import StageError, dynamo_export
 from .cli import add_checked_stage_arguments, config_default, parser
 from .evalset import load_inputs
 from .files import atomic_output, size_bytes, stage_metrics
@@ -58,16 +58,9 @@ def export_onnx(
     with atomic_output(Path(out_onnx)) as tmp:
         tmp_onnx = tmp.with_suffix(".onnx")
         try:
-            with torch.inference_mode():
-                program = torch.onnx.export(
-                    LogitsOnly(model).eval(),
-                    (example,),
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=["input_ids"],
-                    output_names=["logits"],
-                    optimize=True,
-                )
+            program = dynamo_export.export(
+                LogitsOnly(model).eval(), (example,), opset=opset, input_names=["input_ids"], output_names=["logits"]
+            )
         except Exception as exc:
             raise StageError(
                 f"ONNX export of {hf_dir} failed ({model.config.model_type}, torch {torch.__version__}): "

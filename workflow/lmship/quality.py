@@ -36,6 +36,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def _log_softmax_into(x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """:func:`log_softmax` of float64 ``x`` written into ``out``, the same operations in the same order."""
+    np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(out, out=scratch)
+    np.subtract(out, np.log(scratch.sum(axis=-1, keepdims=True)), out=out)
+    return out
+
+
+def _row_norms(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``np.linalg.norm(x, axis=-1)`` of real ``x`` as numpy computes it (sqrt of the sum of x*x)."""
+    np.multiply(x, x, out=scratch)
+    return np.sqrt(np.add.reduce(scratch, axis=-1))
+
+
 def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """KL(P_ref || P) in nats for every position (``[..., vocab]`` -> ``[...]``)."""
     ref = log_softmax(reference_logits)
@@ -69,30 +83,43 @@ class Agreement:
     abs_diff_sum: float = 0.0
     values: int = 0
     finite: bool = True
+    _arrays: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def add(self, reference_logits: np.ndarray, logits: np.ndarray, input_ids: np.ndarray, is_text: bool) -> None:
-        """One sample: logits ``[batch, seq, vocab]`` of both models and its ``[batch, seq]`` ids."""
-        reference_logits = np.asarray(reference_logits, dtype=np.float64)
-        logits = np.asarray(logits, dtype=np.float64)
+        """One sample: logits ``[batch, seq, vocab]`` of both models and its ``[batch, seq]`` ids.
+
+        The float64 work arrays are allocated once and reused from sample to sample
+        (``out=``): the same numpy operations on the same arrays as the plain formulas
+        (:func:`log_softmax`, :func:`kl_divergence`, ``np.linalg.norm``), so the same
+        figures bit for bit, without faulting in some 30 fresh arrays of a sample's size each time.
+        """
+        reference_logits = np.asarray(reference_logits)
+        logits = np.asarray(logits)
         if reference_logits.shape != logits.shape:
             raise ValueError(f"logits shape {logits.shape} differs from the reference {reference_logits.shape}")
-        if not np.isfinite(logits).all():
-            self.finite = False
-            logits = np.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)
         vocab = logits.shape[-1]
-        ref2 = reference_logits.reshape(-1, vocab)
-        cand2 = logits.reshape(-1, vocab)
-        ref_lp = log_softmax(ref2)
-        cand_lp = log_softmax(cand2)
-        self.kld.append(np.maximum((np.exp(ref_lp) * (ref_lp - cand_lp)).sum(-1), 0.0))
+        ref2, cand2, ref_lp, cand_lp, tmp, tmp2 = self._work((logits.size // vocab, vocab))
+        np.copyto(ref2, reference_logits.reshape(-1, vocab), casting="unsafe")
+        np.copyto(cand2, logits.reshape(-1, vocab), casting="unsafe")
+        if not np.isfinite(cand2).all():
+            self.finite = False
+            np.nan_to_num(cand2, copy=False, nan=0.0, posinf=1e4, neginf=-1e4)
+        _log_softmax_into(ref2, ref_lp, tmp)
+        _log_softmax_into(cand2, cand_lp, tmp)
+        np.exp(ref_lp, out=tmp)
+        np.subtract(ref_lp, cand_lp, out=tmp2)
+        np.multiply(tmp, tmp2, out=tmp)
+        self.kld.append(np.maximum(tmp.sum(-1), 0.0))
         self.top1.append(ref2.argmax(-1) == cand2.argmax(-1))
         self.text.append(np.full(ref2.shape[0], bool(is_text)))
-        diff = np.abs(ref2 - cand2)
-        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
-        self.abs_diff_sum += float(diff.sum())
-        self.values += diff.size
-        dot = (ref2 * cand2).sum(-1)
-        norms = np.linalg.norm(ref2, axis=-1) * np.linalg.norm(cand2, axis=-1)
+        np.subtract(ref2, cand2, out=tmp)
+        np.abs(tmp, out=tmp)
+        self.max_abs_diff = max(self.max_abs_diff, float(tmp.max()))
+        self.abs_diff_sum += float(tmp.sum())
+        self.values += tmp.size
+        np.multiply(ref2, cand2, out=tmp)
+        dot = tmp.sum(-1)
+        norms = _row_norms(ref2, tmp) * _row_norms(cand2, tmp)
         self.cosine.append(np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0))
         if is_text:
             # position t predicts token t + 1: the last position of a window has no target
@@ -104,6 +131,12 @@ class Agreement:
             idx = np.arange(target.size)
             self.nll_ref.append(-rows[idx, target])
             self.nll.append(-cand_rows[idx, target])
+
+    def _work(self, shape: tuple[int, int]) -> list[np.ndarray]:
+        """Six float64 arrays of ``shape``, reused while the shape stays the same."""
+        if self._arrays is None or self._arrays[0].shape != shape:
+            self._arrays = [np.empty(shape, np.float64) for _ in range(6)]
+        return self._arrays
 
     def summarise(self) -> dict:
         """The figures of the evaluation (see the module docstring); KLD in nats, shares in %."""

@@ -42,7 +42,7 @@ rule tflite:
         "benchmarks/tflite/{model}_{graph}{seq}_{precision}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=10000,
         runtime=20,
