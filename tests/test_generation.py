@@ -260,6 +260,41 @@ def test_cache_layout_matches_pytorch(graphs, reference, prompts):
         np.testing.assert_allclose(cache.reshape(kv, L, d)[:, P], expected[n][:, P], atol=1e-5)
 
 
+def test_bound_ort_runner_reads_the_cache_in_place(graphs):
+    """The IOBinding runner binds each input array once: a cache written in place between steps is
+    what the next step reads, a converted input (int32 token, strided rows) is copied anew every call,
+    and its outputs equal ``session.run``'s on the same feeds."""
+    import onnxruntime as ort
+
+    from lmship.generation import _ort_graph, load_host_tables
+
+    host = load_host_tables(graphs["host"])
+    plain = ort.InferenceSession(str(graphs["decode"]), providers=["CPUExecutionProvider"])
+    run = _ort_graph(graphs["decode"], 1)
+    rng = np.random.default_rng(3)
+    feeds = {i.name: rng.standard_normal(i.shape).astype(np.float32) for i in plain.get_inputs()}
+    feeds["token"] = np.array([[5]], np.int32)  # not the graph's int64: converted
+    feeds["cos"] = np.asfortranarray(host["cos"][P : P + 2])[:1]  # a strided view
+    feeds["sin"] = host["sin"][P : P + 1]
+    feeds["mask"] = np.zeros((1, L + 1), np.float32)
+
+    def expected() -> dict[str, np.ndarray]:
+        fixed = {k: np.ascontiguousarray(v, dtype=np.int64 if k == "token" else np.float32) for k, v in feeds.items()}
+        return dict(zip([o.name for o in plain.get_outputs()], plain.run(None, fixed), strict=True))
+
+    first = {k: v.copy() for k, v in run(feeds).items()}
+    for name, value in expected().items():
+        np.testing.assert_array_equal(first[name], value)
+    feeds["k0"][:] = rng.standard_normal(feeds["k0"].shape)  # the host writes the cache in place
+    feeds["mask"][0, 3:] = host["mask_neg"]
+    feeds["token"][0, 0] = 7
+    second = run(feeds)
+    want = expected()
+    for name, value in want.items():
+        np.testing.assert_array_equal(second[name], value)
+    assert not np.array_equal(second["logits"], first["logits"])
+
+
 def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monkeypatch):
     """Writing the new K/V one slot too far must fail the logits gate and change the text."""
     from lmship import StageError, generation
