@@ -82,6 +82,17 @@ def _snap_to_q4_1(weight):
     return (d * q + m).reshape(out_dim, k)
 
 
+def _snap_to_q8_0(weight):
+    """``weight`` [out, in] moved onto a Q8_0 grid along ``in`` (blocks of 32, fp16 d, codes -127..127)."""
+    import torch
+
+    out_dim, k = weight.shape
+    blocks = weight.reshape(out_dim, k // 32, 32)
+    d = (blocks.abs().max(-1, keepdim=True).values / 127).half().float().clamp_min(1e-4)
+    q = torch.clamp(torch.round(blocks / d), -127, 127) + 0.0  # integer codes: no -0.0, as GGUF's int8 has none
+    return (d * q).reshape(out_dim, k)
+
+
 def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_too: bool = True) -> dict:
     """Every generation-graph artifact of ``hf`` made by the workflow's stage functions (with their gates)."""
     from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
@@ -136,7 +147,8 @@ def tflite_graphs(staged) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def gridded(lively, gen_dir) -> Path:
-    """The lively model with every linear weight on a Q4_1 grid: the 4-bit exact grid applies to it."""
+    """The lively model with every decoder weight on a Q4_1 grid and the embedding and LM head on a Q8_0 one
+    (as the default model's GGUF file has them): the 4-bit exact grid applies to it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -144,8 +156,9 @@ def gridded(lively, gen_dir) -> Path:
     model = AutoModelForCausalLM.from_pretrained(lively, dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.ndim == 2 and "embed_tokens" not in name:
-                param.copy_(_snap_to_q4_1(param))
+            if param.ndim == 2:
+                q8 = "embed_tokens" in name or "lm_head" in name
+                param.copy_(_snap_to_q8_0(param) if q8 else _snap_to_q4_1(param))
     model.save_pretrained(out)
     for f in lively.iterdir():
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
@@ -416,6 +429,8 @@ def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded, prompts
         q4[graph] = made[graph]["onnx_simplified"].with_name("onnx_q4_exact.onnx")
         metrics = quantize_onnx(made[graph]["onnx_simplified"], q4[graph], variant="q4_exact")
         assert metrics["matmul_q4_1"] == metrics["bit_exact_matmul_q4_1"] > 0 and metrics["gemm_to_matmul"] > 0
+        assert metrics["matmul_q8_0"] == metrics["bit_exact_matmul_q8_0"] == 1  # the LM head
+        assert metrics["gather_q8_0"] == metrics["bit_exact_gather_q8_0"] == 1 and metrics["matmul_fp32"] == 0
         assert "MatMulNBits" in {n.op_type for n in onnx.load(str(q4[graph])).graph.node}
     expected = torch_generate(gridded, prompts, NEW, L).tokens
     assert len({t for seq in expected for t in seq}) > NEW // 2  # not a degenerate repeat
