@@ -303,7 +303,11 @@ def _q8_0_pairs(graph, after: dict) -> tuple[dict[str, np.ndarray], list[str]]:
         ):
             faults.append(f"{name} (a nibble part is not exact in fp32)")
             continue
-        rebuilt[name] = (parts[0] + parts[1]).astype(np.float32)  # exact: both parts are d times an integer
+        total = parts[0] + parts[1]
+        if not np.array_equal(total.astype(np.float32).astype(np.float64), total):
+            faults.append(f"{name} (the sum of its nibble parts is not exact in fp32)")
+            continue
+        rebuilt[name] = total.astype(np.float32)
     orphans = [b for b in nbits if b.endswith("_q8lo") and b.removesuffix("_q8lo") + "_q8hi" not in nbits]
     faults += [f"{b.removesuffix('_q8lo')} (low nibbles without high ones)" for b in orphans]
     return rebuilt, faults
