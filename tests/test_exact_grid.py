@@ -12,7 +12,10 @@ from lmship.exact_grid import reencode_file, verify_lossless
 
 
 def _gguf_like_model(path, rng):
-    """A Gather + MatMul graph whose weights were made the way GGUF dequantises Q4_1 and Q8_0 (fp16 d, m)."""
+    """Gather + MatMul + tied head, weights made the way GGUF dequantises Q4_1 and Q8_0 (fp16 d, m).
+
+    The head multiplies by the embedding's transpose (``E_kn``, as ``gemm_to_matmul`` stores a tied head).
+    """
     vocab, hidden, out_dim = 50, 64, 48
     q = rng.integers(0, 16, (out_dim, hidden // 32, 32)).astype(np.float32)
     q[..., 0], q[..., 1] = 0, 15  # GGUF sets m to the block's min and d to (max - min) / 15
@@ -27,11 +30,19 @@ def _gguf_like_model(path, rng):
         [
             helper.make_node("Gather", ["E", "ids"], ["x"], axis=0),
             helper.make_node("MatMul", ["x", "W"], ["y"]),
+            helper.make_node("MatMul", ["x", "E_kn"], ["logits"]),
         ],
         "g",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 7])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, out_dim])],
-        [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W")],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, out_dim]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 7, vocab]),
+        ],
+        [
+            numpy_helper.from_array(emb, "E"),
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(emb.T.copy(), "E_kn"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     onnx.save(model, str(path))
@@ -45,15 +56,24 @@ def test_exact_grid_rebuilds_every_weight_bit_for_bit(tmp_path):
     vocab = _gguf_like_model(tmp_path / "fp32.onnx", rng)
     stats = reencode_file(tmp_path / "fp32.onnx", tmp_path / "q4.onnx")
     assert stats["matmul_q4_1"] == 1 and stats["gather_q8_0"] == 1 and stats["matmul_fp32"] == 0
+    assert stats["matmul_q8_0"] == 1  # the tied head, on the embedding's Q8_0 grid
     assert stats["bit_exact_matmul_q4_1"] == 1 and stats["bit_exact_gather_q8_0"] == 1
+    assert stats["bit_exact_matmul_q8_0"] == 1
+    written = onnx.load(str(tmp_path / "q4.onnx")).graph
+    assert "E_kn" not in {i.name for i in written.initializer}  # the head is stored in 4-bit halves, not fp32
+    assert [n.op_type for n in written.node].count("MatMulNBits") == 3
     ids = rng.integers(0, vocab, (1, 7))
-    ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"ids": ids})[0]
-    got = ort.InferenceSession(str(tmp_path / "q4.onnx")).run(None, {"ids": ids})[0]
-    assert np.abs(got - ref).max() < 1e-5 * np.abs(ref).max()
+    ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"ids": ids})
+    got = ort.InferenceSession(str(tmp_path / "q4.onnx")).run(None, {"ids": ids})
+    for r, g in zip(ref, got, strict=True):
+        assert np.abs(g - r).max() < 1e-5 * np.abs(r).max()
     assert (tmp_path / "q4.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("tensor", ["W_q4", "W_q4_scales", "W_q4_corr", "E_q8"])
+@pytest.mark.parametrize(
+    "tensor",
+    ["W_q4", "W_q4_scales", "W_q4_corr", "E_q8", "E_kn_q8hi", "E_kn_q8lo", "E_kn_q8hi_scales", "E_kn_q8lo_zp"],
+)
 def test_one_changed_code_or_scale_fails_the_proof(tmp_path, tensor):
     rng = np.random.default_rng(1)
     _gguf_like_model(tmp_path / "fp32.onnx", rng)
@@ -63,11 +83,30 @@ def test_one_changed_code_or_scale_fails_the_proof(tmp_path, tensor):
     values = numpy_helper.to_array(init).copy()
     flat = values.reshape(-1)
     if values.dtype == np.uint8:
-        flat[0] ^= 1  # one code off by one nibble step
+        flat[0] ^= 1  # one code (or zero point) off by one nibble step
     else:
         flat[0] = np.nextafter(flat[0], np.float32(np.inf))  # one scale or minimum off by one ulp
     init.CopyFrom(numpy_helper.from_array(values, tensor))
     with pytest.raises(StageError, match="does not rebuild the original weights bit for bit"):
+        verify_lossless(onnx.load(str(tmp_path / "fp32.onnx")), model)
+
+
+@pytest.mark.parametrize("fault", ["drop_low_half", "add_other_input"])
+def test_a_head_without_both_halves_summed_fails_the_proof(tmp_path, fault):
+    """The head's two 4-bit halves must read the same input and be added: rebuilt codes alone do not prove it."""
+    rng = np.random.default_rng(2)
+    _gguf_like_model(tmp_path / "fp32.onnx", rng)
+    reencode_file(tmp_path / "fp32.onnx", tmp_path / "q4.onnx")
+    model = onnx.load(str(tmp_path / "q4.onnx"))
+    add = next(n for n in model.graph.node if n.op_type == "Add" and n.output[0] == "logits")
+    if fault == "drop_low_half":
+        lo = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[1] == "E_kn_q8lo")
+        model.graph.node.remove(lo)
+        add.op_type, add.input[1] = "Identity", ""
+        del add.input[1:]
+    else:
+        add.input[1] = add.input[0]  # high half twice
+    with pytest.raises(StageError, match="E_kn"):
         verify_lossless(onnx.load(str(tmp_path / "fp32.onnx")), model)
 
 

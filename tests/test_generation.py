@@ -82,6 +82,17 @@ def _snap_to_q4_1(weight):
     return (d * q + m).reshape(out_dim, k)
 
 
+def _snap_to_q8_0(weight):
+    """``weight`` [out, in] moved onto a Q8_0 grid along ``in`` (blocks of 32, fp16 d, codes -127..127)."""
+    import torch
+
+    out_dim, k = weight.shape
+    blocks = weight.reshape(out_dim, k // 32, 32)
+    d = (blocks.abs().max(-1, keepdim=True).values / 127).half().float().clamp_min(1e-4)
+    q = torch.clamp(torch.round(blocks / d), -127, 127) + 0.0  # integer codes: no -0.0, as GGUF's int8 has none
+    return (d * q).reshape(out_dim, k)
+
+
 def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_too: bool = True) -> dict:
     """Every generation-graph artifact of ``hf`` made by the workflow's stage functions (with their gates)."""
     from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
@@ -134,20 +145,10 @@ def tflite_graphs(staged) -> dict[str, Path]:
     return {graph: staged[graph]["tflite_fp32"] for graph in ("prefill", "decode")}
 
 
-def _snap_to_q8_0(weight):
-    """``weight`` [rows, in] moved onto a Q8_0 grid along ``in`` (blocks of 32, fp16 d), as GGUF stores it."""
-    import torch
-
-    rows, k = weight.shape
-    blocks = weight.reshape(rows, k // 32, 32)
-    d = (blocks.abs().max(-1, keepdim=True).values / 127).half().float().clamp_min(1e-4)
-    return (d * torch.clamp(torch.round(blocks / d), -127, 127)).reshape(rows, k) + 0.0  # no -0.0: GGUF has none
-
-
 @pytest.fixture(scope="module")
 def gridded(lively, gen_dir) -> Path:
-    """The lively model with every linear weight on a Q4_1 grid and the embedding on a Q8_0 grid
-    (as the default model's GGUF file stores them): the 4-bit exact grid applies to it."""
+    """The lively model with every decoder weight on a Q4_1 grid and the embedding and LM head on a Q8_0 one
+    (as the default model's GGUF file has them): the 4-bit exact grid applies to it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -156,7 +157,8 @@ def gridded(lively, gen_dir) -> Path:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.ndim == 2:
-                param.copy_(_snap_to_q8_0(param) if "embed_tokens" in name else _snap_to_q4_1(param))
+                q8 = "embed_tokens" in name or "lm_head" in name
+                param.copy_(_snap_to_q8_0(param) if q8 else _snap_to_q4_1(param))
     model.save_pretrained(out)
     for f in lively.iterdir():
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
@@ -269,6 +271,41 @@ def test_cache_layout_matches_pytorch(graphs, reference, prompts):
         assert step["new_" + name].shape == (kv, d)
         write_kv(cache, step["new_" + name], P, kv)
         np.testing.assert_allclose(cache.reshape(kv, L, d)[:, P], expected[n][:, P], atol=1e-5)
+
+
+def test_bound_ort_runner_reads_the_cache_in_place(graphs):
+    """The IOBinding runner binds each input array once: a cache written in place between steps is
+    what the next step reads, a converted input (int32 token, strided rows) is copied anew every call,
+    and its outputs equal ``session.run``'s on the same feeds."""
+    import onnxruntime as ort
+
+    from lmship.generation import _ort_graph, load_host_tables
+
+    host = load_host_tables(graphs["host"])
+    plain = ort.InferenceSession(str(graphs["decode"]), providers=["CPUExecutionProvider"])
+    run = _ort_graph(graphs["decode"], 1)
+    rng = np.random.default_rng(3)
+    feeds = {i.name: rng.standard_normal(i.shape).astype(np.float32) for i in plain.get_inputs()}
+    feeds["token"] = np.array([[5]], np.int32)  # not the graph's int64: converted
+    feeds["cos"] = np.asfortranarray(host["cos"][P : P + 2])[:1]  # a strided view
+    feeds["sin"] = host["sin"][P : P + 1]
+    feeds["mask"] = np.zeros((1, L + 1), np.float32)
+
+    def expected() -> dict[str, np.ndarray]:
+        fixed = {k: np.ascontiguousarray(v, dtype=np.int64 if k == "token" else np.float32) for k, v in feeds.items()}
+        return dict(zip([o.name for o in plain.get_outputs()], plain.run(None, fixed), strict=True))
+
+    first = {k: v.copy() for k, v in run(feeds).items()}
+    for name, value in expected().items():
+        np.testing.assert_array_equal(first[name], value)
+    feeds["k0"][:] = rng.standard_normal(feeds["k0"].shape)  # the host writes the cache in place
+    feeds["mask"][0, 3:] = host["mask_neg"]
+    feeds["token"][0, 0] = 7
+    second = run(feeds)
+    want = expected()
+    for name, value in want.items():
+        np.testing.assert_array_equal(second[name], value)
+    assert not np.array_equal(second["logits"], first["logits"])
 
 
 def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monkeypatch):
@@ -408,6 +445,8 @@ def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded_chain, g
         q4[graph] = made[graph]["onnx_simplified"].with_name("onnx_q4_exact.onnx")
         metrics = quantize_onnx(made[graph]["onnx_simplified"], q4[graph], variant="q4_exact")
         assert metrics["matmul_q4_1"] == metrics["bit_exact_matmul_q4_1"] > 0 and metrics["gemm_to_matmul"] > 0
+        assert metrics["matmul_q8_0"] == metrics["bit_exact_matmul_q8_0"] == 1  # the LM head
+        assert metrics["gather_q8_0"] == metrics["bit_exact_gather_q8_0"] == 1 and metrics["matmul_fp32"] == 0
         assert "MatMulNBits" in {n.op_type for n in onnx.load(str(q4[graph])).graph.node}
     assert generate("ort", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == gridded_tokens
 

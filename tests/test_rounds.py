@@ -145,3 +145,35 @@ def test_broken_formats_are_hatched_on_the_plot(tmp_path):
     points = quality_points(table)
     assert set(points["backend"]) == {"onnx", "tflite_int8"}  # the reference is not a point
     assert points.set_index("backend").loc["tflite_int8", "kld_drawn"] == pytest.approx(0.3)
+
+
+def test_backend_processes_get_huge_pages(monkeypatch):
+    """Every backend's process asks glibc for transparent huge pages (other tunables kept), and where the
+    kernel grants them on request a large array in such a process does land in huge pages."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lmship.host import transparent_huge_pages
+    from lmship.rounds import child_env
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0")
+    env = child_env()
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    if transparent_huge_pages() != "madvise" or not Path("/proc/self/smaps_rollup").exists():
+        pytest.skip("the kernel's THP mode is not madvise: the tunable changes nothing here")
+    probe = (
+        "import json, numpy as np\n"
+        "a = np.ones(64 << 20, np.uint8)\n"  # 64 MB, touched
+        "rollup = open('/proc/self/smaps_rollup').read().split()\n"
+        "print(json.dumps(int(rollup[rollup.index('AnonHugePages:') + 1])))\n"
+    )
+
+    def huge_kb(environ: dict) -> int:
+        out = subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    assert huge_kb(env) >= 32 * 1024
+    plain = {k: v for k, v in env.items() if k != "GLIBC_TUNABLES"}
+    assert huge_kb(plain) < huge_kb(env)

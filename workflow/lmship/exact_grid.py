@@ -12,7 +12,14 @@ them with ONNX Runtime's block-quantised contrib ops:
   correction ``Y += blocksum(X) @ m``: the stored ``q``, ``d`` and ``m`` are
   exactly GGUF's, and ``d * q + m`` rebuilds every weight bit for bit;
 * Q8_0 embedding -> ``com.microsoft.GatherBlockQuantized`` (8 bits, block 32);
-* anything not on a grid (here: the LM head, kept fp32 for speed) is left as is.
+* Q8_0 MatMul weight (the tied LM head) -> two 4-bit ``MatMulNBits`` and an Add: the
+  code ``q`` (-127..127) is stored as ``u = q + 128`` split into its nibbles, high
+  ``h`` with scale ``16 d`` and zero point 8, low ``l`` with scale ``d`` and zero point
+  0, so ``16 d (h - 8) + d l = d q``. Both parts are exact in fp32 (a small integer
+  times GGUF's fp16 scale), and so is their sum. (ONNX Runtime's own 8-bit
+  MatMulNBits computes fp32 only through a slow reference path on CPU: 25x slower
+  than the fp32 MatMul at accuracy_level 0; its fast path quantises the activations.)
+* anything not on a grid is left as is.
 
 Nothing is re-quantised, so the model's answers do not change (compute stays
 fp32: ``accuracy_level`` 0). :func:`verify_lossless` proves it on the written
@@ -76,10 +83,11 @@ def reencode(model) -> dict[str, int]:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    stats = {"matmul_q4_1": 0, "matmul_fp32": 0, "gather_q8_0": 0}
+    stats = {"matmul_q4_1": 0, "matmul_q8_0": 0, "matmul_fp32": 0, "gather_q8_0": 0}
     added: list = []
     nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats, _ranks(model))
     nodes = _gathers_to_q8_0(nodes, inits, added, stats)
+    nodes = _matmuls_to_q8_0(nodes, inits, added, stats)
     del graph.node[:]
     graph.node.extend(nodes)
     used = {x for n in graph.node for x in n.input}
@@ -202,6 +210,109 @@ def _gathers_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int
     return nodes
 
 
+def _matmuls_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int]) -> list:
+    """Third pass: each MatMul by a Q8_0-grid weight (the tied LM head) becomes two 4-bit MatMulNBits and an Add.
+
+    Runs after :func:`_matmuls_to_q4_1`, which leaves the MatMuls it did not take (and counted
+    them ``matmul_fp32``); one that is on the Q8_0 grid moves to ``matmul_q8_0``.
+    """
+    from onnx import numpy_helper
+
+    out = []
+    for node in nodes:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            out.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        grid = q8_0_grid(weight) if weight.ndim == 2 else None
+        if grid is None:
+            out.append(node)
+            continue
+        out += _q8_0_matmul(node, weight, grid, added)
+        stats["matmul_fp32"] -= 1
+        stats["matmul_q8_0"] += 1
+    return out
+
+
+def _q8_0_matmul(node, weight: np.ndarray, grid, added: list) -> list:
+    """``X @ weight`` for a weight on the Q8_0 ``grid``: ``X @ (16d (h - 8)) + X @ (d l)``, h, l nibbles of q + 128."""
+    from onnx import helper, numpy_helper
+
+    q, d = grid
+    k, n = weight.shape
+    u = (q + 128).astype(np.uint8)  # 1..255
+    y = node.output[0]
+    nodes = []
+    for part, codes, scale, zero in (("hi", u >> 4, 16.0 * d, 8), ("lo", u & 0x0F, d, 0)):
+        base = f"{node.input[1]}_q8{part}"
+        tensors = [
+            numpy_helper.from_array(_pack_nibbles(codes), base),
+            numpy_helper.from_array(scale.astype(np.float32).reshape(-1), base + "_scales"),
+            numpy_helper.from_array(_pack_nibbles(np.full(d.shape, zero, np.uint8)).reshape(-1), base + "_zp"),
+        ]
+        added += tensors
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], *(t.name for t in tensors)],
+                [f"{y}_q8{part}"],
+                name=f"{node.name}_q8{part}",
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=4,
+                block_size=BLOCK,
+            )
+        )
+    nodes.append(helper.make_node("Add", [f"{y}_q8hi", f"{y}_q8lo"], [y], name=node.name + "_q8add"))
+    return nodes
+
+
+def _nbits_part(node, after: dict) -> np.ndarray:
+    """The weight [K, N] a 4-bit MatMulNBits ``node`` multiplies by, ``scale * (code - zero point)``, in float64."""
+    attrs = {a.name: a.i for a in node.attribute}
+    k, n = attrs["K"], attrs["N"]
+    blocks = k // BLOCK
+    q = _unpack_nibbles(after[node.input[1]], BLOCK).reshape(n, blocks, BLOCK).astype(np.float64)
+    d = after[node.input[2]].reshape(n, blocks, 1).astype(np.float64)
+    zp = _unpack_nibbles(after[node.input[3]].reshape(n, -1), blocks).reshape(n, blocks, 1).astype(np.float64)
+    return (d * (q - zp)).reshape(n, k).T
+
+
+def _q8_0_pairs(graph, after: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Rebuild every Q8_0 MatMul weight from its nibble pair: {original name: weight [K, N] float32}, and the faults.
+
+    Each part ``scale * (code - zero point)`` must be exact in fp32 (what a correct fp32 kernel
+    multiplies by), the two must read the same input and be summed by one Add; their exact sum
+    is the rebuilt weight.
+    """
+    nbits = {n.input[1]: n for n in graph.node if n.op_type == "MatMulNBits"}
+    adds = {frozenset(n.input) for n in graph.node if n.op_type == "Add"}
+    rebuilt, faults = {}, []
+    for b_name, hi in nbits.items():
+        if not b_name.endswith("_q8hi"):
+            continue
+        name = b_name.removesuffix("_q8hi")
+        lo = nbits.get(name + "_q8lo")
+        if lo is None or lo.input[0] != hi.input[0] or frozenset((hi.output[0], lo.output[0])) not in adds:
+            faults.append(f"{name} (its low nibbles are missing or not added to its high ones)")
+            continue
+        parts = [_nbits_part(hi, after), _nbits_part(lo, after)]
+        if any(p.shape != parts[0].shape for p in parts) or any(
+            not np.array_equal(p.astype(np.float32).astype(np.float64), p) for p in parts
+        ):
+            faults.append(f"{name} (a nibble part is not exact in fp32)")
+            continue
+        total = parts[0] + parts[1]
+        if not np.array_equal(total.astype(np.float32).astype(np.float64), total):
+            faults.append(f"{name} (the sum of its nibble parts is not exact in fp32)")
+            continue
+        rebuilt[name] = total.astype(np.float32)
+    orphans = [b for b in nbits if b.endswith("_q8lo") and b.removesuffix("_q8lo") + "_q8hi" not in nbits]
+    faults += [f"{b.removesuffix('_q8lo')} (low nibbles without high ones)" for b in orphans]
+    return rebuilt, faults
+
+
 def _unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
     """Inverse of :func:`_pack_nibbles` for ``count`` values along the last axis."""
     out = np.empty((*packed.shape[:-1], packed.shape[-1] * 2), np.uint8)
@@ -215,8 +326,10 @@ def verify_lossless(original, reencoded) -> dict[str, int]:
 
     Both are onnx.ModelProto. MatMulNBits weights are rebuilt as
     ``float32(d * q) + m`` (GGUF's Q4_1 dequantisation, zero point checked to
-    be 0) and GatherBlockQuantized tables as ``float32(d * (q - 128))`` (Q8_0).
-    Raises :class:`StageError` naming every weight that differs in any bit.
+    be 0), Q8_0 MatMul weights (the LM head) as the exact sum of their nibble
+    pair ``16 d (h - 8) + d l`` and GatherBlockQuantized tables as
+    ``float32(d * (q - 128))`` (Q8_0). Raises :class:`StageError` naming every
+    weight that differs in any bit.
     """
     from onnx import numpy_helper
 
@@ -224,9 +337,13 @@ def verify_lossless(original, reencoded) -> dict[str, int]:
 
     before = {i.name: i for i in original.graph.initializer}
     after = {i.name: numpy_helper.to_array(i) for i in reencoded.graph.initializer}
-    checked = {"matmul_q4_1": 0, "gather_q8_0": 0}
-    wrong = []
+    checked = {"matmul_q4_1": 0, "matmul_q8_0": 0, "gather_q8_0": 0}
+    q8_heads, wrong = _q8_0_pairs(reencoded.graph, after)
+    rebuilt_weights = [(name, rebuilt, np.zeros(1)) for name, rebuilt in q8_heads.items()]
+    checked["matmul_q8_0"] = len(q8_heads)
     for node in reencoded.graph.node:
+        if node.op_type == "MatMulNBits" and node.input[1].endswith(("_q8hi", "_q8lo")):
+            continue
         if node.op_type == "MatMulNBits":
             qn, sn, zn = node.input[1], node.input[2], node.input[3]
             name = qn.removesuffix("_q4")
@@ -249,6 +366,8 @@ def verify_lossless(original, reencoded) -> dict[str, int]:
             checked["gather_q8_0"] += 1
         else:
             continue
+        rebuilt_weights.append((name, rebuilt, zp))
+    for name, rebuilt, zp in rebuilt_weights:
         source = numpy_helper.to_array(before[name]).astype(np.float32)
         if (
             zp.any()

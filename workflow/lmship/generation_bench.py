@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from .cli import parser
 from .files import atomic_output, read_json
 from .host import limit_threads_env
 from .logs import log_to, peak_rss_mb
-from .rounds import ROUND_FIELDS, new_run_id, rotated
+from .rounds import ROUND_FIELDS, child_env, new_run_id, rotated
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +215,7 @@ def generation_in_rounds(
     if reference not in [b["backend"] for b in backends]:
         raise StageError(f"the generation backends {[b['backend'] for b in backends]} lack the reference {reference}")
     run_id, node = new_run_id(), socket.gethostname()
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="lmship-generation-") as tmp:
         for r in range(rounds):

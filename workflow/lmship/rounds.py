@@ -29,6 +29,7 @@ import numpy as np
 
 from . import StageError
 from .files import atomic_output
+from .host import transparent_huge_pages, with_huge_pages
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ def new_run_id() -> str:
     """A run id: UTC time, host and a random suffix (unique across machines and reruns)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def child_env() -> dict[str, str]:
+    """The environment of every backend's timing process: this package importable, and the same memory
+    policy for all of them (:func:`lmship.host.with_huge_pages`)."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = with_huge_pages(env)
+    log.info("transparent huge pages: %s; every backend runs with GLIBC_TUNABLES=%s", transparent_huge_pages(),
+             env["GLIBC_TUNABLES"])  # fmt: skip
+    return env
 
 
 def rotated(items: list, k: int) -> list:
@@ -81,8 +93,7 @@ def time_in_rounds(
         )
     run_id = new_run_id()
     node = socket.gethostname()
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     rows: list[dict] = []
     fields: list[str] | None = None
     with tempfile.TemporaryDirectory(prefix="lmship-rounds-") as tmp:
