@@ -385,20 +385,25 @@ def verify_lossless(original, reencoded) -> dict[str, int]:
     return checked
 
 
+def require_q4_1(stats: dict[str, int], source: Path, backend: str) -> None:
+    """Refuse (:class:`StageError`) a re-encoding of ``source`` that found no weight on a Q4_1 grid."""
+    from . import StageError
+
+    if stats["matmul_q4_1"] == 0:
+        raise StageError(
+            f"not applicable: no MatMul weight of {source} sits on a GGUF Q4_1 grid (the model's weights "
+            "were not dequantised from a Q4_1 GGUF file), so there is nothing to store losslessly in 4 bits; "
+            f"remove {backend} from `backends` for this model"
+        )
+
+
 def reencode_file(in_onnx: Path, out_onnx: Path) -> dict[str, int]:
     """Re-encode ``in_onnx`` to ``out_onnx`` and prove on the written file that nothing was lost."""
     import onnx
 
-    from . import StageError
-
     model = onnx.load(str(in_onnx))
     stats = reencode(model)
-    if stats["matmul_q4_1"] == 0:
-        raise StageError(
-            f"not applicable: no MatMul weight of {in_onnx} sits on a GGUF Q4_1 grid (the model's weights "
-            "were not dequantised from a Q4_1 GGUF file), so there is nothing to store losslessly in 4 bits; "
-            "remove onnx-q4-exact from `backends` for this model"
-        )
+    require_q4_1(stats, in_onnx, "onnx_q4_exact")
     onnx.save(model, str(out_onnx))
     proof = verify_lossless(onnx.load(str(in_onnx)), onnx.load(str(out_onnx)))
     log.info("%s: %s re-encoded weights rebuild the originals bit for bit", out_onnx, proof)

@@ -442,16 +442,13 @@ def exact_grid_openvino(
     """:func:`exact_grid_ir` of the IR ``ir_xml`` into ``out_xml``, verified on the written IR."""
     import openvino as ov
 
+    from .exact_grid import require_q4_1
+
     started = time.monotonic()
     core = _core()
     model = core.read_model(str(ir_xml))
     stats = exact_grid_ir(model)
-    if stats["matmul_q4_1"] == 0:
-        raise StageError(
-            f"not applicable: no MatMul weight of {ir_xml} sits on a GGUF Q4_1 grid (the model's weights were "
-            "not dequantised from a Q4_1 GGUF file), so there is nothing to store losslessly in 4 bits; "
-            "remove openvino_q4_exact from `backends` for this model"
-        )
+    require_q4_1(stats, ir_xml, "openvino_q4_exact")
     proof: dict = {}
 
     def check(xml: Path) -> None:
