@@ -102,14 +102,9 @@ class _Graphs:
         if run is not None:  # an in-process graph (e.g. the Keras model before it is saved)
             self.prefill = run if prefill is not None else None
             self.decode = run if decode is not None else None
-        elif runtime in ("ort", "tflite"):
-            opener = _ort_graph if runtime == "ort" else _tflite_graph
-            self.prefill = opener(prefill, threads) if prefill else None
-            self.decode = opener(decode, threads) if decode else None
-        elif runtime in ("openvino", "openvino_bf16"):
-            hint = "bf16" if runtime == "openvino_bf16" else "f32"
-            self.prefill = _openvino_graph(prefill, threads, hint) if prefill else None
-            self.decode = _openvino_graph(decode, threads, hint) if decode else None
+        elif runtime in ("ort", "tflite", "openvino", "openvino_bf16"):
+            self.prefill = _open_graph(runtime, prefill, threads) if prefill else None
+            self.decode = _open_graph(runtime, decode, threads) if decode else None
         elif runtime == "torch":
             self.prefill, self.decode = _torch_graphs(prefill or decode, threads)
             if prefill is None:
@@ -118,11 +113,20 @@ class _Graphs:
             raise StageError(f"unknown generation runtime {runtime!r}; expected one of {RUNTIMES}")
 
 
+def _open_graph(runtime: str, path: Path, threads: int):
+    """The ``feeds -> outputs`` callable of the graph file ``path`` in ``runtime`` (ort, tflite, openvino[_bf16])."""
+    if not Path(path).is_file():
+        raise StageError(f"generation graph {path} does not exist")
+    if runtime == "ort":
+        return _ort_graph(path, threads)
+    if runtime == "tflite":
+        return _tflite_graph(path, threads)
+    return _openvino_graph(path, threads, "bf16" if runtime == "openvino_bf16" else "f32")
+
+
 def _ort_graph(path: Path, threads: int):
     import onnxruntime as ort
 
-    if not Path(path).is_file():
-        raise StageError(f"generation graph {path} does not exist")
     from .runtimes import ort_session_options
 
     try:
@@ -182,8 +186,6 @@ def _openvino_graph(path: Path, threads: int, precision_hint: str):
     """An OpenVINO IR (or ONNX file) compiled for the CPU; inputs are shared with the host's arrays, not copied."""
     from .openvino import compile_ir
 
-    if not Path(path).is_file():
-        raise StageError(f"generation graph {path} does not exist")
     compiled = compile_ir(path, threads, precision_hint=precision_hint)
     request = compiled.create_infer_request()
     outs = [(o, o.get_any_name()) for o in compiled.outputs]
@@ -204,8 +206,6 @@ def _tflite_graph(path: Path, threads: int):
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter  # noqa: N806
-    if not Path(path).is_file():
-        raise StageError(f"generation graph {path} does not exist")
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=threads if threads > 0 else None)
         signatures = interpreter.get_signature_list()

@@ -310,66 +310,64 @@ def exact_grid_ir(model) -> dict:
     measures it). The runtime option ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` 0 is written
     into the model: its activations are never quantised. Returns counts per form.
     """
+    from openvino import opset13 as ops
+
+    stats = {"matmul_q4_1": 0, "matmul_q8_0": 0, "matmul_fp32": 0, "gather_q8_0": 0}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or op.input_value(1).get_node().get_type_name() != "Constant":
+            continue
+        weight = op.input_value(1).get_node().get_data()
+        stored = None
+        if weight.ndim == 2:  # as [N, K]: blocks run along K
+            stored = _grid_stored(weight if op.get_attributes()["transpose_b"] else weight.T)
+        if stored is None:
+            stats["matmul_fp32"] += 1
+            continue
+        kind, decompressed = stored
+        new = ops.matmul(op.input_value(0), decompressed, op.get_attributes()["transpose_a"], True)
+        new.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(new.output(0))
+        stats[f"matmul_{kind}"] += 1
+    for op in model.get_ordered_ops():  # the embedding table: a Gather of rows on the Q8_0 grid
+        table = op.input_value(0).get_node() if op.get_type_name() == "Gather" else None
+        if table is None or table.get_type_name() != "Constant" or op.input_value(2).get_node().get_data() != 0:
+            continue
+        values = table.get_data()  # [vocab, hidden]: blocks run along hidden
+        stored = _grid_stored(values, q4=False) if values.ndim == 2 else None
+        if stored is not None:
+            op.input(0).replace_source_output(stored[1].output(0))
+            stats["gather_q8_0"] += 1
+    model.validate_nodes_and_infer_types()
+    model.set_rt_info("0", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+    return stats
+
+
+def _grid_stored(values: np.ndarray, *, q4: bool = True):
+    """``values`` [rows, K] (blocks of 32 along K) stored on its GGUF grid, or None off any grid.
+
+    Returns (``"q4_1"`` or ``"q8_0"``, the decompression subgraph of shape [rows, K]):
+    ``(codes - zero) * scale`` with u4 codes and the float zero point ``-m / d`` (Q4_1),
+    or u8 codes ``q + 128`` and zero point 128 (Q8_0). ``q4`` False tries Q8_0 only.
+    """
     import openvino as ov
     from openvino import opset13 as ops
 
     from .exact_grid import q4_1_grid, q8_0_grid
 
-    stats = {"matmul_q4_1": 0, "matmul_q8_0": 0, "matmul_fp32": 0}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul" or op.input_value(1).get_node().get_type_name() != "Constant":
-            continue
-        weight = op.input_value(1).get_node().get_data()
-        if weight.ndim != 2:
-            stats["matmul_fp32"] += 1
-            continue
-        transpose_b = op.get_attributes()["transpose_b"]
-        nk = weight if transpose_b else weight.T  # [N, K]: blocks run along K
-        n, k = nk.shape
-        grid = q4_1_grid(nk.T)
-        if grid is not None:
-            q, d, m = grid
-            codes = ops.constant(q.astype(np.uint8), dtype=ov.Type.u4)
-            scale = d.astype(np.float32)[..., None]
-            zero = (-m.astype(np.float32)[..., None] / scale).astype(np.float32)
-            stats["matmul_q4_1"] += 1
-        elif (grid8 := q8_0_grid(nk.T)) is not None:
-            q, d = grid8
-            codes = ops.constant((q + 128).astype(np.uint8), dtype=ov.Type.u8)
-            scale = d.astype(np.float32)[..., None]
-            zero = np.full_like(scale, 128.0)
-            stats["matmul_q8_0"] += 1
-        else:
-            stats["matmul_fp32"] += 1
-            continue
-        decompressed = ops.multiply(
-            ops.subtract(ops.convert(codes, ov.Type.f32), ops.constant(zero)), ops.constant(scale)
-        )
-        flat = ops.reshape(decompressed, ops.constant(np.array([n, k], np.int64)), False)
-        new = ops.matmul(op.input_value(0), flat, op.get_attributes()["transpose_a"], True)
-        new.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(new.output(0))
-    for op in model.get_ordered_ops():  # the embedding table: a Gather of rows on the Q8_0 grid
-        table = op.input_value(0).get_node() if op.get_type_name() == "Gather" else None
-        if table is None or table.get_type_name() != "Constant" or op.input_value(2).get_node().get_data() != 0:
-            continue
-        values = table.get_data()
-        grid8 = q8_0_grid(values.T) if values.ndim == 2 else None
-        if grid8 is None:
-            continue
-        q, d = grid8  # [vocab, hidden/32, 32]
+    if q4 and (grid := q4_1_grid(values.T)) is not None:
+        q, d, m = grid
+        kind, codes = "q4_1", ops.constant(q.astype(np.uint8), dtype=ov.Type.u4)
         scale = d.astype(np.float32)[..., None]
-        codes = ops.constant((q + 128).astype(np.uint8), dtype=ov.Type.u8)
-        decompressed = ops.multiply(
-            ops.subtract(ops.convert(codes, ov.Type.f32), ops.constant(np.full_like(scale, 128.0))), ops.constant(scale)
-        )
-        op.input(0).replace_source_output(
-            ops.reshape(decompressed, ops.constant(np.array(values.shape, np.int64)), False).output(0)
-        )
-        stats["gather_q8_0"] = stats.get("gather_q8_0", 0) + 1
-    model.validate_nodes_and_infer_types()
-    model.set_rt_info("0", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
-    return stats
+        zero = (-m.astype(np.float32)[..., None] / scale).astype(np.float32)
+    elif (grid8 := q8_0_grid(values.T)) is not None:
+        q, d = grid8
+        kind, codes = "q8_0", ops.constant((q + 128).astype(np.uint8), dtype=ov.Type.u8)
+        scale = d.astype(np.float32)[..., None]
+        zero = np.full_like(scale, 128.0)
+    else:
+        return None
+    decompressed = ops.multiply(ops.subtract(ops.convert(codes, ov.Type.f32), ops.constant(zero)), ops.constant(scale))
+    return kind, ops.reshape(decompressed, ops.constant(np.array(values.shape, np.int64)), False)
 
 
 def _constant_values(constant) -> np.ndarray:
@@ -416,13 +414,12 @@ def verify_exact_grid(original, compressed) -> dict:
         zero = subtract.input_value(1).get_node().get_data().astype(np.float32)
         scale = multiply.input_value(1).get_node().get_data().astype(np.float32)
         source = weights.get(op.get_friendly_name())
-        rebuilt = ((q - zero) * scale).reshape(source.shape if source is not None else (-1,))
         if source is None:
             wrong.append(f"{op.get_friendly_name()} (no such MatMul in the original)")
             continue
         blocks = source.reshape(source.shape[0], -1, q.shape[-1])
         spacing = np.spacing(np.abs(blocks).max(-1, keepdims=True)).astype(np.float64)
-        err = np.abs(rebuilt.reshape(blocks.shape).astype(np.float64) - blocks)
+        err = np.abs(((q - zero) * scale).reshape(blocks.shape).astype(np.float64) - blocks)
         ulps = float((err / spacing).max())
         worst_abs, worst_ulps = max(worst_abs, float(err.max())), max(worst_ulps, ulps)
         checked += 1
