@@ -64,10 +64,12 @@ def evaluate(
     backend: str,
     precision: str,
     tiers: dict[str, dict],
+    threads: int = 0,
 ) -> dict:
-    """Run ``artifact`` on the evaluation set; write its quality figures and tier to ``out_json``."""
+    """Run ``artifact`` on the evaluation set with ``threads`` (0: the runtime's default); write its
+    quality figures and tier to ``out_json``."""
     started = time.monotonic()
-    session = open_backend(runtime, artifact, threads=0)
+    session = open_backend(runtime, artifact, threads=threads)
     metrics = compare_with_reference(session.run, inputs_npz, reference_npy)
     name, missed = tier(metrics, tiers)
     seq_len = int(load_inputs(inputs_npz)[0].shape[-1])
@@ -86,6 +88,7 @@ def evaluate(
         passed=name != BROKEN,
         runtime=session.runtime,
         runtime_version=session.version,
+        threads=session.threads_in_effect,
     )
     log.info(
         "%s %s: tier %s (top-1 %.2f%% [%.2f, %.2f], mean KLD %.2e, ppl %+.3f%%)%s",
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="model")
     p.add_argument("--backend", required=True)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the runtime's default)")
     p.add_argument("--tiers", help="JSON object of quality tiers, strictest first (default: config quality_tiers)")
     p.add_argument("--log", type=Path)
     args = p.parse_args(argv)
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             backend=args.backend,
             precision=args.precision,
             tiers=tiers,
+            threads=args.threads,
         )
 
 

@@ -45,7 +45,7 @@ rule evaluate:
         "benchmarks/evaluate/{model}_seq{seq}_{backend}.tsv"
     conda:
         "../../envs/runtimes.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=5000,
         runtime=15,

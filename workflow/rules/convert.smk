@@ -16,6 +16,7 @@ rule savedmodel:
         "benchmarks/savedmodel/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
+    priority: 1
     threads: 1
     resources:
         mem_mb=8000,
@@ -42,6 +43,7 @@ rule tflite:
         "benchmarks/tflite/{model}_{graph}{seq}_{precision}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
+    priority: 1
     threads: 1
     resources:
         mem_mb=10000,

@@ -1,6 +1,9 @@
 # PyTorch -> ONNX -> simplified ONNX -> ONNX Runtime int8 variants.
 # Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
 # headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# priority 1 (here and in convert.smk): ONNX -> simplified ONNX -> SavedModel -> TFLite is
+# the longest chain of one-thread stages, so it starts first and the short stages fill the
+# other cores instead of holding it back to the end of the run.
 
 
 rule export_onnx:
@@ -16,6 +19,7 @@ rule export_onnx:
         "benchmarks/export_onnx/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/model.yaml"
+    priority: 1
     threads: 1
     resources:
         mem_mb=6000,
@@ -40,6 +44,7 @@ rule simplify_onnx:
         "benchmarks/simplify_onnx/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/onnxsim.yaml"
+    priority: 1
     threads: 1
     resources:
         mem_mb=8000,

@@ -19,7 +19,7 @@ rule openvino_ir:
         "benchmarks/openvino_ir/{model}_{graph}{seq}.tsv"
     conda:
         "../../envs/openvino.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=15,
@@ -45,7 +45,7 @@ rule compress_openvino:
         "benchmarks/compress_openvino/{model}_{graph}{seq}_{compression}.tsv"
     conda:
         "../../envs/openvino.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=20,

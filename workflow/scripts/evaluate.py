@@ -17,4 +17,5 @@ with log_to(smk.log[0]):
         backend=smk.wildcards.backend,
         precision=smk.params.backend["precision"],
         tiers=dict(smk.params.tiers),
+        threads=smk.threads,
     )
