@@ -14,9 +14,9 @@ rule savedmodel:
         "logs/savedmodel/{model}_{graph}{seq}.log",
     benchmark:
         "benchmarks/savedmodel/{model}_{graph}{seq}.tsv"
+    priority: 1
     conda:
         "../../envs/tensorflow.yaml"
-    priority: 1
     threads: 1
     resources:
         mem_mb=8000,
@@ -41,9 +41,9 @@ rule tflite:
         "logs/tflite/{model}_{graph}{seq}_{precision}.log",
     benchmark:
         "benchmarks/tflite/{model}_{graph}{seq}_{precision}.tsv"
+    priority: 1
     conda:
         "../../envs/tensorflow.yaml"
-    priority: 1
     threads: 1
     resources:
         mem_mb=10000,

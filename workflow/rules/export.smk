@@ -17,9 +17,9 @@ rule export_onnx:
         "logs/export_onnx/{model}_{graph}{seq}.log",
     benchmark:
         "benchmarks/export_onnx/{model}_{graph}{seq}.tsv"
+    priority: 1
     conda:
         "../../envs/model.yaml"
-    priority: 1
     threads: 1
     resources:
         mem_mb=6000,
@@ -42,9 +42,9 @@ rule simplify_onnx:
         "logs/simplify_onnx/{model}_{graph}{seq}.log",
     benchmark:
         "benchmarks/simplify_onnx/{model}_{graph}{seq}.tsv"
+    priority: 1
     conda:
         "../../envs/onnxsim.yaml"
-    priority: 1
     threads: 1
     resources:
         mem_mb=8000,
