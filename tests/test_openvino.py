@@ -68,7 +68,7 @@ def test_census_counts_ops_and_fp32_weights(ir, onnx_model, chain_dir):
     assert census["weights"]["f32"]["bytes"] >= 0.99 * initializer_bytes
     metrics = read_json(chain_dir / "ov" / "convert.json")
     assert metrics["size_mb"] > 0 and metrics["ops_total"] == census["total"]
-    assert metrics["validation"]["top1_agreement_pct"] == 100.0
+    assert metrics["vs_pytorch"]["top1_agreement_pct"] == 100.0
     # an IR's size is its .xml and its .bin (the weights): what the summary's size column shows
     from lmship.files import size_bytes
 

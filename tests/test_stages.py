@@ -319,6 +319,51 @@ def test_evaluate_places_the_backend_in_its_tier(simplified, eval_set, tmp_path)
     assert r["tier"] == "broken" and not r["passed"]
 
 
+def test_evaluate_takes_the_gates_figures_only_from_the_same_runtime_and_set(simplified, eval_set, chain_dir, tmp_path):
+    """The simplify stage's gate already ran the evaluation set through ONNX Runtime: evaluate takes
+    those figures, and measures itself when the runtime, the set or the artifact differ."""
+    import json
+    import os
+    import shutil
+
+    from lmship.evaluate import evaluate
+
+    tiers = {"lossless": {"min_top1_pct": 99.5, "max_mean_kld": 0.0005, "max_ppl_change_pct": 0.1}}
+    gate = json.loads((chain_dir / "simplify.json").read_text())
+    assert gate["vs_pytorch"]["runtime"] == "onnxruntime" and gate["vs_pytorch"]["samples"] == 6
+    artifact = tmp_path / "onnx_simplified.onnx"
+    shutil.copy(simplified, artifact)
+    planted = {**gate, "artifact": str(artifact), "vs_pytorch": {**gate["vs_pytorch"], "kld_mean": 1.25e-4}}
+    stage_json = tmp_path / "simplify.json"
+    stage_json.write_text(json.dumps(planted))
+
+    def run(runtime="ort", reference=eval_set["reference"]) -> dict:
+        return evaluate(
+            runtime,
+            artifact,
+            eval_set["inputs"],
+            reference,
+            tmp_path / "a.json",
+            model="tiny",
+            backend="onnx_simplified",
+            precision="fp32",
+            tiers=tiers,
+            threads=1,
+            stage_json=stage_json,
+        )
+
+    r = run()  # the planted figure is taken, not measured again
+    assert r["measured_in"] == str(stage_json) and r["kld_mean"] == 1.25e-4 and r["tier"] == "lossless"
+    r = run("openvino")  # another runtime measures for itself
+    assert r["measured_in"] == "evaluate" and r["kld_mean"] < 1e-8 and r["threads"] == 1
+    other = tmp_path / "reference_logits.npy"
+    shutil.copy(eval_set["reference"], other)
+    assert run(reference=other)["measured_in"] == "evaluate"  # another evaluation set
+    later = stage_json.stat().st_mtime + 10
+    os.utime(artifact, (later, later))
+    assert run()["measured_in"] == "evaluate"  # the artifact changed after its stage measured it
+
+
 def test_cli_runs_a_stage_alone(tiny_model, eval_set, tmp_path):
     """Every stage is runnable from the command line (here: the eval inputs)."""
     import subprocess

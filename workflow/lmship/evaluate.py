@@ -53,6 +53,43 @@ def compare_with_reference(run: Run, inputs_npz: Path, reference_npy: Path) -> d
     return metrics
 
 
+def measured_by(session, inputs_npz: Path, reference_npy: Path) -> dict:
+    """Which runtime measured a set of figures, and on which evaluation set."""
+    return {
+        "runtime": session.runtime,
+        "runtime_version": session.version,
+        "threads": session.threads_in_effect,
+        "inputs": _fingerprint(inputs_npz),
+        "reference": _fingerprint(reference_npy),
+    }
+
+
+def _fingerprint(path: Path) -> dict:
+    st = Path(path).stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def gate_figures(
+    stage_json: Path | None, session, artifact: Path, inputs_npz: Path, reference_npy: Path
+) -> dict | None:
+    """The figures the conversion stage that wrote ``artifact`` measured on it (``vs_pytorch`` of its
+    metrics JSON ``stage_json``), if the same runtime and version measured them on the same evaluation
+    set and the artifact is unchanged since; else None (the caller measures)."""
+    if stage_json is None or not Path(stage_json).is_file():
+        return None
+    stage = json.loads(Path(stage_json).read_text())
+    figures = stage.get("vs_pytorch") or {}
+    here = measured_by(session, inputs_npz, reference_npy)
+    identity = ("runtime", "runtime_version", "inputs", "reference")
+    if any(figures.get(k) != here[k] for k in identity) or "kld_mean" not in figures:
+        return None
+    if Path(stage.get("artifact") or "").resolve() != Path(artifact).resolve():
+        return None
+    if Path(stage_json).stat().st_mtime_ns < Path(artifact).stat().st_mtime_ns - 10**9:
+        return None  # the artifact was rewritten after its stage measured it
+    return {k: v for k, v in figures.items() if k not in identity}
+
+
 def evaluate(
     runtime: str,
     artifact: Path,
@@ -65,12 +102,22 @@ def evaluate(
     precision: str,
     tiers: dict[str, dict],
     threads: int = 0,
+    stage_json: Path | None = None,
 ) -> dict:
     """Run ``artifact`` on the evaluation set with ``threads`` (0: the runtime's default); write its
-    quality figures and tier to ``out_json``."""
+    quality figures and tier to ``out_json``.
+
+    ``stage_json``: the metrics JSON of the stage that wrote ``artifact``. When that stage's gate
+    already ran the whole evaluation set through the same runtime (:func:`gate_figures`), its
+    figures are taken, not measured again; ``measured_in`` says which.
+    """
     started = time.monotonic()
     session = open_backend(runtime, artifact, threads=threads)
-    metrics = compare_with_reference(session.run, inputs_npz, reference_npy)
+    metrics = gate_figures(stage_json, session, artifact, inputs_npz, reference_npy)
+    measured_in = str(stage_json) if metrics is not None else "evaluate"
+    if metrics is None:
+        metrics = compare_with_reference(session.run, inputs_npz, reference_npy)
+        metrics["threads"] = session.threads_in_effect
     name, missed = tier(metrics, tiers)
     seq_len = int(load_inputs(inputs_npz)[0].shape[-1])
     result = stage_metrics(
@@ -88,7 +135,7 @@ def evaluate(
         passed=name != BROKEN,
         runtime=session.runtime,
         runtime_version=session.version,
-        threads=session.threads_in_effect,
+        measured_in=measured_in,
     )
     log.info(
         "%s %s: tier %s (top-1 %.2f%% [%.2f, %.2f], mean KLD %.2e, ppl %+.3f%%)%s",
@@ -115,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="model")
     p.add_argument("--backend", required=True)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--stage-json", type=Path, help="metrics JSON of the stage that wrote the artifact")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the runtime's default)")
     p.add_argument("--tiers", help="JSON object of quality tiers, strictest first (default: config quality_tiers)")
     p.add_argument("--log", type=Path)
@@ -132,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             precision=args.precision,
             tiers=tiers,
             threads=args.threads,
+            stage_json=args.stage_json,
         )
 
 

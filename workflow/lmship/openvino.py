@@ -162,7 +162,7 @@ def openvino_ir(
     if census_json is not None:
         write_json(census_json, info)
     if metrics_json is not None:
-        write_json(metrics_json, _metrics(out_xml, seconds, info, openvino_version=ov.__version__, validation=checked))
+        write_json(metrics_json, _metrics(out_xml, seconds, info, openvino_version=ov.__version__, vs_pytorch=checked))
     return Path(out_xml)
 
 

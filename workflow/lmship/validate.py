@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from . import StageError
-from .evaluate import compare_with_reference
+from .evaluate import compare_with_reference, measured_by
 from .runtimes import open_backend
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,15 @@ def validate_artifact(
     min_top1: float,
     stage: str,
 ) -> dict:
-    """Run ``artifact`` on the eval inputs; raise :class:`StageError` if top-1 agreement < ``min_top1`` %."""
+    """Run ``artifact`` on the eval inputs; raise :class:`StageError` if top-1 agreement < ``min_top1`` %.
+
+    The figures name the runtime that measured them and the evaluation set, so the
+    ``evaluate`` stage can take them instead of measuring the same file again
+    (:func:`lmship.evaluate.gate_figures`).
+    """
     session = open_backend(runtime, artifact, threads=0)
     metrics = compare_with_reference(session.run, inputs_npz, reference_npy)
+    metrics.update(measured_by(session, inputs_npz, reference_npy))
     return check_gate(metrics, min_top1=min_top1, stage=stage, artifact=artifact)
 
 

@@ -176,6 +176,18 @@ def backend_artifact(wildcards):
     return artifact(wildcards.backend, wildcards.model, wildcards.seq)
 
 
+def backend_stage(wildcards):
+    """The metrics JSON of the stage that made the backend's artifact, if it writes one: its gate's
+    figures on the evaluation set spare the evaluate stage measuring them again."""
+    b = BACKENDS[wildcards.backend]
+    pattern = getattr(getattr(rules, b.rule).output, "metrics", None)
+    if pattern is None:
+        return {}
+    return {
+        "stage": expand(pattern, model=wildcards.model, seq=wildcards.seq, graph="seq", **b.wildcards)[0]
+    }
+
+
 def backend_info(wildcards):
     b = BACKENDS[wildcards.backend]
     return {"runtime": b.runtime, "precision": b.precision}

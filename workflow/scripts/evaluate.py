@@ -18,4 +18,5 @@ with log_to(smk.log[0]):
         precision=smk.params.backend["precision"],
         tiers=dict(smk.params.tiers),
         threads=smk.threads,
+        stage_json=Path(stage) if (stage := getattr(smk.input, "stage", None)) else None,
     )
