@@ -11,8 +11,9 @@ from lmship import StageError
 from lmship.exact_grid import reencode_file, verify_lossless
 
 
-def _gguf_like_model(path, rng):
-    """Gather + MatMul + tied head, weights made the way GGUF dequantises Q4_1 and Q8_0 (fp16 d, m).
+def _gguf_like_model(path, rng, rows=1):
+    """Gather + MatMul + tied head on ``rows`` positions, weights made the way GGUF dequantises Q4_1
+    and Q8_0 (fp16 d, m).
 
     The head multiplies by the embedding's transpose (``E_kn``, as ``gemm_to_matmul`` stores a tied head).
     """
@@ -33,10 +34,10 @@ def _gguf_like_model(path, rng):
             helper.make_node("MatMul", ["x", "E_kn"], ["logits"]),
         ],
         "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 7])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, rows])],
         [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, out_dim]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 7, vocab]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, out_dim]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, rows, vocab]),
         ],
         [
             numpy_helper.from_array(emb, "E"),
@@ -62,12 +63,31 @@ def test_exact_grid_rebuilds_every_weight_bit_for_bit(tmp_path):
     written = onnx.load(str(tmp_path / "q4.onnx")).graph
     assert "E_kn" not in {i.name for i in written.initializer}  # the head is stored in 4-bit halves, not fp32
     assert [n.op_type for n in written.node].count("MatMulNBits") == 3
-    ids = rng.integers(0, vocab, (1, 7))
+    ids = rng.integers(0, vocab, (1, 1))
     ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"ids": ids})
     got = ort.InferenceSession(str(tmp_path / "q4.onnx")).run(None, {"ids": ids})
     for r, g in zip(ref, got, strict=True):
         assert np.abs(g - r).max() < 1e-5 * np.abs(r).max()
     assert (tmp_path / "q4.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
+
+
+def test_a_head_over_many_rows_stays_fp32(tmp_path):
+    """Over more than one row (the forward graph) the Q8_0 head stays one fp32 MatMul: two 4-bit
+    products cost more there. The Q4_1 weights are still stored in 4 bits."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(3)
+    vocab = _gguf_like_model(tmp_path / "fp32.onnx", rng, rows=7)
+    stats = reencode_file(tmp_path / "fp32.onnx", tmp_path / "q4.onnx")
+    assert stats["matmul_q4_1"] == stats["bit_exact_matmul_q4_1"] == 1 and stats["gather_q8_0"] == 1
+    assert stats["matmul_q8_0"] == 0 and stats["matmul_q8_0_kept_fp32"] == 1 and stats["matmul_fp32"] == 1
+    written = onnx.load(str(tmp_path / "q4.onnx")).graph
+    assert "E_kn" in {i.name for i in written.initializer}
+    assert [n.op_type for n in written.node].count("MatMulNBits") == 1
+    ids = rng.integers(0, vocab, (1, 7))
+    ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"ids": ids})
+    got = ort.InferenceSession(str(tmp_path / "q4.onnx")).run(None, {"ids": ids})
+    assert np.array_equal(got[1], ref[1])  # the head is the same fp32 MatMul
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,17 @@ them with ONNX Runtime's block-quantised contrib ops:
   correction ``Y += blocksum(X) @ m``: the stored ``q``, ``d`` and ``m`` are
   exactly GGUF's, and ``d * q + m`` rebuilds every weight bit for bit;
 * Q8_0 embedding -> ``com.microsoft.GatherBlockQuantized`` (8 bits, block 32);
-* Q8_0 MatMul weight (the tied LM head) -> two 4-bit ``MatMulNBits`` and an Add: the
+* Q8_0 MatMul weight (the tied LM head) multiplying one row (the generation graphs'
+  last position) -> two 4-bit ``MatMulNBits`` and an Add: the
   code ``q`` (-127..127) is stored as ``u = q + 128`` split into its nibbles, high
   ``h`` with scale ``16 d`` and zero point 8, low ``l`` with scale ``d`` and zero point
   0, so ``16 d (h - 8) + d l = d q``. Both parts are exact in fp32 (a small integer
   times GGUF's fp16 scale), and so is their sum. (ONNX Runtime's own 8-bit
   MatMulNBits computes fp32 only through a slow reference path on CPU: 25x slower
   than the fp32 MatMul at accuracy_level 0; its fast path quantises the activations.)
+  Where the head multiplies more rows (the forward graph's 128 positions) it stays an fp32
+  MatMul: two 4-bit products cost more than one fp32 product there (SmolLM2-135M forward at
+  1 thread: 472 ms against 393 ms).
 * anything not on a grid is left as is.
 
 Nothing is re-quantised, so the model's answers do not change (compute stays
@@ -85,9 +89,10 @@ def reencode(model) -> dict[str, int]:
     inits = {i.name: i for i in graph.initializer}
     stats = {"matmul_q4_1": 0, "matmul_q8_0": 0, "matmul_fp32": 0, "gather_q8_0": 0}
     added: list = []
-    nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats, _ranks(model))
+    shapes = _shapes(model)
+    nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats, {k: len(v) for k, v in shapes.items()})
     nodes = _gathers_to_q8_0(nodes, inits, added, stats)
-    nodes = _matmuls_to_q8_0(nodes, inits, added, stats)
+    nodes = _matmuls_to_q8_0(nodes, inits, added, stats, shapes)
     del graph.node[:]
     graph.node.extend(nodes)
     used = {x for n in graph.node for x in n.input}
@@ -99,13 +104,24 @@ def reencode(model) -> dict[str, int]:
     return stats
 
 
-def _ranks(model) -> dict[str, int]:
-    """Rank of every tensor whose shape ONNX shape inference knows (graph inputs, outputs, intermediates)."""
+def _shapes(model) -> dict[str, list[int | None]]:
+    """Shape (None for an unknown dimension) of every tensor whose shape ONNX shape inference knows."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
     values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in values
+        if v.type.tensor_type.HasField("shape")
+    }
+
+
+def _rows(shape: list[int | None] | None) -> int | None:
+    """How many rows a MatMul input of ``shape`` has (all dimensions but the last), None if unknown."""
+    if not shape or any(d is None for d in shape[:-1]):
+        return None
+    return int(np.prod(shape[:-1], dtype=np.int64))
 
 
 def _matmuls_to_q4_1(nodes: list, inits: dict, added: list, stats: dict[str, int], ranks: dict[str, int]) -> list:
@@ -210,11 +226,13 @@ def _gathers_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int
     return nodes
 
 
-def _matmuls_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int]) -> list:
-    """Third pass: each MatMul by a Q8_0-grid weight (the tied LM head) becomes two 4-bit MatMulNBits and an Add.
+def _matmuls_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int], shapes: dict) -> list:
+    """Third pass: each MatMul by a Q8_0-grid weight (the tied LM head) that multiplies one row
+    becomes two 4-bit MatMulNBits and an Add.
 
     Runs after :func:`_matmuls_to_q4_1`, which leaves the MatMuls it did not take (and counted
-    them ``matmul_fp32``); one that is on the Q8_0 grid moves to ``matmul_q8_0``.
+    them ``matmul_fp32``); one that is on the Q8_0 grid moves to ``matmul_q8_0``. With more
+    rows (or rows unknown) it stays fp32, counted ``matmul_q8_0_kept_fp32`` too.
     """
     from onnx import numpy_helper
 
@@ -226,6 +244,10 @@ def _matmuls_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int
         weight = numpy_helper.to_array(inits[node.input[1]])
         grid = q8_0_grid(weight) if weight.ndim == 2 else None
         if grid is None:
+            out.append(node)
+            continue
+        if _rows(shapes.get(node.input[0])) != 1:
+            stats["matmul_q8_0_kept_fp32"] = stats.get("matmul_q8_0_kept_fp32", 0) + 1
             out.append(node)
             continue
         out += _q8_0_matmul(node, weight, grid, added)
