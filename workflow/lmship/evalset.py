@@ -81,8 +81,11 @@ def load_inputs(npz: Path) -> tuple[np.ndarray, np.ndarray]:
         return data["input_ids"], data["is_text"]
 
 
-def reference_logits(hf_dir: Path, inputs_npz: Path, out_npy: Path, metrics_json: Path | None = None) -> Path:
-    """Run PyTorch fp32 (eager, no grad) on every input sample; save logits ``[n, batch, seq, vocab]``.
+def reference_logits(
+    hf_dir: Path, inputs_npz: Path, out_npy: Path, metrics_json: Path | None = None, *, threads: int = 0
+) -> Path:
+    """Run PyTorch fp32 (eager, no grad, ``threads``; 0: torch's default) on every input sample; save
+    logits ``[n, batch, seq, vocab]``.
 
     Written one sample at a time into a memory-mapped ``.npy``, so memory holds
     one sample's logits however large the evaluation set is.
@@ -91,7 +94,7 @@ def reference_logits(hf_dir: Path, inputs_npz: Path, out_npy: Path, metrics_json
 
     started = time.monotonic()
     input_ids, is_text = load_inputs(inputs_npz)
-    session = open_backend("pytorch", Path(hf_dir), threads=0)
+    session = open_backend("pytorch", Path(hf_dir), threads=threads)
     nll, count = 0.0, 0
     with atomic_output(Path(out_npy)) as tmp:
         out = None
@@ -115,6 +118,7 @@ def reference_logits(hf_dir: Path, inputs_npz: Path, out_npy: Path, metrics_json
         perplexity_text=float(np.exp(nll / count)) if count else None,
         runtime=session.runtime,
         runtime_version=session.version,
+        threads=session.threads_in_effect,
     )
     log.info("reference logits %s %s", out_npy, shape)
     return Path(out_npy)
@@ -160,7 +164,8 @@ def main_reference_logits(argv: list[str] | None = None) -> None:
     p.add_argument("--inputs", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--metrics", type=Path)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default)")
     p.add_argument("--log", type=Path)
     args = p.parse_args(argv)
     with log_to(args.log):
-        reference_logits(args.model, args.inputs, args.out, args.metrics)
+        reference_logits(args.model, args.inputs, args.out, args.metrics, threads=args.threads)

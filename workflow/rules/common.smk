@@ -184,7 +184,13 @@ def backend_stage(wildcards):
     if pattern is None:
         return {}
     return {
-        "stage": expand(pattern, model=wildcards.model, seq=wildcards.seq, graph="seq", **b.wildcards)[0]
+        "stage": expand(
+            pattern,
+            model=wildcards.model,
+            seq=wildcards.seq,
+            graph="seq",
+            **b.wildcards,
+        )[0]
     }
 
 

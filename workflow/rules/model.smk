@@ -75,9 +75,11 @@ rule reference_logits:
         "logs/reference_logits/{model}_seq{seq}.log",
     benchmark:
         "benchmarks/reference_logits/{model}_seq{seq}.tsv"
+    # every forward-graph gate reads these logits: they are made first
+    priority: 2
     conda:
         "../../envs/model.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=15,
