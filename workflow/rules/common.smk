@@ -151,13 +151,16 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
-def artifact(backend, model, seq, graph="seq"):
+def artifact(backend, model, seq, graph="seq", output=None):
     """The file or folder ``backend`` runs: its rule's output (see lmship.backends).
 
     ``graph``: ``seq`` (the forward pass of ``seq`` tokens), ``prefill`` or ``decode``.
+    ``output``: another named output of that rule instead (None if the rule has none of that name).
     """
     b = BACKENDS[backend]
-    pattern = getattr(getattr(rules, b.rule).output, b.output)
+    pattern = getattr(getattr(rules, b.rule).output, output or b.output, None)
+    if pattern is None:
+        return None
     return expand(pattern, model=model, seq=seq, graph=graph, **b.wildcards)[0]
 
 
@@ -179,19 +182,10 @@ def backend_artifact(wildcards):
 def backend_stage(wildcards):
     """The metrics JSON of the stage that made the backend's artifact, if it writes one: its gate's
     figures on the evaluation set spare the evaluate stage measuring them again."""
-    b = BACKENDS[wildcards.backend]
-    pattern = getattr(getattr(rules, b.rule).output, "metrics", None)
-    if pattern is None:
-        return {}
-    return {
-        "stage": expand(
-            pattern,
-            model=wildcards.model,
-            seq=wildcards.seq,
-            graph="seq",
-            **b.wildcards,
-        )[0]
-    }
+    stage = artifact(
+        wildcards.backend, wildcards.model, wildcards.seq, output="metrics"
+    )
+    return {} if stage is None else {"stage": stage}
 
 
 def backend_info(wildcards):
