@@ -34,7 +34,6 @@ rule timing:
 
 rule evaluate:
     input:
-        unpack(backend_stage),
         artifact=backend_artifact,
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,

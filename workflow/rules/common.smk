@@ -29,6 +29,7 @@ from lmship.decode_graph import GRAPH_FAMILIES, generates  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
+from lmship.records import failure_lines, failures, forget  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
 from lmship.tflite import PRECISIONS  # noqa: E402
 
@@ -144,6 +145,14 @@ def _check_sources():
         raise WorkflowError("\n".join(problems))
 
 
+def report_failures():
+    """Name the stages that failed in this run (the run's last lines) and drop their records."""
+    found = failures(Path("results"), MODELS)
+    for line in failure_lines(found):
+        logger.warning(line)
+    forget(found)
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -151,16 +160,13 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
-def artifact(backend, model, seq, graph="seq", output=None):
-    """The file or folder ``backend`` runs: its rule's output (see lmship.backends).
+def artifact(backend, model, seq, graph="seq"):
+    """The folder ``backend`` runs: its rule's output (see lmship.backends and lmship.records).
 
     ``graph``: ``seq`` (the forward pass of ``seq`` tokens), ``prefill`` or ``decode``.
-    ``output``: another named output of that rule instead (None if the rule has none of that name).
     """
     b = BACKENDS[backend]
-    pattern = getattr(getattr(rules, b.rule).output, output or b.output, None)
-    if pattern is None:
-        return None
+    pattern = getattr(getattr(rules, b.rule).output, b.output)
     return expand(pattern, model=model, seq=seq, graph=graph, **b.wildcards)[0]
 
 
@@ -177,15 +183,6 @@ def calibration_inputs(wildcards):
 
 def backend_artifact(wildcards):
     return artifact(wildcards.backend, wildcards.model, wildcards.seq)
-
-
-def backend_stage(wildcards):
-    """The metrics JSON of the stage that made the backend's artifact, if it writes one: its gate's
-    figures on the evaluation set spare the evaluate stage measuring them again."""
-    stage = artifact(
-        wildcards.backend, wildcards.model, wildcards.seq, output="metrics"
-    )
-    return {} if stage is None else {"stage": stage}
 
 
 def backend_info(wildcards):
@@ -271,7 +268,7 @@ def conversion_targets():
     ]
     return [
         *expand(
-            rules.savedmodel.output.savedmodel, model=MODELS, seq=SEQ_LENS, graph="seq"
+            rules.savedmodel.output.artifact, model=MODELS, seq=SEQ_LENS, graph="seq"
         ),
         *(artifact(b.name, m, s) for b in artifacts for m, s in model_seqs()),
     ]

@@ -1,4 +1,5 @@
 # ONNX -> TensorFlow SavedModel (onnx2tf) -> TFLite fp32 / fp16 / int8, builtin ops only.
+# Each writes its folder: the artifact with metrics.json, or failed.json (lmship.records).
 # Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
 # headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
 
@@ -6,10 +7,9 @@
 rule savedmodel:
     input:
         unpack(graph_check),
-        onnx=rules.simplify_onnx.output.onnx,
+        onnx=rules.simplify_onnx.output.artifact,
     output:
-        savedmodel=directory("results/{model}/{graph}{seq}/savedmodel"),
-        metrics="results/{model}/{graph}{seq}/metrics/savedmodel.json",
+        artifact=directory("results/{model}/{graph}{seq}/savedmodel"),
     log:
         "logs/savedmodel/{model}_{graph}{seq}.log",
     benchmark:
@@ -32,11 +32,9 @@ rule savedmodel:
 rule tflite:
     input:
         unpack(graph_check),
-        savedmodel=rules.savedmodel.output.savedmodel,
+        savedmodel=rules.savedmodel.output.artifact,
     output:
-        tflite="results/{model}/{graph}{seq}/tflite_{precision}.tflite",
-        census="results/{model}/{graph}{seq}/tflite_{precision}.ops.json",
-        metrics="results/{model}/{graph}{seq}/metrics/tflite_{precision}.json",
+        artifact=directory("results/{model}/{graph}{seq}/tflite_{precision}"),
     log:
         "logs/tflite/{model}_{graph}{seq}_{precision}.log",
     benchmark:

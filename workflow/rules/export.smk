@@ -1,6 +1,9 @@
 # PyTorch -> ONNX -> simplified ONNX -> ONNX Runtime int8 variants.
-# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
-# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# Every conversion writes one folder: its artifact (model.onnx) with metrics.json, or a
+# failed.json saying where and why it failed (lmship.records), so that one failed format
+# never costs the summary. Resources: mem_mb is the peak RSS measured on SmolLM2-135M at
+# sequence length 128 plus headroom (raise it for bigger models:
+# --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
 # priority 1 (here and in convert.smk): ONNX -> simplified ONNX -> SavedModel -> TFLite is
 # the longest chain of one-thread stages, so it starts first and the short stages fill the
 # other cores instead of holding it back to the end of the run.
@@ -11,8 +14,7 @@ rule export_onnx:
         unpack(graph_check),
         model=rules.prepare_model.output.model,
     output:
-        onnx="results/{model}/{graph}{seq}/onnx.onnx",
-        metrics="results/{model}/{graph}{seq}/metrics/export_onnx.json",
+        artifact=directory("results/{model}/{graph}{seq}/onnx"),
     log:
         "logs/export_onnx/{model}_{graph}{seq}.log",
     benchmark:
@@ -34,10 +36,9 @@ rule export_onnx:
 rule simplify_onnx:
     input:
         unpack(graph_check),
-        onnx=rules.export_onnx.output.onnx,
+        onnx=rules.export_onnx.output.artifact,
     output:
-        onnx="results/{model}/{graph}{seq}/onnx_simplified.onnx",
-        metrics="results/{model}/{graph}{seq}/metrics/simplify_onnx.json",
+        artifact=directory("results/{model}/{graph}{seq}/onnx_simplified"),
     log:
         "logs/simplify_onnx/{model}_{graph}{seq}.log",
     benchmark:
@@ -57,10 +58,9 @@ rule simplify_onnx:
 
 rule quantize_onnx:
     input:
-        onnx=rules.simplify_onnx.output.onnx,
+        onnx=rules.simplify_onnx.output.artifact,
     output:
-        onnx="results/{model}/{graph}{seq}/onnx_{variant}.onnx",
-        metrics="results/{model}/{graph}{seq}/metrics/quantize_onnx_{variant}.json",
+        artifact=directory("results/{model}/{graph}{seq}/onnx_{variant}"),
     log:
         "logs/quantize_onnx/{model}_{graph}{seq}_{variant}.log",
     benchmark:

@@ -91,8 +91,7 @@ rule quantize_pytorch:
     input:
         model=rules.prepare_model.output.model,
     output:
-        model=directory("results/{model}/pytorch_int8"),
-        metrics="results/{model}/metrics/quantize_pytorch.json",
+        artifact=directory("results/{model}/pytorch_int8"),
     log:
         "logs/quantize_pytorch/{model}.log",
     benchmark:
