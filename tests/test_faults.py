@@ -78,10 +78,18 @@ def test_failed_stage_logs_its_cause_and_other_branches_finish(tmp_path):
     assert all((workdir / t / "model.tflite").is_file() for t in _tflite_targets("tiny"))
 
 
-def test_small_memory_budget_is_announced(tmp_path):
-    """On a machine too small for the 135M stages, the run says so before any job."""
+def test_small_memory_budget_rules_out_what_would_not_fit_before_any_job(tmp_path):
+    """A stage predicted to peak above the run's memory budget makes its formats not applicable, said
+    before any job, instead of being killed after minutes; the other formats are still planned."""
     write_config(tmp_path, tiny_config())
-    proc = snakemake(tmp_path, f"results/tiny/seq{SEQ}/onnx", "-n", "--resources", "mem_mb=4000")
+    proc = snakemake(tmp_path, "-n", "--resources", "mem_mb=1500")
     out = proc.stdout + proc.stderr
-    assert "mem_mb=4000 is below" in out
-    assert "savedmodel 8000 MB" in out and "tflite 10000 MB" in out
+    ruled_out = [line for line in out.splitlines() if "above this run's memory budget of 1.5 GB" in line]
+    assert ruled_out, out[-3000:]
+    for line in ruled_out:
+        assert "not applicable:" in line and "is predicted to peak at" in line
+    plan = planned_jobs(proc.stdout)
+    backends = [line.split(":")[1].split()[0] for line in ruled_out]
+    for backend in backends:
+        assert f"results/tiny/seq{SEQ}/{backend}\n" not in proc.stdout
+    assert plan.get("export_onnx") and plan.get("evaluate")

@@ -1,8 +1,7 @@
 # ONNX -> OpenVINO IR (fp32 weights; run at f32 or bf16 inference precision) -> NNCF
 # weight-compressed IRs. Each writes its folder: model.xml + model.bin + ops.json +
-# metrics.json, or failed.json (lmship.records). Resources: mem_mb is the peak RSS
-# measured on SmolLM2-135M at sequence length 128 plus headroom (raise it for bigger
-# models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# metrics.json, or failed.json (lmship.records). Resources: mem_mb and runtime (minutes)
+# are predicted for each model's size from measured stage costs (lmship.sizes).
 
 
 rule openvino_ir:
@@ -19,8 +18,8 @@ rule openvino_ir:
         "../../envs/openvino.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=15,
+        mem_mb=need_mb("openvino_ir"),
+        runtime=need_min("openvino_ir"),
     params:
         min_top1=config["conversion_gate"]["fp32"],
     script:
@@ -31,6 +30,7 @@ rule compress_openvino:
     input:
         unpack(calibration_inputs),
         ir=rules.openvino_ir.output.artifact,
+        hf=prepared,
     output:
         artifact=directory("results/{model}/{graph}{seq}/openvino_{compression}"),
     log:
@@ -41,8 +41,8 @@ rule compress_openvino:
         "../../envs/openvino.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=need_mb("compress_openvino"),
+        runtime=need_min("compress_openvino"),
     params:
         calibration_samples=config["openvino"]["calibration_samples"],
     script:
