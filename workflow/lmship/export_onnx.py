@@ -24,6 +24,7 @@ from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
 
+
 def export_onnx(
     hf_dir: Path,
     inputs_npz: Path,
