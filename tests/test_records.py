@@ -95,6 +95,31 @@ def test_an_interrupted_stage_records_nothing(tmp_path):
     assert not (tmp_path / "savedmodel").exists()
 
 
+def test_a_cancelled_job_takes_its_stage_with_it(tmp_path):
+    """SIGTERM to the job's process (Snakemake cancelling it) ends the stage's child too: no orphan works on."""
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import os, sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
+        "from lmship.records import run_stage;"
+        "run_stage('savedmodel', Path(sys.argv[1]),"
+        " lambda out: (Path(sys.argv[3]).write_text(str(os.getpid())), time.sleep(60)))"
+    )
+    args = [sys.executable, "-c", script, str(tmp_path / "savedmodel"), str(REPO / "workflow"), str(pid_file)]
+    job = subprocess.Popen(args)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=30) == -signal.SIGTERM
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert not (tmp_path / "savedmodel").exists()
+
+
 def test_attempt_reports_the_failure_without_writing_anything(tmp_path):
     assert attempt(lambda _: None, stage="evaluate") is None
     record = attempt(lambda _: (_ for _ in ()).throw(ValueError("bad logits")), stage="evaluate", log_path="e.log")

@@ -21,6 +21,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -178,6 +179,28 @@ def _reason(exc: BaseException) -> str:
     return one_line(str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}")
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this (child) process when its parent dies, so no orphan works on (elsewhere: no-op)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _passed_on(child: int):
+    """A handler that hands SIGTERM / SIGINT on to the child; the child's death then ends this process too."""
+
+    def handler(sig, _frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, sig)
+
+    return handler
+
+
 def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
     """Run ``work(folder)`` in a forked child; None on success, else what went wrong.
 
@@ -191,6 +214,7 @@ def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
     pid = os.fork()
     if pid == 0:  # the child: do the work, report an exception through the pipe, never return
         os.close(read_end)
+        _die_with_parent()
         code = 0
         try:
             work(folder)
@@ -204,9 +228,14 @@ def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
             logging.shutdown()
             os._exit(code)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    previous = {sig: signal.signal(sig, _passed_on(pid)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return None
