@@ -56,3 +56,32 @@ def merged(*failures: dict[str, str]) -> dict[str, str]:
         if any(key) and key not in seen:
             seen.append(key)
     return {k: "; ".join(s[i] for s in seen) for i, k in enumerate(FAILURE_FIELDS)}
+
+
+def md_cell(text: object) -> str:
+    """``text`` in one line, safe inside a Markdown table cell."""
+    return one_line(text).replace("|", "\\|")
+
+
+class Footnotes:
+    """Numbered Markdown footnotes of one document, one per distinct text."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def mark(self, text: str) -> str:
+        """The marker of ``text`` (``[^n]``), numbered on first use."""
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[^{self.texts.index(text) + 1}]"
+
+    def lines(self) -> list[str]:
+        """The footnotes' definitions, to end the document with."""
+        return [f"[^{i}]: {text}" for i, text in enumerate(self.texts, 1)]
+
+
+def failure_cell(failed_at: str, reason: str, log: str, notes: Footnotes) -> str:
+    """A Markdown table cell for a failed record: where and why in bold, its log as a footnote."""
+    logs = [p for p in str(log).split("; ") if p]
+    mark = notes.mark("log: " + ", ".join(f"`{p}`" for p in logs)) if logs else ""
+    return f"**{md_cell(failure_text(failed_at, reason))}** {mark}".rstrip()

@@ -37,7 +37,18 @@ from .logs import log_to
 from .machine_limit import limit_of
 from .quality import BROKEN
 from .rounds import fastest, stability
-from .status import FAILED, FAILURE_FIELDS, NOT_APPLICABLE, OK, failure_text, merged, one_line, with_status
+from .status import (
+    FAILED,
+    FAILURE_FIELDS,
+    NOT_APPLICABLE,
+    OK,
+    Footnotes,
+    failure_cell,
+    failure_text,
+    merged,
+    one_line,
+    with_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -489,38 +500,12 @@ def recommendation_text(rec: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _cell(text: str) -> str:
-    """``text`` safe inside a Markdown table cell."""
-    return one_line(text).replace("|", "\\|")
-
-
-class _Footnotes:
-    """Numbered Markdown footnotes, one per distinct text."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def mark(self, text: str) -> str:
-        if text not in self.texts:
-            self.texts.append(text)
-        return f"[^{self.texts.index(text) + 1}]"
-
-    def lines(self) -> list[str]:
-        return [f"[^{i}]: {text}" for i, text in enumerate(self.texts, 1)]
-
-
-def _failure_cell(r: pd.Series, notes: _Footnotes) -> str:
-    logs = [p for p in str(r["log"]).split("; ") if p]
-    mark = notes.mark("log: " + ", ".join(f"`{p}`" for p in logs)) if logs else ""
-    return f"**{_cell(failure_text(r['failed_at'], r['reason']))}** {mark}".rstrip()
-
-
-def _table_row(r: pd.Series, tiers: list[str], notes: _Footnotes) -> str:
+def _table_row(r: pd.Series, tiers: list[str], notes: Footnotes) -> str:
     loosest = str(r["tier_missed"]).rpartition(f"{tiers[-1]}: ")[2] if tiers else ""
     tier = r["tier"] if r["tier"] != BROKEN else f"**broken** (misses {tiers[-1]}: {loosest})"
     tier = "**failed**" if r["tier"] == FAILED else tier
     if r["status"] == FAILED:
-        latency = _failure_cell(r, notes)
+        latency = failure_cell(r["failed_at"], r["reason"], r["log"], notes)
     else:
         flag = f" ⚠ unstable: {r['unstable_why']}" if r["unstable"] else ""
         latency = f"{_fmt(r['median_ms'], '.1f')} (±{_fmt(r['spread_pct'], '.0f')}%){flag}"
@@ -552,7 +537,7 @@ def to_markdown(table: pd.DataFrame, tiers: list[str]) -> str:
     """The summary as Markdown: one table per model and sequence length, the formats that do not apply
     and the recommendation below it, the logs of failed stages as footnotes."""
     lines = []
-    notes = _Footnotes()
+    notes = Footnotes()
     for (model, seq), block in table.groupby(["model", "seq_len"], sort=False):
         measured = block[block["status"] != NOT_APPLICABLE]
         runs = ", ".join(f"{t} thread(s): {r}" for t, r in measured.groupby("threads")["run_id"].first().items())

@@ -133,6 +133,7 @@ rule generation_summary:
         backends={m: generation_backends(m) for m in MODELS},
         max_round_spread_pct=config["benchmark"]["max_round_spread_pct"],
         max_p90_ratio=config["benchmark"]["max_p90_ratio"],
+        skipped=skipped_backends(),
     script:
         "../scripts/generation_summary.py"
 
