@@ -177,3 +177,13 @@ def test_recommendations_skip_failed_rows_even_with_a_passing_tier(tmp_path):
     table.loc[table["backend"] == "onnx", "status"] = "failed"  # a record marked failed whatever its figures
     rec = recommendations(table, TIERS)
     assert set(rec["backend"]) == {"tflite_fp32"}
+
+
+def test_every_format_failed_in_timing_including_the_reference(tmp_path):
+    """No figure at all: still a table, no recommendation line to make, nothing divided."""
+    crash = Failure("timing", "exit 1: no CPU affinity")
+    timings = {1: {"pytorch": crash, "onnx": crash}}
+    table, md = _summary(tmp_path, timings, {"onnx": ("lossless", 1e-9, 100.0)})
+    assert list(table["status"]) == ["failed", "failed"] and table["median_ms"].isna().all()
+    assert table["speedup_vs_pytorch"].isna().all() and table["achieved_gops"].isna().all()
+    assert len(_table_rows(md)) == 2 and "fastest of each tier" not in md

@@ -305,7 +305,7 @@ def _continuations(model: str, block: pd.DataFrame, rows: pd.DataFrame, hf_dir: 
 
 
 #: Height of one format's row per thread count in the generation figure, and a panel's extra (inches).
-GEN_ROW_IN = 0.15
+GEN_ROW_IN = 0.18
 GEN_PANEL_EXTRA_IN = 0.8
 
 
@@ -347,7 +347,8 @@ def _gen_block(subfig, model: str, block: pd.DataFrame, tiers: list[str]) -> lis
     labels = _order(shown)
     threads = sorted(shown["threads"].unique())
     notes = _gen_notes(block)
-    grid = subfig.add_gridspec(2 if notes else 1, 3, height_ratios=[1.0, notes_height(notes)][: 1 + bool(notes)])
+    panel = len(labels) * len(threads) * GEN_ROW_IN
+    grid = subfig.add_gridspec(2 if notes else 1, 3, height_ratios=[panel, notes_height(notes)][: 1 + bool(notes)])
     subfig.suptitle(f"{model}: greedy generation, one bar per thread count (lighter: more threads)",
                     fontsize=TITLE, fontweight="bold")  # fmt: skip
     width = 0.8 / len(threads)

@@ -174,6 +174,7 @@ def build_summary(
     table = table.merge(accuracy, on=["model", "seq_len", "backend"], how="left")
     table = pd.concat([table, _failed_before_timing(table, accuracy)], ignore_index=True)
     table = _with_status(table)
+    _log_failures(table)
     table["label"] = table["backend"].map(_label)
     table = _with_throughput(table, machine_jsons, model_dirs)
     table = _with_ratios_to_reference(table)
@@ -223,7 +224,8 @@ def _latency(raw: pd.DataFrame, max_round_spread_pct: float, max_p90_ratio: floa
     failed = _timing_failures(raw)
     ok = raw[raw["status"] == OK]
     failed_keys = set(map(tuple, failed[_KEYS].to_numpy().tolist())) if len(failed) else set()
-    ok = ok[[tuple(k) not in failed_keys for k in ok[_KEYS].to_numpy().tolist()]]
+    keep = pd.Series([tuple(k) not in failed_keys for k in ok[_KEYS].to_numpy().tolist()], index=ok.index, dtype=bool)
+    ok = ok[keep]
     _one_run(ok)
     if ok.empty:
         return failed
@@ -271,9 +273,6 @@ def _timing_failures(raw: pd.DataFrame) -> pd.DataFrame:
     columns = [*_KEYS, *(c for c in _RUN_COLUMNS if c != "artifact_mb"), "node", "run_id", *FAILURE_FIELDS]
     out = failed.groupby(_KEYS, sort=False, dropna=False).first().reset_index()
     out = out.reindex(columns=columns)
-    for _, r in out.iterrows():
-        log.warning("%s seq %s %s at %s thread(s), timing record: %s", r["model"], r["seq_len"], r["backend"],
-                    r["threads"], failure_text(r["failed_at"], r["reason"]))  # fmt: skip
     out["timing_status"] = FAILED
     return out.rename(columns={c: f"timing_{c}" for c in FAILURE_FIELDS})
 
@@ -305,8 +304,6 @@ def _accuracy(accuracy_jsons: list[Path], reference_jsons: dict[tuple[str, int],
         if row["accuracy_status"] == FAILED:
             row["tier"] = FAILED
             row.update({f"accuracy_{k}": one_line(a.get(k, "")) for k in FAILURE_FIELDS})
-            log.warning("%s seq %s %s, accuracy record: %s", a["model"], a["seq_len"], a["backend"],
-                        failure_text(row["accuracy_failed_at"], row["accuracy_reason"]))  # fmt: skip
         else:
             row.update({k: a.get(k) for k in _QUALITY})
             row["tier_missed"] = "; ".join(f"{t}: {', '.join(r)}" for t, r in (a.get("tier_missed") or {}).items())
@@ -365,6 +362,16 @@ def _with_status(table: pd.DataFrame) -> pd.DataFrame:
     table["tier"] = table["tier"].fillna("not measured")
     helpers = [c for c in table if c.startswith(("accuracy_", "timing_"))]
     return table.drop(columns=helpers)
+
+
+def _log_failures(table: pd.DataFrame) -> None:
+    """One warning per failed format and failure, naming the thread counts it failed at."""
+    failed = table[table["status"] == FAILED]
+    for (model, seq, backend, failed_at, reason), group in failed.groupby(
+        ["model", "seq_len", "backend", "failed_at", "reason"], sort=False
+    ):
+        threads = ", ".join(str(t) for t in sorted(group["threads"].unique()))
+        log.warning("%s seq %s %s at %s thread(s): %s", model, seq, backend, threads, failure_text(failed_at, reason))
 
 
 def _not_applicable(table: pd.DataFrame, skipped: dict[str, dict[str, str]]) -> pd.DataFrame:

@@ -161,3 +161,24 @@ rule generation_plot:
         tiers=list(config["quality_tiers"]),
     script:
         "../scripts/generation_plot.py"
+
+
+rule ship_plot:
+    input:
+        summary=rules.summary.output.csv,
+    output:
+        png=report("results/ship.png", caption="../report/ship.rst", category="Summary"),
+    log:
+        "logs/ship_plot.log",
+    benchmark:
+        "benchmarks/ship_plot.tsv"
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        tiers=list(config["quality_tiers"]),
+    script:
+        "../scripts/ship_plot.py"
