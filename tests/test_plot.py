@@ -244,3 +244,26 @@ def test_generation_plot_marks_failed_formats_once_per_format(tables):
     texts = _texts(fig)
     assert any(t.startswith("Not applicable: ") and "OpenVINO 4-bit exact grid" in t for t in texts)
     plt.close(fig)
+
+
+def test_place_labels_stacks_a_crowded_group_in_the_order_of_its_points():
+    """Six formats at one x and nearly one y: one label each, none overlapping, top to bottom like the points."""
+    import matplotlib.pyplot as plt
+
+    from lmship.figures import Point, freeze_layout, new_figure, place_labels
+
+    fig = new_figure(3.0)
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(1e-10, 1.0)
+    ax.set_ylim(0.9, 2.0)
+    ys = [1.16, 1.26, 1.28, 1.30, 1.35, 1.36]
+    names = [f"format {i}" for i in range(len(ys))]
+    ax.scatter([1e-9] * len(ys), ys)
+    freeze_layout(fig)
+    labels = place_labels(ax, [Point(1e-9, y, n) for y, n in zip(ys, names, strict=True)])
+    drawn = drawn_texts(fig)
+    assert overlaps(drawn) == [] and leader_crossings(drawn) == []
+    heights = {t.get_text(): box[1] for t, box in drawn if t in labels}
+    assert sorted(heights, key=heights.get) == names  # lowest point, lowest label
+    plt.close(fig)

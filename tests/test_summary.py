@@ -187,3 +187,15 @@ def test_every_format_failed_in_timing_including_the_reference(tmp_path):
     assert list(table["status"]) == ["failed", "failed"] and table["median_ms"].isna().all()
     assert table["speedup_vs_pytorch"].isna().all() and table["achieved_gops"].isna().all()
     assert len(_table_rows(md)) == 2 and "fastest of each tier" not in md
+
+
+def test_the_accuracy_table_keeps_a_failed_record(tmp_path):
+    from lmship.summary import accuracy_table
+
+    jsons = [write_accuracy(tmp_path, "onnx", ("lossless", 1e-9, 100.0)), write_accuracy(tmp_path, "tflite_fp16",
+             Failure("tflite", OOM + "\nTraceback ..."))]  # fmt: skip
+    table = pd.read_csv(accuracy_table(jsons, tmp_path / "accuracy.csv"))
+    failed = table.set_index("backend").loc["tflite_fp16"]
+    assert failed["status"] == "failed" and failed["tier"] == "failed" and failed["failed_at"] == "tflite"
+    assert failed["reason"] == OOM and failed["log"] == "logs/tflite/m_tflite_fp16.log" and np.isnan(failed["kld_mean"])
+    assert table.set_index("backend").loc["onnx", "status"] == "ok"

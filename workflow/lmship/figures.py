@@ -14,6 +14,7 @@ the functions that draw.
 
 from __future__ import annotations
 
+import logging
 import math
 import textwrap
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import atomic_output
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -88,7 +91,8 @@ def extent(artist, fig: Figure) -> Bbox:
 def fit_xlim(ax: Axes, ends: list[float], labels: list[Text], *, pad_px: float = 6.0) -> None:
     """Widen ``ax``'s x range until every label (drawn from the end of its bar, ``ends``) fits inside the axes.
 
-    Works on a linear or a log x axis whose left limit is already set.
+    Works on a linear or a log x axis whose left limit is already set. A label about as wide as the
+    panel is left as it is (and the log says so).
     """
     fig = ax.figure
     width = ax.get_window_extent(_renderer(fig)).width
@@ -100,8 +104,9 @@ def fit_xlim(ax: Axes, ends: list[float], labels: list[Text], *, pad_px: float =
         if not (label.get_text() and math.isfinite(end)):
             continue
         free = width - extent(label, fig).width - pad_px
-        if free <= 0:
-            raise ValueError(f"label {label.get_text()!r} is wider than its panel")
+        if free <= width * 0.05:
+            log.warning("the label %r is about as wide as its panel: it may leave it", label.get_text())
+            continue
         need = max(need, scale(lo) + (scale(max(end, lo)) - scale(lo)) * width / free)
     ax.set_xlim(lo, 10**need if log else need)
 
@@ -247,7 +252,8 @@ def place_labels(
     leader line. A label that still finds no place beside its point moves up or
     down a column beside it, with a leader line. Places are searched in pixels of
     the frozen layout and kept in points relative to the point, so the saved
-    figure keeps them. Raises when a label finds no free place inside the axes.
+    figure keeps them. A label that finds no free place inside the axes stays beside its point (and the
+    log says so).
     """
     fig = ax.figure
     renderer = _renderer(fig)
@@ -272,8 +278,9 @@ def place_labels(
             placed = {}
             for i in sorted(group, key=lambda i: -anchors[i][1]):
                 found = _single_place(*anchors[i], *sizes[i], gap, box, taken, rings=int(frame.height // sizes[i][1]))
-                if found is None:
-                    raise ValueError(f"no free place for the label {points[i].text!r}")
+                if found is None:  # a figure with an overlap beats no figure: say so in the log
+                    log.warning("no free place for the label %r: it may overlap another", points[i].text)
+                    found = (gap, 0.0, natural[i])
                 placed[i] = found
                 taken.append(found[2])
         else:

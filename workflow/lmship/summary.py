@@ -145,6 +145,10 @@ ACCURACY_COLUMNS = [
     "max_abs_diff",
     "cosine_similarity",
     "tier_missed",
+    "status",
+    "failed_at",
+    "reason",
+    "log",
 ]
 _RUN_COLUMNS = ["precision", "runtime", "runtime_version", "artifact_mb", "peak_rss_mb", "load_s", "cpu_model"]
 _KEYS = ["model", "seq_len", "batch", "backend", "threads"]
@@ -601,11 +605,13 @@ def summary(
 
 
 def accuracy_table(jsons: list[Path], out_csv: Path) -> Path:
-    """Gather per-backend accuracy JSONs into one CSV."""
+    """Gather per-backend accuracy JSONs into one CSV (a failed record: its stage, reason and log, no figures)."""
     rows = []
     for path in jsons:
         r = read_json(path)
         row = {k: r.get(k) for k in ACCURACY_COLUMNS}
+        row["status"] = r.get("status") or OK
+        row["reason"] = one_line(r.get("reason"))
         row["tier_missed"] = "; ".join(f"{t}: {', '.join(v)}" for t, v in (r.get("tier_missed") or {}).items())
         rows.append(row)
     with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
