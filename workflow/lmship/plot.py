@@ -225,7 +225,9 @@ def ship_lines(block: pd.DataFrame, tiers: list[str]) -> list[str]:
 def _header_notes(block: pd.DataFrame, tiers: list[str]) -> list[tuple[str, str]]:
     lines = ship_lines(block, tiers) or ["no format was timed"]
     text = "\n".join(["Fastest format of each tier or better (its ties and quality: ship.png):", *lines])
-    return [(wrap(text, WIDTH_IN - 0.3, NORMAL), "black")]
+    legend = ("Latency labels: median · speed-up vs PyTorch fp32 in the same run · share of the CPU's measured "
+              "matmul limit in the format's arithmetic (fp32, bf16 or int8).")  # fmt: skip
+    return [(wrap(text, WIDTH_IN - 0.3, NORMAL), "black"), (wrap(legend, WIDTH_IN - 0.3, NORMAL), NOTE_COLOR)]
 
 
 def _draw_block(subfig: SubFigure, model: str, seq: int, block: pd.DataFrame, tiers: list[str]) -> list:
