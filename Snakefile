@@ -34,6 +34,16 @@ onstart:
     record_owner()
 
 
+# The run's last lines name every format that failed, where, and its log; their records are
+# then removed so that the next run retries exactly those stages (see lmship/records.py).
+onsuccess:
+    report_failures()
+
+
+onerror:
+    report_failures()
+
+
 rule all:
     default_target: True
     input:

@@ -225,7 +225,8 @@ def test_snakemake_sdm_apptainer_runs_every_rule_in_the_image(built, tmp_path):
 
 def _check_outputs(workdir: Path, marker: str) -> None:
     results = workdir / "results"
-    for path in (results / "plot.png", results / "summary.md", results / "tiny" / f"seq{SEQ}" / "tflite_fp32.tflite"):
+    tflite = results / "tiny" / f"seq{SEQ}" / "tflite_fp32" / "model.tflite"
+    for path in (results / "plot.png", results / "summary.md", tflite):
         assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty on the host"
     with open(results / "summary.csv") as f:
         rows = list(csv.DictReader(f))

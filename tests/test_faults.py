@@ -15,7 +15,7 @@ UPSTREAM = ("prepare_model", "eval_inputs", "reference_logits", "export_onnx", "
 
 
 def _tflite_targets(model: str = "tiny") -> list[str]:
-    return [f"results/{model}/seq{SEQ}/tflite_{p}.tflite" for p in ("fp32", "fp16")]
+    return [f"results/{model}/seq{SEQ}/tflite_{p}" for p in ("fp32", "fp16")]
 
 
 def test_sigkill_during_onnx2tf_reruns_that_stage_and_nothing_before(tmp_path):
@@ -45,15 +45,15 @@ def test_sigkill_during_onnx2tf_reruns_that_stage_and_nothing_before(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not saved.exists(), "the SavedModel was complete before the kill: the test did not interrupt it"
-    assert not any((tmp_path / "results" / "tiny" / f"seq{SEQ}").glob("model_*.tflite"))
-    assert (tmp_path / "results" / "tiny" / f"seq{SEQ}" / "onnx_simplified.onnx").is_file()
+    assert not any((tmp_path / "results" / "tiny" / f"seq{SEQ}").glob("tflite_*"))
+    assert (tmp_path / "results" / "tiny" / f"seq{SEQ}" / "onnx_simplified" / "model.onnx").is_file()
 
     plan = planned_jobs(snakemake(tmp_path, "-n", *_tflite_targets()).stdout)
     assert plan == {"savedmodel": 1, "tflite": 2}, plan
 
     snakemake(tmp_path, "--cores", "2", *_tflite_targets())
     assert (saved / "saved_model.pb").is_file()
-    assert all((tmp_path / t).is_file() for t in _tflite_targets())
+    assert all((tmp_path / t / "model.tflite").is_file() for t in _tflite_targets())
     assert not list((tmp_path / "results").rglob(".*partial*"))
     assert "Nothing to be done" in snakemake(tmp_path, "-n", *_tflite_targets()).stdout
 
@@ -75,13 +75,21 @@ def test_failed_stage_logs_its_cause_and_other_branches_finish(tmp_path):
     log = (workdir / "logs" / "prepare_model" / "broken.log").read_text()
     assert "model.safetensors" in log and "truncated" in log
     assert not (workdir / "results" / "broken" / "hf").exists()
-    assert all((workdir / t).is_file() for t in _tflite_targets("tiny"))
+    assert all((workdir / t / "model.tflite").is_file() for t in _tflite_targets("tiny"))
 
 
-def test_small_memory_budget_is_announced(tmp_path):
-    """On a machine too small for the 135M stages, the run says so before any job."""
+def test_small_memory_budget_rules_out_what_would_not_fit_before_any_job(tmp_path):
+    """A stage predicted to peak above the run's memory budget makes its formats not applicable, said
+    before any job, instead of being killed after minutes; the other formats are still planned."""
     write_config(tmp_path, tiny_config())
-    proc = snakemake(tmp_path, f"results/tiny/seq{SEQ}/onnx.onnx", "-n", "--resources", "mem_mb=4000")
+    proc = snakemake(tmp_path, "-n", "--resources", "mem_mb=1500")
     out = proc.stdout + proc.stderr
-    assert "mem_mb=4000 is below" in out
-    assert "savedmodel 8000 MB" in out and "tflite 10000 MB" in out
+    ruled_out = [line for line in out.splitlines() if "above this run's memory budget of 1.5 GB" in line]
+    assert ruled_out, out[-3000:]
+    for line in ruled_out:
+        assert "not applicable:" in line and "is predicted to peak at" in line
+    plan = planned_jobs(proc.stdout)
+    backends = [line.split(":")[1].split()[0] for line in ruled_out]
+    for backend in backends:
+        assert f"results/tiny/seq{SEQ}/{backend}\n" not in proc.stdout
+    assert plan.get("export_onnx") and plan.get("evaluate")

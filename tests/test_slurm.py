@@ -91,7 +91,7 @@ def test_every_rule_is_its_own_slurm_job_with_its_resources(tmp_path):
         records = job_records(info)
     _check_records(records, declared, info)
     assert (workdir / "results" / "plot.png").is_file()
-    assert (workdir / "results" / "tiny" / f"seq{SEQ}" / "tflite_fp32.tflite").is_file()
+    assert (workdir / "results" / "tiny" / f"seq{SEQ}" / "tflite_fp32" / "model.tflite").is_file()
 
 
 def _check_records(records: list[dict], declared: Counter, info: ClusterInfo) -> None:

@@ -59,20 +59,23 @@ def test_every_artifact_is_built(full_run):
         for name in (
             "eval_inputs.npz",
             "reference_logits.npy",
-            "onnx.onnx",
-            "onnx_simplified.onnx",
+            "onnx/model.onnx",
+            "onnx_simplified/model.onnx",
             "savedmodel/saved_model.pb",
-            "tflite_fp32.tflite",
-            "tflite_fp16.tflite",
-            "tflite_int8.tflite",
-            "onnx_int8_dynamic.onnx",
-            "onnx_int8_block.onnx",
+            "tflite_fp32/model.tflite",
+            "tflite_fp16/model.tflite",
+            "tflite_int8/model.tflite",
+            "onnx_int8_dynamic/model.onnx",
+            "onnx_int8_block/model.onnx",
+            "openvino/model.xml",
+            "openvino/model.bin",
             "accuracy.csv",
         ):
             assert (seq / name).exists(), name
-        assert not (seq / "onnx_q4_exact.onnx").exists()  # not applicable: no fp32 copy under a 4-bit name
+        assert not list(seq.rglob("failed.json")), "no format of the tiny models fails"
+        assert not (seq / "onnx_q4_exact").exists()  # not applicable: no fp32 copy under a 4-bit name
         for precision in ("fp32", "fp16", "int8"):
-            census = json.loads((seq / f"tflite_{precision}.ops.json").read_text())
+            census = json.loads((seq / f"tflite_{precision}" / "ops.json").read_text())
             assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
     for png in ("plot.png", "quality.png", "ship.png"):
         assert (full_run / "results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,11 +100,17 @@ def test_generation_graphs_and_rounds(full_run):
     for model in ("tiny", "mine"):
         base = full_run / "results" / model
         decode, prefill = base / f"decode{gen['max_len']}", base / f"prefill{gen['prompt_tokens']}"
-        for name in ("onnx.onnx", "onnx_simplified.onnx", "onnx_int8_block.onnx", "tflite_fp32.tflite", "host.npz"):
+        for name in (
+            "onnx/model.onnx",
+            "onnx_simplified/model.onnx",
+            "onnx_int8_block/model.onnx",
+            "tflite_fp32/model.tflite",
+            "host.npz",
+        ):
             assert (decode / name).is_file(), name
-        assert (prefill / "onnx_int8_block.onnx").is_file()
-        assert not (prefill / "tflite_fp32.tflite").exists()  # tflite_prefill false: decode steps
-        census = json.loads((decode / "tflite_fp32.ops.json").read_text())
+        assert (prefill / "onnx_int8_block" / "model.onnx").is_file()
+        assert not (prefill / "tflite_fp32").exists()  # tflite_prefill false: decode steps
+        census = json.loads((decode / "tflite_fp32" / "ops.json").read_text())
         assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
         for threads in (1, 2):
             raw = pd.read_csv(base / "generation" / f"t{threads}.csv")
@@ -235,7 +244,7 @@ def test_report_contains_plot_and_tables(full_run):
 
 def test_one_target_builds_only_what_it_needs(tmp_path):
     write_config(tmp_path, tiny_config())
-    proc = snakemake(tmp_path, "-n", f"results/tiny/seq{SEQ}/tflite_fp16.tflite")
+    proc = snakemake(tmp_path, "-n", f"results/tiny/seq{SEQ}/tflite_fp16")
     assert planned_jobs(proc.stdout) == {
         "prepare_model": 1,
         "eval_text": 1,

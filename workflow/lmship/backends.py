@@ -4,11 +4,11 @@ A backend is a runtime plus the artifact it runs. The artifact is named by the
 rule that makes it and that rule's output (``rule``, ``output``) with the
 rule's own wildcards fixed (``wildcards``, e.g. the TFLite precision), so the
 workflow derives every path from the rule (``rules.<rule>.output.<output>``)
-and nothing here repeats a path. A backend's name is its artifact's file stem
-(``tflite_fp16`` runs ``tflite_fp16.tflite``), or that stem and the precision
-a runtime runs the same artifact at (``openvino_bf16`` runs ``openvino.xml``
-with bf16 inference precision); the reference ``pytorch`` (and ``pytorch_bf16``)
-runs the prepared Hugging Face folder ``hf/``. ``arithmetic`` names the matmul
+and nothing here repeats a path. A backend's name is its artifact folder's name
+(``tflite_fp16`` runs ``tflite_fp16/model.tflite``; see :mod:`lmship.records`), or
+that name and the precision a runtime runs the same artifact at (``openvino_bf16``
+runs ``openvino/model.xml`` with bf16 inference precision); the reference ``pytorch``
+(and ``pytorch_bf16``) runs the prepared Hugging Face folder ``hf/``. ``arithmetic`` names the matmul
 limit its speed is set against; ``cpu_flags`` the instructions it needs.
 
 Adding a backend: a line here and, if its artifact is new, the rule that makes
@@ -58,7 +58,7 @@ def _tflite(precision: str, label: str, note: str) -> Backend:
         "tflite",
         precision,
         "tflite",
-        "tflite",
+        "artifact",
         label,
         note,
         {"precision": precision},
@@ -74,7 +74,7 @@ def _quantized_onnx(
         "ort",
         precision,
         "quantize_onnx",
-        "onnx",
+        "artifact",
         label,
         note,
         {"variant": variant},
@@ -96,7 +96,7 @@ def _compressed_ir(
         "openvino",
         precision,
         "compress_openvino",
-        "xml",
+        "artifact",
         label,
         note,
         {"compression": compression},
@@ -114,7 +114,7 @@ BACKENDS: dict[str, Backend] = {
             "pytorch_int8",
             "int8",
             "quantize_pytorch",
-            "model",
+            "artifact",
             "PyTorch int8",
             "quantize_dynamic of every nn.Linear (qint8)",
             arithmetic="int8",
@@ -130,8 +130,8 @@ BACKENDS: dict[str, Backend] = {
             arithmetic="bf16",
             cpu_flags=BF16_FLAGS,
         ),
-        Backend("onnx", "ort", "fp32", "export_onnx", "onnx", "ORT fp32", "exported ONNX"),
-        Backend("onnx_simplified", "ort", "fp32", "simplify_onnx", "onnx", "ORT fp32 (onnxsim)", "simplified ONNX"),
+        Backend("onnx", "ort", "fp32", "export_onnx", "artifact", "ORT fp32", "exported ONNX"),
+        Backend("onnx_simplified", "ort", "fp32", "simplify_onnx", "artifact", "ORT fp32 (onnxsim)", "simplified ONNX"),
         _quantized_onnx("int8_dynamic", "int8", "ORT int8 dynamic", "quantize_dynamic of every MatMul: the naive int8"),
         _quantized_onnx("int8_block", "int8", "ORT int8 block-wise", "MatMulNBits 8-bit, int8 activations per block"),
         _quantized_onnx(
@@ -145,13 +145,13 @@ BACKENDS: dict[str, Backend] = {
         _tflite("fp32", "TFLite fp32", "builtins only"),
         _tflite("fp16", "TFLite fp16", "fp16 weights"),
         _tflite("int8", "TFLite int8", "dynamic-range quantisation"),
-        Backend("openvino", "openvino", "fp32", "openvino_ir", "xml", "OpenVINO f32", "IR from the ONNX model"),
+        Backend("openvino", "openvino", "fp32", "openvino_ir", "artifact", "OpenVINO f32", "IR from the ONNX model"),
         Backend(
             "openvino_bf16",
             "openvino_bf16",
             "bf16",
             "openvino_ir",
-            "xml",
+            "artifact",
             "OpenVINO bf16",
             "the same IR, bf16 inference precision",
             arithmetic="bf16",

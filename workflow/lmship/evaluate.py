@@ -23,7 +23,7 @@ import numpy as np
 
 from .cli import config_default, parser
 from .evalset import load_inputs
-from .files import stage_metrics
+from .files import stage_metrics, write_json
 from .logs import log_to
 from .quality import BROKEN, Agreement, tier
 from .runtimes import open_backend
@@ -83,8 +83,8 @@ def gate_figures(
     identity = ("runtime", "runtime_version", "inputs", "reference")
     if any(figures.get(k) != here[k] for k in identity) or "kld_mean" not in figures:
         return None
-    if Path(stage.get("artifact") or "").resolve() != Path(artifact).resolve():
-        return None
+    if Path(stage_json).resolve().parent != Path(artifact).resolve().parent:
+        return None  # not the stage that wrote this artifact folder
     if Path(stage_json).stat().st_mtime_ns < Path(artifact).stat().st_mtime_ns - 10**9:
         return None  # the artifact was rewritten after its stage measured it
     return {k: v for k, v in figures.items() if k not in identity}
@@ -136,6 +136,7 @@ def evaluate(
         runtime=session.runtime,
         runtime_version=session.version,
         measured_in=measured_in,
+        status="ok",
     )
     log.info(
         "%s %s: tier %s (top-1 %.2f%% [%.2f, %.2f], mean KLD %.2e, ppl %+.3f%%)%s",
@@ -149,6 +150,28 @@ def evaluate(
         metrics["ppl_change_pct"] or 0.0,
         "".join(f"; missed {t}: {', '.join(r)}" for t, r in missed.items()),
     )
+    return result
+
+
+def failed_evaluation(
+    out_json: Path, record: dict, *, model: str, seq_len: int, backend: str, precision: str, runtime: str
+) -> dict:
+    """Write the accuracy JSON of a format that has no figures: its conversion, gate or evaluation
+    failed (``record``: ``failed_at``, ``reason``, ``log`` of :mod:`lmship.records`)."""
+    result = {
+        "model": model,
+        "seq_len": seq_len,
+        "backend": backend,
+        "precision": precision,
+        "runtime": runtime,
+        "status": "failed",
+        "tier": "failed",
+        "passed": False,
+        **{k: record.get(k) for k in ("failed_at", "reason", "log")},
+        **{k: record[k] for k in ("killed_for_memory", "peak_rss_mb", "mem_mb") if k in record},
+    }
+    write_json(out_json, result)
+    log.warning("%s %s: failed at %s: %s", model, backend, result["failed_at"], result["reason"])
     return result
 
 

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic outputs, JSON, sizes, a stage's metrics, reading ONNX files."""
+"""Small file helpers: atomic outputs (ONNX with external data too), JSON, sizes, stage metrics, reading ONNX."""
 
 from __future__ import annotations
 
@@ -46,6 +46,44 @@ def atomic_output(target: Path) -> Iterator[Path]:
         _remove(tmp)
 
 
+#: An ONNX file may not pass 2 GB (protobuf); larger models keep their weights in ``<name>.data`` beside it.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+@contextmanager
+def atomic_onnx(target: Path) -> Iterator[Path]:
+    """Yield a path with ``target``'s own name in a private temporary folder; on success move the ONNX
+    file, and its external data file ``<name>.data`` if the writer made one, onto ``target``.
+
+    External data is referenced by file name from inside the model, so it must be written under its
+    final name: the folder, not the name, is what is temporary.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        _remove(stale)
+    folder = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    folder.mkdir()
+    data = target.with_name(target.name + ".data")
+    try:
+        staged = folder / target.name
+        yield staged
+        if not staged.exists():
+            raise FileNotFoundError(f"stage produced nothing at {staged} for {target}")
+        for path in (target, data):
+            _remove(path)
+        if (folder / data.name).exists():
+            (folder / data.name).replace(data)
+        staged.replace(target)
+    finally:
+        _remove(folder)
+
+
+def external_data_needed(weight_bytes: int) -> bool:
+    """Whether a model with ``weight_bytes`` of initialisers must keep them outside its protobuf."""
+    return weight_bytes > PROTOBUF_LIMIT - 64 * 2**20  # room for the graph itself
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_output(Path(path)) as tmp:
@@ -73,6 +111,9 @@ def size_bytes(path: Path) -> int:
     weights = path.with_suffix(".bin")
     if path.suffix == ".xml" and weights.is_file():
         return path.stat().st_size + weights.stat().st_size
+    data = path.with_name(path.name + ".data")  # an ONNX model's external data
+    if path.suffix == ".onnx" and data.is_file():
+        return path.stat().st_size + data.stat().st_size
     return path.stat().st_size
 
 

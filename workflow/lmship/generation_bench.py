@@ -35,7 +35,7 @@ from .cli import parser
 from .files import atomic_output, read_json
 from .host import limit_threads_env
 from .logs import log_to, peak_rss_mb
-from .rounds import ROUND_FIELDS, child_env, new_run_id, rotated
+from .rounds import child_env, child_failure, failed_row, new_run_id, rotated, where_failed, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ FIELDS = [
     "peak_rss_mb",
     "tokens",
 ]
-SAME_TEXT_FIELDS = ["identical", "first_divergence", "matched_pct"]
 
 
 def generate_once(
@@ -198,12 +197,16 @@ def generation_in_rounds(
     reference: str = "pytorch",
     given_threads: int | None = None,
     timeout_s: float = 3600.0,
+    log_path: Path | str | None = None,
 ) -> Path:
     """Generate with every backend in ``rounds`` interleaved rounds; one CSV row per sequence.
 
     ``backends`` holds dicts with ``backend``, ``runtime``, ``precision``,
-    ``decode`` and ``prefill`` (None: prompt through decode steps). A backend
-    named in ``lossless`` must generate exactly PyTorch's tokens, or the stage fails.
+    ``decode`` and ``prefill`` (their artifact folders, :mod:`lmship.records`; None:
+    prompt through decode steps). A backend named in ``lossless`` must generate exactly
+    PyTorch's tokens, or it becomes a failed row; so does a backend whose graph holds a
+    failure record or whose process fails (``log_path``: this job's log). Only the
+    reference failing fails the stage.
     """
     if rounds < 1:
         raise StageError(f"rounds ({rounds}) must be >= 1")
@@ -214,29 +217,47 @@ def generation_in_rounds(
         )
     if reference not in [b["backend"] for b in backends]:
         raise StageError(f"the generation backends {[b['backend'] for b in backends]} lack the reference {reference}")
+    from .records import artifact_in, first_failure
+
     run_id, node = new_run_id(), socket.gethostname()
     env = child_env()
     rows: list[dict] = []
+    failed: dict[str, dict] = {}
+    for b in backends:
+        record = first_failure([p for p in (b.get("prefill"), b["decode"]) if p])
+        if record is not None:
+            failed[b["backend"]] = record
+            log.warning("%s: does not generate, its graph failed at %s: %s", b["backend"], *where_failed(record))
+    if reference in failed:
+        raise StageError(f"the reference {reference} cannot generate: {failed[reference]}")
     with tempfile.TemporaryDirectory(prefix="lmship-generation-") as tmp:
         for r in range(rounds):
             for b in rotated(backends, r):
+                if b["backend"] in failed:
+                    continue
                 part = Path(tmp) / f"r{r}_{b['backend']}.csv"
+                graph = artifact_in(b["decode"]) if b["runtime"] != "pytorch" else b["decode"]
                 cmd = [
                     sys.executable, "-c", "import sys; from lmship.generation_bench import main; main(sys.argv[1:])",
-                    "--runtime", b["runtime"], "--decode", str(b["decode"]),
-                    *(["--prefill", str(b["prefill"])] if b.get("prefill") else []),
+                    "--runtime", b["runtime"], "--decode", str(graph),
+                    *(["--prefill", str(artifact_in(b["prefill"]))] if b.get("prefill") else []),
                     "--host", str(host_npz), "--inputs", str(inputs_npz), "--out", str(part),
                     "--model", model, "--backend", b["backend"], "--precision", b["precision"],
                     "--threads", str(threads), "--prompts", str(prompts), "--new-tokens", str(new_tokens),
                 ]  # fmt: skip
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
                 if proc.returncode != 0:
-                    raise StageError(
-                        f"generation with {b['backend']} at {threads} thread(s), round {r + 1}/{rounds} failed "
-                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-                    )
+                    what = f"generation with {b['backend']} at {threads} thread(s), round {r + 1}/{rounds}"
+                    if b["backend"] == reference:
+                        raise StageError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                    log.error("%s failed (exit %d):\n%s", what, proc.returncode, proc.stderr[-3000:])
+                    failed[b["backend"]] = child_failure("generation", proc.stderr, proc.returncode, log_path)
+                    rows = [row for row in rows if row["backend"] != b["backend"]]
+                    continue
                 with open(part, newline="") as f:
-                    part_rows = [{"run_id": run_id, "round": r, "node": node, **row} for row in csv.DictReader(f)]
+                    part_rows = [
+                        {"run_id": run_id, "round": r, "node": node, **row, "status": "ok"} for row in csv.DictReader(f)
+                    ]
                 rows.extend(part_rows)
                 log.info(
                     "round %d/%d %s t%d: decode %s ms/token, TTFT %s ms",
@@ -250,18 +271,20 @@ def generation_in_rounds(
     differs = same_text_columns(rows, reference)
     for backend, where in differs.items():
         log.info("%s does not generate PyTorch's text: %s", backend, "; ".join(where[:4]))
-    failed = {b: w for b, w in differs.items() if b in lossless}
-    if failed:
-        raise StageError(
-            "backends of the lossless tier must generate exactly PyTorch's tokens, but "
-            + "; ".join(f"{b}: {', '.join(w[:2])}" for b, w in failed.items())
-            + ". A lossless conversion whose text differs is a failed conversion."
-        )
-    with atomic_output(Path(out_csv)) as tmp_csv, open(tmp_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*ROUND_FIELDS, *FIELDS, *SAME_TEXT_FIELDS])
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(out_csv)
+        if backend in lossless:
+            log.error(
+                "%s is of the lossless tier and computes with PyTorch's own weights, yet its text differs: "
+                "a failed conversion",
+                backend,
+            )
+            reason = f"text differs from PyTorch's: {where[0]}"
+            failed[backend] = {"failed_at": "generation", "reason": reason, "log": str(log_path or "")}
+            rows = [row for row in rows if row["backend"] != backend]
+    for b in backends:
+        if b["backend"] in failed:
+            extra = {"model": model, "threads": threads}
+            rows.append({"run_id": run_id, "round": 0, "node": node, **extra, **failed_row(b, failed[b["backend"]])})
+    return write_rows(out_csv, rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,8 +81,8 @@ def fds_redirected(target: int, *fds: int) -> Iterator[None]:
 
 
 @contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Capture what is written to file descriptor 2, pass it on afterwards, and expose it as text.
+def captured_stderr(*fds: int) -> Iterator[list[str]]:
+    """Capture what is written to file descriptor 2 (or ``fds``), pass it on afterwards, and expose it as text.
 
     The list yielded holds the text once the block has finished.
     """
@@ -91,7 +91,7 @@ def captured_stderr() -> Iterator[list[str]]:
     captured: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as buf:
         try:
-            with fds_redirected(buf.fileno(), 2):
+            with fds_redirected(buf.fileno(), *(fds or (2,))):
                 yield captured
         finally:
             buf.seek(0)
@@ -99,6 +99,16 @@ def captured_stderr() -> Iterator[list[str]]:
             sys.stderr.write(text)
             sys.stderr.flush()
             captured.append(text)
+
+
+def first_error_line(text: str) -> str | None:
+    """The first line of ``text`` that reports an error (ANSI colours removed), or None."""
+    import re
+
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        if "ERROR" in line or "Error:" in line:
+            return line.replace("ERROR:", "").strip() or None
+    return None
 
 
 def peak_rss_mb() -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import StageError
 from .cli import parser
 from .decode_graph import gemm_to_matmul
-from .files import atomic_output, load_onnx, stage_metrics
+from .files import atomic_onnx, external_data_needed, load_onnx, size_bytes, stage_metrics
 from .logs import log_to
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ def _weight_matmuls(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
 
 
+def _large(path: Path) -> bool:
+    """Whether the model at ``path`` (with its external data) is too large for one protobuf."""
+    return external_data_needed(size_bytes(path))
+
+
 def _int8_dynamic(in_onnx: Path, out_onnx: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -49,6 +54,7 @@ def _int8_dynamic(in_onnx: Path, out_onnx: Path) -> dict:
         weight_type=QuantType.QInt8,
         per_channel=True,
         extra_options={"MatMulConstBOnly": True},
+        use_external_data_format=_large(in_onnx),
     )
     return {"recipe": "quantize_dynamic(QInt8, per_channel=True, MatMulConstBOnly)"}
 
@@ -74,7 +80,7 @@ def _int8_block(in_onnx: Path, out_onnx: Path, *, bits: int = 8, block_size: int
         algo_config=config,
     )
     quantizer.process()
-    quantizer.model.save_model_to_file(str(out_onnx), use_external_data_format=False)
+    quantizer.model.save_model_to_file(str(out_onnx), use_external_data_format=_large(in_onnx))
     return {"recipe": f"MatMulNBits bits={bits} block_size={block_size} accuracy_level={accuracy_level}"}
 
 
@@ -99,7 +105,7 @@ def quantize_onnx(
     matmuls = _weight_matmuls(load_onnx(in_onnx))
     make = {"int8_dynamic": _int8_dynamic, "int8_block": _int8_block, "q4_exact": _q4_exact}[variant]
     started = time.monotonic()
-    with atomic_output(Path(out_onnx)) as tmp:
+    with atomic_onnx(Path(out_onnx)) as tmp:
         # The exporter emits Gemm for the generation graphs' 2-D activations; MatMulNBits and the
         # exact grid take MatMul only, and quantize_dynamic's Gemm path breaks the prefill graph.
         matmul = tmp.with_name(tmp.name + ".matmul.onnx")

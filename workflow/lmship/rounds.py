@@ -36,6 +36,33 @@ log = logging.getLogger(__name__)
 
 #: Columns added to each timing row by the round that produced it.
 ROUND_FIELDS = ["run_id", "round", "node"]
+#: Columns that say whether a backend was measured: ``ok``, or ``failed`` at which stage, why, and where its log is.
+STATUS_FIELDS = ["status", "failed_at", "reason", "log"]
+
+
+def failed_row(backend: dict, record: dict, **fields) -> dict:
+    """The one row of a backend that has no measurement: its artifact failed, or so did its run."""
+    return {
+        "backend": backend["backend"],
+        "runtime": backend["runtime"],
+        "precision": backend["precision"],
+        **fields,
+        "status": "failed",
+        **{k: record.get(k) or "" for k in ("failed_at", "reason", "log")},
+    }
+
+
+def child_failure(stage: str, stderr: str, returncode: int, log_path: Path | str | None) -> dict:
+    """The failure record of a backend's process that exited with ``returncode``: the last line of its
+    error output (a traceback's last line names the exception and its message)."""
+    from .records import one_line
+
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {returncode}"
+    last = last.removeprefix("lmship.StageError: ")
+    if returncode < 0:
+        last = f"killed by signal {-returncode} ({last})"
+    return {"failed_at": stage, "reason": one_line(last), "log": str(log_path) if log_path else ""}
 
 
 def new_run_id() -> str:
@@ -76,13 +103,18 @@ def time_in_rounds(
     min_seconds: float,
     given_threads: int | None = None,
     timeout_s: float = 1800.0,
+    log_path: Path | str | None = None,
 ) -> Path:
     """Time every backend in ``rounds`` interleaved rounds; one CSV row per timed forward pass.
 
     ``backends`` holds dicts with ``backend``, ``runtime``, ``precision`` and
-    ``artifact``. Each (round, backend) runs :func:`lmship.timing.timing` in
-    its own Python process with ``threads`` threads. ``given_threads`` (the
-    cores the scheduler gave this job) must equal ``threads``: never oversubscribe.
+    ``artifact`` (its folder, :mod:`lmship.records`). Each (round, backend) runs
+    :func:`lmship.timing.timing` in its own Python process with ``threads`` threads.
+    ``given_threads`` (the cores the scheduler gave this job) must equal ``threads``:
+    never oversubscribe. A backend whose artifact holds a failure record, or whose
+    process fails in any round, gets one row with status ``failed`` instead of timings
+    (``log_path``: this job's log, where the process's error output goes); the others
+    are timed as if it were not there.
     """
     if rounds < 1:
         raise StageError(f"rounds ({rounds}) must be >= 1")
@@ -92,21 +124,30 @@ def time_in_rounds(
             f"(snakemake caps a job's threads at --cores): rerun with --cores {threads} or more, "
             f"or drop {threads} from benchmark.threads; a figure measured on fewer cores would be mislabelled"
         )
+    from .records import artifact_in, failure
+
     run_id = new_run_id()
     node = socket.gethostname()
     env = child_env()
     rows: list[dict] = []
-    fields: list[str] | None = None
+    failed: dict[str, dict] = {}
+    for b in backends:
+        record = failure(b["artifact"])
+        if record is not None:
+            failed[b["backend"]] = record
+            log.warning("%s: not timed, its artifact failed at %s: %s", b["backend"], *where_failed(record))
     with tempfile.TemporaryDirectory(prefix="lmship-rounds-") as tmp:
         for r in range(rounds):
             for b in rotated(backends, r):
+                if b["backend"] in failed:
+                    continue
                 part = Path(tmp) / f"r{r}_{b['backend']}.csv"
                 cmd = [
                     sys.executable,
                     "-c",
                     "import sys; from lmship.timing import main; main(sys.argv[1:])",
                     "--runtime", b["runtime"],
-                    "--artifact", str(b["artifact"]),
+                    "--artifact", str(artifact_in(b["artifact"])),
                     "--inputs", str(inputs_npz),
                     "--out", str(part),
                     "--model", model,
@@ -119,22 +160,47 @@ def time_in_rounds(
                 ]  # fmt: skip
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
                 if proc.returncode != 0:
-                    raise StageError(
-                        f"timing {b['backend']} at {threads} thread(s), round {r + 1}/{rounds} failed "
-                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-                    )
+                    what = f"timing {b['backend']} at {threads} thread(s), round {r + 1}/{rounds}"
+                    log.error("%s failed (exit %d):\n%s", what, proc.returncode, proc.stderr[-3000:])
+                    failed[b["backend"]] = child_failure("timing", proc.stderr, proc.returncode, log_path)
+                    rows = [row for row in rows if row["backend"] != b["backend"]]
+                    continue
                 with open(part, newline="") as f:
                     reader = csv.DictReader(f)
-                    fields = fields or [*ROUND_FIELDS, *(reader.fieldnames or [])]
-                    part_rows = [{"run_id": run_id, "round": r, "node": node, **row} for row in reader]
+                    part_rows = [{"run_id": run_id, "round": r, "node": node, **row, "status": "ok"} for row in reader]
                 rows.extend(part_rows)
                 median = float(np.median([float(x["latency_ms"]) for x in part_rows]))
                 log.info("round %d/%d %s t%d: median %.2f ms", r + 1, rounds, b["backend"], threads, median)
+    for b in backends:
+        if b["backend"] in failed:
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "round": 0,
+                    "node": node,
+                    "model": model,
+                    "threads": threads,
+                    **failed_row(b, failed[b["backend"]]),
+                }
+            )
+    return write_rows(out_csv, rows)
+
+
+def write_rows(out_csv: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as CSV: the round columns first, the status columns last, every other column
+    in the order the rows bring it; a row without a column leaves it empty."""
+    middle = [k for row in rows for k in row if k not in ROUND_FIELDS and k not in STATUS_FIELDS]
+    fields = [*ROUND_FIELDS, *dict.fromkeys(middle), *STATUS_FIELDS]
     with atomic_output(Path(out_csv)) as tmp_csv, open(tmp_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields or ROUND_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     return Path(out_csv)
+
+
+def where_failed(record: dict) -> tuple[str, str]:
+    """(stage, reason) of a failure record, for a log line."""
+    return record.get("failed_at", "?"), record.get("reason", "")
 
 
 def stability(latency_ms: np.ndarray, rounds: np.ndarray, *, max_round_spread_pct: float, max_p90_ratio: float) -> dict:

@@ -25,7 +25,7 @@ from . import StageError
 from .cli import add_checked_stage_arguments, config_default, parser
 from .evaluate import compare_with_reference
 from .files import atomic_output, load_onnx, stage_metrics
-from .logs import log_to
+from .logs import captured_stderr, first_error_line, log_to
 from .validate import check_gate
 
 log = logging.getLogger(__name__)
@@ -143,15 +143,18 @@ def _keras_model(in_onnx: Path, work: Path, options: dict, fast_weight_matmul: b
     private = work / "input.onnx"
     shutil.copyfile(in_onnx, private)
     try:
-        with _weight_matmul_validation_skipped(fast_weight_matmul):
+        with _weight_matmul_validation_skipped(fast_weight_matmul), captured_stderr(1, 2) as printed:
             model = onnx2tf.convert(
                 input_onnx_file_path=str(private),
                 output_folder_path=str(work),
                 disable_model_save=True,
                 **options,
             )
-    except SystemExit as exc:  # onnx2tf reports some failures with sys.exit(1)
-        raise StageError(f"onnx2tf failed on {in_onnx} (exit {exc.code}); see the messages above") from exc
+    except SystemExit as exc:  # onnx2tf reports some failures with sys.exit(1), after printing an ERROR line
+        said = first_error_line(printed[0] if printed else "")
+        raise StageError(
+            f"onnx2tf failed on {in_onnx} (exit {exc.code}): {said or 'see the messages above in the log'}"
+        ) from exc
     except Exception as exc:
         raise StageError(f"onnx2tf failed on {in_onnx}: {type(exc).__name__}: {str(exc)[:2000]}") from exc
     finally:

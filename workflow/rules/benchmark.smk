@@ -1,6 +1,6 @@
 # Latency per backend and thread count, accuracy per backend, the CPU's matmul limit.
-# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
-# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# Resources: mem_mb and runtime (minutes) are predicted for each model's size from measured
+# stage costs (lmship.sizes; override: --set-resources <rule>:mem_mb=<MB>).
 
 
 rule timing:
@@ -9,6 +9,7 @@ rule timing:
             artifact(b, wc.model, wc.seq) for b in backends_of(wc.model)
         ],
         inputs=rules.eval_inputs.output.inputs,
+        hf=prepared,
     output:
         csv="results/{model}/seq{seq}/timing/t{threads}.csv",
     log:
@@ -19,8 +20,8 @@ rule timing:
         "../../envs/runtimes.yaml"
     threads: lambda wc: int(wc.threads)
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=need_mb("timing"),
+        runtime=need_min("timing"),
         bench_lock=BENCH_LOCK,
     params:
         backends=lambda wc: timed_backends(wc.model, wc.seq),
@@ -34,10 +35,10 @@ rule timing:
 
 rule evaluate:
     input:
-        unpack(backend_stage),
         artifact=backend_artifact,
         inputs=rules.eval_inputs.output.inputs,
         reference=rules.reference_logits.output.logits,
+        hf=prepared,
     output:
         json="results/{model}/seq{seq}/accuracy/{backend}.json",
     log:
@@ -48,8 +49,8 @@ rule evaluate:
         "../../envs/runtimes.yaml"
     threads: 1
     resources:
-        mem_mb=5000,
-        runtime=15,
+        mem_mb=need_mb("evaluate"),
+        runtime=need_min("evaluate"),
     params:
         backend=backend_info,
         tiers=config["quality_tiers"],
@@ -81,6 +82,7 @@ rule generation:
         host=lambda wc: host_npz(wc.model),
         inputs=lambda wc: prompt_inputs(wc.model),
         tiers=lambda wc: generation_tiers(wc.model),
+        hf=prepared,
     output:
         csv="results/{model}/generation/t{threads}.csv",
     log:
@@ -91,8 +93,8 @@ rule generation:
         "../../envs/runtimes.yaml"
     threads: lambda wc: int(wc.threads)
     resources:
-        mem_mb=3000,
-        runtime=90,
+        mem_mb=need_mb("generation"),
+        runtime=need_min("generation"),
         bench_lock=BENCH_LOCK,
     params:
         backends=lambda wc: generation_backends(wc.model),

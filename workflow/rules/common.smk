@@ -29,6 +29,8 @@ from lmship.decode_graph import GRAPH_FAMILIES, generates  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
+from lmship.records import failure_lines, failures, forget  # noqa: E402
+from lmship.sizes import model_size, size_limits, stage_need  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
 from lmship.tflite import PRECISIONS  # noqa: E402
 
@@ -94,34 +96,43 @@ def finish_rules():
     for r in workflow.rules:
         r.resources.setdefault("bench_lock", 1)
     if workflow.is_main_process:  # not again in every (cluster) job
-        _warn_memory_budget()
         _check_sources()
+        _announce_sizes()
 
 
-def _declared_mb(rule):
-    """A rule's mem_mb when it is a plain number (None for one computed per job)."""
-    try:
-        return getattr(rule.resources.get("mem_mb"), "value", None)
-    except ValueError:  # a callable resource has no value outside a job
-        return None
+# Stages every format of a model needs: if one of them cannot fit, the model cannot run at all.
+_REFERENCE_STAGES = ("prepare_model", "eval_inputs", "reference_logits")
 
 
-def _warn_memory_budget():
-    budget = workflow.global_resources.get("mem_mb")
-    budget = getattr(budget, "value", budget)
-    if not _LOCAL or not isinstance(budget, int):
-        return
-    declared = {r.name: _declared_mb(r) for r in workflow.rules}
-    short = {
-        name: mb for name, mb in declared.items() if isinstance(mb, int) and mb > budget
-    }
-    if short:
-        logger.warning(
-            f"Memory budget mem_mb={budget} is below what these stages needed on SmolLM2-135M: "
-            + ", ".join(f"{r} {mb} MB" for r, mb in short.items())
-            + ". They will run one at a time with the whole budget; a model of that size may be "
-            "killed for memory (the stage then fails and leaves no output). Smaller models fit."
-        )
+def _announce_sizes():
+    """Before any job: each model's size, the formats its size rules out (and why), and a model
+    that cannot even be prepared and measured within the memory budget is refused."""
+    budget = memory_budget()
+    problems = []
+    for m in MODELS:
+        size = size_of(m)
+        if size is None:
+            logger.info(
+                f"{m}: its size is read once prepare_model has fetched it; the resources of "
+                "its stages are set then"
+            )
+            continue
+        logger.info(f"{m}: {size.describe()}")
+        ruled_out = {
+            b: why
+            for b, why in skipped_backends()[m].items()
+            if "2 GB limit" in why or "memory budget" in why
+        }
+        for backend, why in ruled_out.items():
+            logger.warning(f"{m}: {backend} {why}")
+        short = size_limits([(s, None) for s in _REFERENCE_STAGES], size, budget)
+        if short:
+            problems.append(
+                f"model {m!r} cannot be measured here: the reference stages {short.partition(': ')[2]}; "
+                "run it on a larger machine or raise --resources mem_mb"
+            )
+    if problems:
+        raise WorkflowError("\n".join(problems))
 
 
 def _check_sources():
@@ -144,6 +155,14 @@ def _check_sources():
         raise WorkflowError("\n".join(problems))
 
 
+def report_failures():
+    """Name the stages that failed in this run (the run's last lines) and drop their records."""
+    found = failures(Path("results"), MODELS)
+    for line in failure_lines(found):
+        logger.warning(line)
+    forget(found)
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -151,17 +170,33 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
-def artifact(backend, model, seq, graph="seq", output=None):
-    """The file or folder ``backend`` runs: its rule's output (see lmship.backends).
+def artifact(backend, model, seq, graph="seq"):
+    """The folder ``backend`` runs: its rule's output (see lmship.backends and lmship.records).
 
     ``graph``: ``seq`` (the forward pass of ``seq`` tokens), ``prefill`` or ``decode``.
-    ``output``: another named output of that rule instead (None if the rule has none of that name).
     """
     b = BACKENDS[backend]
-    pattern = getattr(getattr(rules, b.rule).output, output or b.output, None)
-    if pattern is None:
-        return None
+    pattern = getattr(getattr(rules, b.rule).output, b.output)
     return expand(pattern, model=model, seq=seq, graph=graph, **b.wildcards)[0]
+
+
+def quantize_source(wildcards):
+    """What quantize_onnx reads: the simplified ONNX, or the exported one where onnxsim cannot hold
+    the model (above 2 GB: ONNX Runtime's quantisers read external data, onnxsim does not).
+    """
+    onnxsim = size_limits(
+        [("simplify_onnx", None)],
+        size_of(wildcards.model),
+        memory_budget(),
+        wildcards.graph,
+    )
+    source = rules.export_onnx if onnxsim else rules.simplify_onnx
+    return expand(source.output.artifact, **wildcards)[0]
+
+
+def prepared(wildcards):
+    """The prepared Hugging Face folder of the job's model."""
+    return expand(rules.prepare_model.output.model, model=wildcards.model)[0]
 
 
 def calibration_inputs(wildcards):
@@ -179,15 +214,6 @@ def backend_artifact(wildcards):
     return artifact(wildcards.backend, wildcards.model, wildcards.seq)
 
 
-def backend_stage(wildcards):
-    """The metrics JSON of the stage that made the backend's artifact, if it writes one: its gate's
-    figures on the evaluation set spare the evaluate stage measuring them again."""
-    stage = artifact(
-        wildcards.backend, wildcards.model, wildcards.seq, output="metrics"
-    )
-    return {} if stage is None else {"stage": stage}
-
-
 def backend_info(wildcards):
     b = BACKENDS[wildcards.backend]
     return {"runtime": b.runtime, "precision": b.precision}
@@ -198,22 +224,143 @@ def backend_info(wildcards):
 CPU_FLAGS = cpu_flags()
 
 
-def backends_of(model):
-    """The configured backends that apply to ``model`` on this CPU (the reference first)."""
-    source = config["models"][model]["source"]
-    return [b for b in BACKEND_NAMES if not_applicable(b, source, CPU_FLAGS) is None]
+def backends_of(model, graph="seq"):
+    """The configured backends that apply to ``model`` on this CPU, at its size (the reference first)."""
+    return [b for b in BACKEND_NAMES if why_not(b, model, graph) is None]
+
+
+def why_not(backend, model, graph="seq"):
+    """Why ``backend`` does not apply to ``model`` (its source, this CPU, its size), or None."""
+    reason = not_applicable(backend, config["models"][model]["source"], CPU_FLAGS)
+    if reason is None and backend != REFERENCE:
+        reason = size_limits(
+            stages_of(backend, model), size_of(model), memory_budget(), graph
+        )
+    return reason
 
 
 def skipped_backends():
     """{model: {backend: why}} for configured backends that do not apply to a model."""
     return {
-        m: {
-            b: not_applicable(b, config["models"][m]["source"], CPU_FLAGS)
-            for b in BACKEND_NAMES
-            if b not in backends_of(m)
-        }
+        m: {b: why_not(b, m) for b in BACKEND_NAMES if why_not(b, m) is not None}
         for m in MODELS
     }
+
+
+# ------------------------------------------------------------------ sizes and needs
+
+# Each model's size, read before any job (None for a model its first stage fetches: it is
+# read again from the prepared folder once that stage has run).
+_SIZES = {}
+
+
+def size_of(model):
+    """The model's size (lmship.sizes.ModelSize), or None while unknown."""
+    if _SIZES.get(model) is None:
+        _SIZES[model] = model_size(
+            config["models"][model],
+            Path(expand(rules.prepare_model.output.model, model=model)[0]),
+        )
+    return _SIZES[model]
+
+
+def memory_budget():
+    """The memory this run may use (MB): --resources mem_mb, else 92 % of RAM; None on a cluster."""
+    budget = workflow.global_resources.get("mem_mb")
+    budget = getattr(budget, "value", budget)
+    return budget if _LOCAL and isinstance(budget, int) else None
+
+
+def _strip(pattern):
+    return re.sub(r"\{(\w+),[^}]*\}", r"{\1}", str(pattern))
+
+
+def stages_of(backend, model):
+    """(rule, variant) of every stage the artifact of ``backend`` goes through for ``model``, its own
+    rule first.
+
+    Read from the rules: a rule's plain input that is another rule's ``artifact`` output is the stage
+    before it; quantize_onnx reads the simplified or the exported ONNX (quantize_source).
+    """
+    made_by = {
+        _strip(getattr(rules, r.name).output.artifact): r.name
+        for r in workflow.rules
+        if "artifact" in getattr(rules, r.name).output.keys()
+    }
+    b = BACKENDS[backend]
+    variant = next(iter(b.wildcards.values()), None)
+    chain, rule_name = [], b.rule
+    while rule_name in made_by.values():
+        chain.append((rule_name, variant))
+        variant = None
+        if rule_name == "quantize_onnx":
+            onnxsim = [("simplify_onnx", None)]
+            too_big = size_limits(onnxsim, size_of(model), memory_budget())
+            rule_name = "export_onnx" if too_big else "simplify_onnx"
+            continue
+        inputs = getattr(rules, rule_name).input
+        upstream = [
+            made_by[_strip(i)]
+            for i in inputs
+            if isinstance(i, str) and _strip(i) in made_by
+        ]
+        rule_name = upstream[0] if upstream else None
+    return chain
+
+
+def _need(stage, wildcards, input):
+    """What a job of ``stage`` needs for its model (lmship.sizes.stage_need, from the measured stage
+    costs); to be determined (Snakemake's <TBD>) until a fetched model's folder exists.
+    """
+    size = size_of(wildcards.model)
+    folder = input.get("hf") or input.get("model")
+    if size is None and folder is not None:
+        raise FileNotFoundError(2, "the model is not prepared yet", str(folder))
+    keys = wildcards.keys()
+    variant = next(
+        (
+            wildcards[k]
+            for k in ("precision", "variant", "compression", "backend")
+            if k in keys
+        ),
+        None,
+    )
+    graph = wildcards["graph"] if "graph" in keys else "seq"
+    default_mb, default_min = RULE_DEFAULTS[stage]
+    return stage_need(
+        stage, size, graph, variant, default_mb=default_mb, default_min=default_min
+    )
+
+
+def need_mb(stage):
+    """A rule's ``mem_mb``: the predicted peak of ``stage`` for the job's model, with headroom."""
+    return lambda wildcards, input: _need(stage, wildcards, input).mem_mb
+
+
+def need_min(stage):
+    """A rule's ``runtime`` (minutes): the predicted wall time of ``stage``, with headroom."""
+    return lambda wildcards, input: _need(stage, wildcards, input).runtime_min
+
+
+# What each stage needs when its model's size is unknown or the stage was never measured:
+# the peak RSS (+ headroom) and minutes measured on SmolLM2-135M.
+RULE_DEFAULTS = {
+    "prepare_model": (6000, 20),
+    "eval_inputs": (1000, 5),
+    "reference_logits": (3000, 15),
+    "quantize_pytorch": (3000, 10),
+    "export_onnx": (6000, 20),
+    "simplify_onnx": (8000, 20),
+    "quantize_onnx": (4000, 20),
+    "host_tables": (2000, 5),
+    "savedmodel": (8000, 40),
+    "tflite": (10000, 20),
+    "openvino_ir": (4000, 15),
+    "compress_openvino": (3000, 20),
+    "evaluate": (5000, 15),
+    "timing": (3000, 60),
+    "generation": (3000, 90),
+}
 
 
 def timed_backends(model, seq):
@@ -263,17 +410,28 @@ def machine_jsons():
 
 
 def conversion_targets():
-    """The SavedModel and every full-precision artifact (fp32, fp16) of the catalogue."""
+    """The SavedModel and every full-precision artifact (fp32, fp16) of the catalogue that applies."""
     artifacts = [
-        b
+        b.name
         for b in BACKENDS.values()
         if b.precision in ("fp32", "fp16") and b.name != REFERENCE
     ]
+    budget = memory_budget()
     return [
-        *expand(
-            rules.savedmodel.output.savedmodel, model=MODELS, seq=SEQ_LENS, graph="seq"
+        *(
+            expand(rules.savedmodel.output.artifact, model=m, seq=s, graph="seq")[0]
+            for m, s in model_seqs()
+            if size_limits(
+                [("simplify_onnx", None), ("savedmodel", None)], size_of(m), budget
+            )
+            is None
         ),
-        *(artifact(b.name, m, s) for b in artifacts for m, s in model_seqs()),
+        *(
+            artifact(b, m, s)
+            for b in artifacts
+            for m, s in model_seqs()
+            if why_not(b, m) is None
+        ),
     ]
 
 
@@ -298,15 +456,17 @@ def graph_check(wildcards):
     Forward graph (``seq``): the evaluation set and PyTorch's logits. Generation
     graphs: prompts from the evaluation prose, the host tables and the model.
     """
+    hf = expand(rules.prepare_model.output.model, model=wildcards.model)[0]
     if wildcards.graph == "seq":
         return {
             "inputs": expand(rules.eval_inputs.output.inputs, **wildcards)[0],
             "reference": expand(rules.reference_logits.output.logits, **wildcards)[0],
+            "hf": hf,
         }
     return {
         "inputs": prompt_inputs(wildcards.model),
         "host": host_npz(wildcards.model),
-        "hf": expand(rules.prepare_model.output.model, model=wildcards.model)[0],
+        "hf": hf,
     }
 
 

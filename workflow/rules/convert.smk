@@ -1,15 +1,15 @@
 # ONNX -> TensorFlow SavedModel (onnx2tf) -> TFLite fp32 / fp16 / int8, builtin ops only.
-# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
-# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# Each writes its folder: the artifact with metrics.json, or failed.json (lmship.records).
+# Resources: mem_mb and runtime (minutes) are predicted for each model's size from measured
+# stage costs (lmship.sizes; override: --set-resources <rule>:mem_mb=<MB>).
 
 
 rule savedmodel:
     input:
         unpack(graph_check),
-        onnx=rules.simplify_onnx.output.onnx,
+        onnx=rules.simplify_onnx.output.artifact,
     output:
-        savedmodel=directory("results/{model}/{graph}{seq}/savedmodel"),
-        metrics="results/{model}/{graph}{seq}/metrics/savedmodel.json",
+        artifact=directory("results/{model}/{graph}{seq}/savedmodel"),
     log:
         "logs/savedmodel/{model}_{graph}{seq}.log",
     benchmark:
@@ -19,8 +19,8 @@ rule savedmodel:
         "../../envs/tensorflow.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=40,
+        mem_mb=need_mb("savedmodel"),
+        runtime=need_min("savedmodel"),
     params:
         onnx2tf=config["savedmodel"]["onnx2tf"],
         fast_weight_matmul=config["savedmodel"]["fast_weight_matmul"],
@@ -32,11 +32,9 @@ rule savedmodel:
 rule tflite:
     input:
         unpack(graph_check),
-        savedmodel=rules.savedmodel.output.savedmodel,
+        savedmodel=rules.savedmodel.output.artifact,
     output:
-        tflite="results/{model}/{graph}{seq}/tflite_{precision}.tflite",
-        census="results/{model}/{graph}{seq}/tflite_{precision}.ops.json",
-        metrics="results/{model}/{graph}{seq}/metrics/tflite_{precision}.json",
+        artifact=directory("results/{model}/{graph}{seq}/tflite_{precision}"),
     log:
         "logs/tflite/{model}_{graph}{seq}_{precision}.log",
     benchmark:
@@ -46,8 +44,8 @@ rule tflite:
         "../../envs/tensorflow.yaml"
     threads: 1
     resources:
-        mem_mb=10000,
-        runtime=20,
+        mem_mb=need_mb("tflite"),
+        runtime=need_min("tflite"),
     params:
         min_top1=lambda wc: config["conversion_gate"][wc.precision],
     script:

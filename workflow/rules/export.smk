@@ -1,6 +1,8 @@
 # PyTorch -> ONNX -> simplified ONNX -> ONNX Runtime int8 variants.
-# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
-# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# Every conversion writes one folder: its artifact (model.onnx) with metrics.json, or a
+# failed.json saying where and why it failed (lmship.records), so that one failed format
+# never costs the summary. Resources: mem_mb and runtime (minutes) are predicted for each
+# model's size from measured stage costs (lmship.sizes; override: --set-resources).
 # priority 1 (here and in convert.smk): ONNX -> simplified ONNX -> SavedModel -> TFLite is
 # the longest chain of one-thread stages, so it starts first and the short stages fill the
 # other cores instead of holding it back to the end of the run.
@@ -11,8 +13,7 @@ rule export_onnx:
         unpack(graph_check),
         model=rules.prepare_model.output.model,
     output:
-        onnx="results/{model}/{graph}{seq}/onnx.onnx",
-        metrics="results/{model}/{graph}{seq}/metrics/export_onnx.json",
+        artifact=directory("results/{model}/{graph}{seq}/onnx"),
     log:
         "logs/export_onnx/{model}_{graph}{seq}.log",
     benchmark:
@@ -22,8 +23,8 @@ rule export_onnx:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
-        runtime=20,
+        mem_mb=need_mb("export_onnx"),
+        runtime=need_min("export_onnx"),
     params:
         opset=config["export"]["opset"],
         min_top1=config["conversion_gate"]["fp32"],
@@ -34,10 +35,9 @@ rule export_onnx:
 rule simplify_onnx:
     input:
         unpack(graph_check),
-        onnx=rules.export_onnx.output.onnx,
+        onnx=rules.export_onnx.output.artifact,
     output:
-        onnx="results/{model}/{graph}{seq}/onnx_simplified.onnx",
-        metrics="results/{model}/{graph}{seq}/metrics/simplify_onnx.json",
+        artifact=directory("results/{model}/{graph}{seq}/onnx_simplified"),
     log:
         "logs/simplify_onnx/{model}_{graph}{seq}.log",
     benchmark:
@@ -47,8 +47,8 @@ rule simplify_onnx:
         "../../envs/onnxsim.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=20,
+        mem_mb=need_mb("simplify_onnx"),
+        runtime=need_min("simplify_onnx"),
     params:
         min_top1=config["conversion_gate"]["fp32"],
     script:
@@ -57,10 +57,10 @@ rule simplify_onnx:
 
 rule quantize_onnx:
     input:
-        onnx=rules.simplify_onnx.output.onnx,
+        onnx=quantize_source,
+        hf=prepared,
     output:
-        onnx="results/{model}/{graph}{seq}/onnx_{variant}.onnx",
-        metrics="results/{model}/{graph}{seq}/metrics/quantize_onnx_{variant}.json",
+        artifact=directory("results/{model}/{graph}{seq}/onnx_{variant}"),
     log:
         "logs/quantize_onnx/{model}_{graph}{seq}_{variant}.log",
     benchmark:
@@ -69,8 +69,8 @@ rule quantize_onnx:
         "../../envs/onnxsim.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=need_mb("quantize_onnx"),
+        runtime=need_min("quantize_onnx"),
     script:
         "../scripts/quantize_onnx.py"
 
@@ -88,8 +88,8 @@ rule host_tables:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=5,
+        mem_mb=need_mb("host_tables"),
+        runtime=need_min("host_tables"),
     params:
         prompt_len=GEN["prompt_tokens"],
     script:

@@ -1,6 +1,6 @@
 # Model preparation: the HF folder, the evaluation inputs and the PyTorch reference.
-# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
-# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# Resources: mem_mb and runtime (minutes) are predicted for each model's size from measured
+# stage costs (lmship.sizes; override: --set-resources <rule>:mem_mb=<MB>).
 
 
 rule prepare_model:
@@ -14,8 +14,8 @@ rule prepare_model:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=need_mb("prepare_model"),
+        runtime=need_min("prepare_model"),
     params:
         spec=model_spec,
     script:
@@ -53,8 +53,8 @@ rule eval_inputs:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=need_mb("eval_inputs"),
+        runtime=need_min("eval_inputs"),
     params:
         batch_size=config["batch_size"],
         text_samples=config["eval"]["text_samples"],
@@ -81,8 +81,8 @@ rule reference_logits:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=15,
+        mem_mb=need_mb("reference_logits"),
+        runtime=need_min("reference_logits"),
     script:
         "../scripts/reference_logits.py"
 
@@ -91,8 +91,7 @@ rule quantize_pytorch:
     input:
         model=rules.prepare_model.output.model,
     output:
-        model=directory("results/{model}/pytorch_int8"),
-        metrics="results/{model}/metrics/quantize_pytorch.json",
+        artifact=directory("results/{model}/pytorch_int8"),
     log:
         "logs/quantize_pytorch/{model}.log",
     benchmark:
@@ -101,7 +100,7 @@ rule quantize_pytorch:
         "../../envs/model.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=10,
+        mem_mb=need_mb("quantize_pytorch"),
+        runtime=need_min("quantize_pytorch"),
     script:
         "../scripts/quantize_pytorch.py"

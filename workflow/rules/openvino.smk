@@ -1,18 +1,15 @@
 # ONNX -> OpenVINO IR (fp32 weights; run at f32 or bf16 inference precision) -> NNCF
-# weight-compressed IRs. Resources: mem_mb is the peak RSS measured on SmolLM2-135M at
-# sequence length 128 plus headroom (raise it for bigger models:
-# --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# weight-compressed IRs. Each writes its folder: model.xml + model.bin + ops.json +
+# metrics.json, or failed.json (lmship.records). Resources: mem_mb and runtime (minutes)
+# are predicted for each model's size from measured stage costs (lmship.sizes).
 
 
 rule openvino_ir:
     input:
         unpack(graph_check),
-        onnx=rules.export_onnx.output.onnx,
+        onnx=rules.export_onnx.output.artifact,
     output:
-        xml="results/{model}/{graph}{seq}/openvino.xml",
-        bin="results/{model}/{graph}{seq}/openvino.bin",
-        census="results/{model}/{graph}{seq}/openvino.ops.json",
-        metrics="results/{model}/{graph}{seq}/metrics/openvino_ir.json",
+        artifact=directory("results/{model}/{graph}{seq}/openvino"),
     log:
         "logs/openvino_ir/{model}_{graph}{seq}.log",
     benchmark:
@@ -21,8 +18,8 @@ rule openvino_ir:
         "../../envs/openvino.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=15,
+        mem_mb=need_mb("openvino_ir"),
+        runtime=need_min("openvino_ir"),
     params:
         min_top1=config["conversion_gate"]["fp32"],
     script:
@@ -32,13 +29,10 @@ rule openvino_ir:
 rule compress_openvino:
     input:
         unpack(calibration_inputs),
-        ir=rules.openvino_ir.output.xml,
-        ir_bin=rules.openvino_ir.output.bin,
+        ir=rules.openvino_ir.output.artifact,
+        hf=prepared,
     output:
-        xml="results/{model}/{graph}{seq}/openvino_{compression}.xml",
-        bin="results/{model}/{graph}{seq}/openvino_{compression}.bin",
-        census="results/{model}/{graph}{seq}/openvino_{compression}.ops.json",
-        metrics="results/{model}/{graph}{seq}/metrics/compress_openvino_{compression}.json",
+        artifact=directory("results/{model}/{graph}{seq}/openvino_{compression}"),
     log:
         "logs/compress_openvino/{model}_{graph}{seq}_{compression}.log",
     benchmark:
@@ -47,8 +41,8 @@ rule compress_openvino:
         "../../envs/openvino.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=20,
+        mem_mb=need_mb("compress_openvino"),
+        runtime=need_min("compress_openvino"),
     params:
         calibration_samples=config["openvino"]["calibration_samples"],
     script:

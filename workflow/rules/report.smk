@@ -1,6 +1,5 @@
 # Tables and the comparison plot.
-# Resources: mem_mb is the peak RSS measured on SmolLM2-135M at sequence length 128 plus
-# headroom (raise it for bigger models: --set-resources <rule>:mem_mb=<MB>); runtime in minutes.
+# Resources: small and independent of the model's size (runtime in minutes).
 
 
 rule accuracy_table:

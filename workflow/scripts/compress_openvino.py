@@ -1,13 +1,15 @@
-"""Snakemake adapter: lmship.openvino.compress_openvino."""
+"""Snakemake adapter: lmship.openvino.compress_openvino, into the rule's artifact folder."""
 
 from pathlib import Path
 
 from lmship import StageError
-from lmship.logs import log_to
 from lmship.openvino import calibration_windows, compress_openvino, needs_calibration
+from lmship.records import METRICS, artifact_in, run_job
 
 smk = snakemake  # noqa: F821
-with log_to(smk.log[0]):
+
+
+def work(out: Path) -> None:
     compression = smk.wildcards.compression
     calibration = None
     if needs_calibration(compression):
@@ -24,10 +26,13 @@ with log_to(smk.log[0]):
             count=smk.params.calibration_samples,
         )
     compress_openvino(
-        Path(smk.input.ir),
-        Path(smk.output.xml),
+        artifact_in(smk.input.ir),
+        out / "model.xml",
         compression,
         calibration,
-        census_json=Path(smk.output.census),
-        metrics_json=Path(smk.output.metrics),
+        census_json=out / "ops.json",
+        metrics_json=out / METRICS,
     )
+
+
+run_job(smk, work, inputs=[smk.input.ir])

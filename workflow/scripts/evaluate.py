@@ -1,22 +1,44 @@
-"""Snakemake adapter: lmship.evaluate.evaluate."""
+"""Snakemake adapter: lmship.evaluate.evaluate on the backend's artifact folder; a folder that
+holds a failure record (lmship.records), or an evaluation that fails, gives a failed accuracy JSON."""
 
 from pathlib import Path
 
-from lmship.evaluate import evaluate
+from lmship.evaluate import evaluate, failed_evaluation
 from lmship.logs import log_to
+from lmship.records import artifact_in, attempt, failure, metrics_of
 
 smk = snakemake  # noqa: F821
-with log_to(smk.log[0]):
+folder = Path(smk.input.artifact)
+facts = {
+    "model": smk.wildcards.model,
+    "backend": smk.wildcards.backend,
+    "precision": smk.params.backend["precision"],
+}
+
+
+def work(_: Path) -> None:
     evaluate(
         smk.params.backend["runtime"],
-        Path(smk.input.artifact),
+        artifact_in(folder),
         Path(smk.input.inputs),
         Path(smk.input.reference),
         Path(smk.output.json),
-        model=smk.wildcards.model,
-        backend=smk.wildcards.backend,
-        precision=smk.params.backend["precision"],
         tiers=dict(smk.params.tiers),
         threads=smk.threads,
-        stage_json=Path(stage) if (stage := getattr(smk.input, "stage", None)) else None,
+        stage_json=metrics_of(folder),
+        **facts,
     )
+
+
+with log_to(smk.log[0]):
+    record = failure(folder)
+    if record is None:
+        record = attempt(work, log_path=smk.log[0], stage="evaluate")
+    if record is not None:
+        failed_evaluation(
+            Path(smk.output.json),
+            record,
+            seq_len=int(smk.wildcards.seq),
+            runtime=smk.params.backend["runtime"],
+            **facts,
+        )

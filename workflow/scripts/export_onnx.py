@@ -1,23 +1,25 @@
 """Snakemake adapter: lmship.export_onnx.export_onnx (forward graph) or
-lmship.generation_stages.export_generation (prefill / decode graph)."""
+lmship.generation_stages.export_generation (prefill / decode graph), into the rule's artifact folder."""
 
 from pathlib import Path
 
 from lmship.export_onnx import export_onnx
 from lmship.generation_stages import export_generation
-from lmship.logs import log_to
+from lmship.records import METRICS, run_job
 
 smk = snakemake  # noqa: F821
-with log_to(smk.log[0]):
+
+
+def work(out: Path) -> None:
     if smk.wildcards.graph == "seq":
         export_onnx(
             Path(smk.input.model),
             Path(smk.input.inputs),
             Path(smk.input.reference),
-            Path(smk.output.onnx),
+            out / "model.onnx",
             opset=smk.params.opset,
             min_top1=smk.params.min_top1,
-            metrics_json=Path(smk.output.metrics),
+            metrics_json=out / METRICS,
         )
     else:
         export_generation(
@@ -25,9 +27,12 @@ with log_to(smk.log[0]):
             Path(smk.input.model),
             Path(smk.input.inputs),
             Path(smk.input.host),
-            Path(smk.output.onnx),
+            out / "model.onnx",
             length=int(smk.wildcards.seq),
             opset=smk.params.opset,
             min_top1=smk.params.min_top1,
-            metrics_json=Path(smk.output.metrics),
+            metrics_json=out / METRICS,
         )
+
+
+run_job(smk, work)

@@ -19,4 +19,5 @@ with log_to(smk.log[0]):
         new_tokens=smk.params.new_tokens,
         lossless=lossless_backends([Path(p) for p in smk.input.tiers], smk.params.strictest_tier),
         given_threads=smk.threads,
+        log_path=smk.log[0],
     )

@@ -1,19 +1,22 @@
 """Snakemake adapter: lmship.openvino.openvino_ir (forward graph) or
-lmship.generation_stages.openvino_generation (prefill / decode graph)."""
+lmship.generation_stages.openvino_generation (prefill / decode graph), into the rule's artifact folder."""
 
 from pathlib import Path
 
 from lmship.generation_stages import openvino_generation
-from lmship.logs import log_to
 from lmship.openvino import openvino_ir
+from lmship.records import METRICS, artifact_in, run_job
 
 smk = snakemake  # noqa: F821
-outputs = {"census_json": Path(smk.output.census), "metrics_json": Path(smk.output.metrics)}
-with log_to(smk.log[0]):
+
+
+def work(out: Path) -> None:
+    outputs = {"census_json": out / "ops.json", "metrics_json": out / METRICS}
+    onnx = artifact_in(smk.input.onnx)
     if smk.wildcards.graph == "seq":
         openvino_ir(
-            Path(smk.input.onnx),
-            Path(smk.output.xml),
+            onnx,
+            out / "model.xml",
             inputs_npz=Path(smk.input.inputs),
             reference_npy=Path(smk.input.reference),
             min_top1=smk.params.min_top1,
@@ -22,11 +25,14 @@ with log_to(smk.log[0]):
     else:
         openvino_generation(
             smk.wildcards.graph,
-            Path(smk.input.onnx),
+            onnx,
             Path(smk.input.hf),
             Path(smk.input.inputs),
             Path(smk.input.host),
-            Path(smk.output.xml),
+            out / "model.xml",
             min_top1=smk.params.min_top1,
             **outputs,
         )
+
+
+run_job(smk, work, inputs=[smk.input.onnx])

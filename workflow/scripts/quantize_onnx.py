@@ -1,15 +1,17 @@
-"""Snakemake adapter: lmship.quantize_onnx.quantize_onnx."""
+"""Snakemake adapter: lmship.quantize_onnx.quantize_onnx, into the rule's artifact folder."""
 
 from pathlib import Path
 
-from lmship.logs import log_to
 from lmship.quantize_onnx import quantize_onnx
+from lmship.records import METRICS, artifact_in, run_job
 
 smk = snakemake  # noqa: F821
-with log_to(smk.log[0]):
+
+
+def work(out: Path) -> None:
     quantize_onnx(
-        Path(smk.input.onnx),
-        Path(smk.output.onnx),
-        variant=smk.wildcards.variant,
-        metrics_json=Path(smk.output.metrics),
+        artifact_in(smk.input.onnx), out / "model.onnx", variant=smk.wildcards.variant, metrics_json=out / METRICS
     )
+
+
+run_job(smk, work, inputs=[smk.input.onnx])

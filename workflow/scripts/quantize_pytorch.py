@@ -1,10 +1,9 @@
-"""Snakemake adapter: lmship.quantize_pytorch.quantize_pytorch."""
+"""Snakemake adapter: lmship.quantize_pytorch.quantize_pytorch; the quantised model is the rule's artifact folder."""
 
 from pathlib import Path
 
-from lmship.logs import log_to
 from lmship.quantize_pytorch import quantize_pytorch
+from lmship.records import METRICS, run_job
 
 smk = snakemake  # noqa: F821
-with log_to(smk.log[0]):
-    quantize_pytorch(Path(smk.input.model), Path(smk.output.model), Path(smk.output.metrics))
+run_job(smk, lambda out: quantize_pytorch(Path(smk.input.model), out, out / METRICS))

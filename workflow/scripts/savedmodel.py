@@ -1,35 +1,30 @@
 """Snakemake adapter: lmship.savedmodel.savedmodel (forward graph) or
-lmship.generation_stages.savedmodel_generation (prefill / decode graph)."""
+lmship.generation_stages.savedmodel_generation (prefill / decode graph); the SavedModel is the
+rule's artifact folder."""
 
 from pathlib import Path
 
 from lmship.generation_stages import savedmodel_generation
-from lmship.logs import log_to
+from lmship.records import METRICS, artifact_in, run_job
 from lmship.savedmodel import savedmodel
 
 smk = snakemake  # noqa: F821
-options = {
-    "min_top1": smk.params.min_top1,
-    "onnx2tf_options": dict(smk.params.onnx2tf),
-    "fast_weight_matmul": smk.params.fast_weight_matmul,
-    "metrics_json": Path(smk.output.metrics),
-}
-with log_to(smk.log[0]):
+
+
+def work(out: Path) -> None:
+    options = {
+        "min_top1": smk.params.min_top1,
+        "onnx2tf_options": dict(smk.params.onnx2tf),
+        "fast_weight_matmul": smk.params.fast_weight_matmul,
+        "metrics_json": out / METRICS,
+    }
+    onnx = artifact_in(smk.input.onnx)
     if smk.wildcards.graph == "seq":
-        savedmodel(
-            Path(smk.input.onnx),
-            Path(smk.input.inputs),
-            Path(smk.input.reference),
-            Path(smk.output.savedmodel),
-            **options,
-        )
+        savedmodel(onnx, Path(smk.input.inputs), Path(smk.input.reference), out, **options)
     else:
         savedmodel_generation(
-            smk.wildcards.graph,
-            Path(smk.input.onnx),
-            Path(smk.input.hf),
-            Path(smk.input.inputs),
-            Path(smk.input.host),
-            Path(smk.output.savedmodel),
-            **options,
+            smk.wildcards.graph, onnx, Path(smk.input.hf), Path(smk.input.inputs), Path(smk.input.host), out, **options
         )
+
+
+run_job(smk, work, inputs=[smk.input.onnx])

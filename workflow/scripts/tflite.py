@@ -1,24 +1,26 @@
 """Snakemake adapter: lmship.tflite.tflite, checked on the evaluation set (forward graph)
-or by lmship.generation_stages.tflite_gate (prefill / decode graph)."""
+or by lmship.generation_stages.tflite_gate (prefill / decode graph), into the rule's artifact folder."""
 
 from pathlib import Path
 
 from lmship.generation_stages import tflite_gate
-from lmship.logs import log_to
+from lmship.records import METRICS, run_job
 from lmship.tflite import tflite
 
 smk = snakemake  # noqa: F821
 forward = smk.wildcards.graph == "seq"
-with log_to(smk.log[0]):
+
+
+def work(out: Path) -> None:
     tflite(
         Path(smk.input.savedmodel),
-        Path(smk.output.tflite),
+        out / "model.tflite",
         precision=smk.wildcards.precision,
         inputs_npz=Path(smk.input.inputs) if forward else None,
         reference_npy=Path(smk.input.reference) if forward else None,
         min_top1=smk.params.min_top1,
-        census_json=Path(smk.output.census),
-        metrics_json=Path(smk.output.metrics),
+        census_json=out / "ops.json",
+        metrics_json=out / METRICS,
         gate=None
         if forward
         else tflite_gate(
@@ -30,3 +32,6 @@ with log_to(smk.log[0]):
             min_top1=smk.params.min_top1,
         ),
     )
+
+
+run_job(smk, work, inputs=[smk.input.savedmodel])

@@ -1,4 +1,4 @@
-"""Snakemake adapter: lmship.rounds.time_in_rounds."""
+"""Snakemake adapter: lmship.rounds.time_in_rounds (every backend, interleaved rounds)."""
 
 from pathlib import Path
 
@@ -18,4 +18,5 @@ with log_to(smk.log[0]):
         warmup=smk.params.warmup,
         repeats=smk.params.repeats,
         min_seconds=smk.params.min_seconds,
+        log_path=smk.log[0],
     )

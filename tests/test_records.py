@@ -1,0 +1,136 @@
+"""lmship.records: a stage's artifact folder, or the record of why it failed; never a half-written artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmship import StageError
+from lmship.records import (
+    FAILED,
+    artifact_in,
+    attempt,
+    failure,
+    failure_lines,
+    failures,
+    forget,
+    run_stage,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _writes_model(out: Path) -> None:
+    (out / "model.onnx").write_bytes(b"onnx")
+    (out / "metrics.json").write_text(json.dumps({"artifact": str(out / "model.onnx")}))
+
+
+def test_a_stage_that_succeeds_leaves_its_artifact_with_paths_of_its_final_place(tmp_path):
+    out = tmp_path / "seq16" / "onnx"
+    assert run_stage("export_onnx", out, _writes_model) is None
+    assert artifact_in(out) == out / "model.onnx" and failure(out) is None
+    assert json.loads((out / "metrics.json").read_text())["artifact"] == str(out / "model.onnx")
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_a_stage_error_becomes_the_record_and_nothing_of_the_artifact_is_kept(tmp_path):
+    out = tmp_path / "tflite_fp16"
+
+    def fails(folder: Path) -> None:
+        (folder / "model.tflite").write_bytes(b"half")
+        raise StageError("tflite_fp16: agrees on 13.50% of positions\nsecond line of detail")
+
+    record = run_stage("tflite", out, fails, log_path="logs/tflite/x.log")
+    assert record == failure(out)
+    assert record["failed_at"] == "tflite" and record["reason"] == "tflite_fp16: agrees on 13.50% of positions"
+    assert record["log"] == "logs/tflite/x.log"
+    assert sorted(p.name for p in out.iterdir()) == [FAILED]  # the half-written file is gone
+    assert artifact_in(out) == out  # nothing for a runtime to open
+
+
+def test_any_exception_names_its_type(tmp_path):
+    def crashes(folder: Path) -> None:
+        raise AttributeError("'Phi3Attention' object has no attribute 'q_proj'")
+
+    record = run_stage("export_onnx", tmp_path / "onnx", crashes)
+    assert record["reason"] == "AttributeError: 'Phi3Attention' object has no attribute 'q_proj'"
+
+
+def test_a_child_killed_by_sigkill_is_recorded_as_out_of_memory_with_its_peak(tmp_path):
+    def grows_then_is_killed(folder: Path) -> None:
+        ballast = bytearray(300 * 1024 * 1024)  # touched: ~300 MB resident
+        ballast[::4096] = b"x" * len(ballast[::4096])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    record = run_stage("tflite", tmp_path / "tflite_fp32", grows_then_is_killed, mem_mb=10000)
+    assert record["killed_for_memory"] is True and record["mem_mb"] == 10000
+    assert record["peak_rss_mb"] >= 300
+    assert "out of memory" in record["reason"] and "declared mem_mb 10000" in record["reason"]
+
+
+def test_a_failed_input_is_passed_on_without_running_the_stage(tmp_path):
+    run_stage("savedmodel", tmp_path / "savedmodel", lambda out: (_ for _ in ()).throw(StageError("onnx2tf broke")))
+    ran = []
+    record = run_stage("tflite", tmp_path / "tflite_fp16", ran.append, inputs=[tmp_path / "savedmodel"])
+    assert ran == []
+    assert record["failed_at"] == "savedmodel" and record["reason"] == "onnx2tf broke"
+    assert failure(tmp_path / "tflite_fp16") == record
+
+
+def test_an_interrupted_stage_records_nothing(tmp_path):
+    """SIGTERM (Snakemake cancelling a job) is not a failure of the format: the stage must simply run again."""
+    script = (
+        "import os, signal, sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
+        "from lmship.records import run_stage;"
+        "run_stage('savedmodel', Path(sys.argv[1]), lambda out: os.kill(os.getpid(), signal.SIGTERM))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "savedmodel"), str(REPO / "workflow")])
+    assert proc.returncode == -signal.SIGTERM
+    assert not (tmp_path / "savedmodel").exists()
+
+
+def test_attempt_reports_the_failure_without_writing_anything(tmp_path):
+    assert attempt(lambda _: None, stage="evaluate") is None
+    record = attempt(lambda _: (_ for _ in ()).throw(ValueError("bad logits")), stage="evaluate", log_path="e.log")
+    assert (
+        record["failed_at"] == "evaluate" and record["reason"] == "ValueError: bad logits" and record["log"] == "e.log"
+    )
+
+
+def test_the_run_names_every_failure_once_and_forgets_the_records(tmp_path):
+    results = tmp_path / "results"
+    run_stage("savedmodel", results / "m" / "seq16" / "savedmodel", lambda out: 1 / 0, log_path="logs/sm.log")
+    run_stage("tflite", results / "m" / "seq16" / "tflite_fp32", print, inputs=[results / "m" / "seq16" / "savedmodel"])
+    accuracy = results / "m" / "seq16" / "accuracy" / "tflite_fp32.json"
+    accuracy.parent.mkdir(parents=True)
+    record = {"failed_at": "savedmodel", "reason": "ZeroDivisionError: division by zero", "log": "logs/sm.log"}
+    accuracy.write_text(json.dumps({"backend": "tflite_fp32", "status": "failed", **record}))
+    timing = results / "m" / "seq16" / "timing" / "t1.csv"
+    timing.parent.mkdir()
+    timing.write_text("backend,status,failed_at,reason,log\nonnx,ok,,,\nopenvino,failed,timing,boom,logs/t.log\n")
+    ok = results / "m" / "seq16" / "onnx"
+    run_stage("export_onnx", ok, _writes_model)
+
+    found = failures(results, ["m"])
+    assert {f["failed_at"] for f in found} == {"savedmodel", "timing"}
+    lines = failure_lines(found)
+    assert lines[0].startswith("2 stage(s) failed")
+    assert any("failed at savedmodel: ZeroDivisionError" in line for line in lines)
+    assert any("log: logs/sm.log" in line for line in lines) and any("log: logs/t.log" in line for line in lines)
+    forget(found)
+    assert not (results / "m" / "seq16" / "savedmodel").exists() and not accuracy.exists() and not timing.exists()
+    assert (ok / "model.onnx").is_file()  # a format that succeeded keeps its artifact
+    assert failures(results, ["m"]) == [] and failure_lines([]) == []
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.tflite", "model.xml"])
+def test_artifact_in_finds_the_file_a_runtime_opens(tmp_path, name):
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "metrics.json").write_text("{}")
+    assert artifact_in(tmp_path) == tmp_path / name

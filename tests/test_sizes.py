@@ -1,0 +1,115 @@
+"""lmship.sizes: a model's size read before any job, and what each stage needs for it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from workflow_helpers import planned_jobs, snakemake, write_config
+
+from lmship import sizes
+from lmship.sizes import ModelSize, size_from_config, size_from_folder, size_from_gguf, size_limits, stage_need
+
+
+def _config_and_params(model_type: str, **dims) -> tuple[dict, int]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, **dims)
+    model = AutoModelForCausalLM.from_config(config)
+    return config.to_dict(), sum(p.numel() for p in model.parameters())
+
+
+def test_the_safetensors_headers_give_the_exact_parameter_count(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    expected = sum(p.numel() for p in model.parameters())  # the tied head counted once
+    size = size_from_folder(tiny_model)
+    assert size.params == expected and size.where == "the safetensors headers"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "dims"),
+    [
+        ("llama", {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "vocab_size": 300, "tie_word_embeddings": True}),
+        ("llama", {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 8,
+                   "num_key_value_heads": 8, "head_dim": 16, "vocab_size": 300, "tie_word_embeddings": False}),
+    ],
+)  # fmt: skip
+def test_a_random_models_architecture_gives_its_parameter_count(model_type, dims):
+    config, params = _config_and_params(model_type, **dims)
+    assert size_from_config(config, "its architecture").params == params
+
+
+def test_the_gguf_tensor_table_gives_the_parameter_count(tmp_path):
+    import gguf
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_embedding_length(8)
+    writer.add_token_list([f"t{i}".encode() for i in range(11)])
+    writer.add_tensor("token_embd.weight", np.zeros((11, 8), np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((8, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    size = size_from_gguf(path)
+    assert size.params == 11 * 8 + 8 * 8 and size.vocab == 11 and size.hidden == 8
+
+
+def test_a_stage_cost_is_a_line_fitted_through_its_measurements(monkeypatch):
+    measured = [
+        {"stage": "tflite", "variant": "fp32", "params": 100_000_000, "peak_mb": 6000, "seconds": 60},
+        {"stage": "tflite", "variant": "fp32", "params": 300_000_000, "peak_mb": 16000, "seconds": 180},
+        {"stage": "tflite", "variant": "fp16", "params": 100_000_000, "peak_mb": 5000, "seconds": 50},
+    ]
+    monkeypatch.setattr(sizes, "_measurements", lambda: tuple(measured))
+    sizes._line.cache_clear()
+    try:
+        need = stage_need("tflite", ModelSize(200_000_000), "seq", "fp32", default_mb=1, default_min=1)
+        assert need.peak_mb == 11000  # halfway along the line: 0.8 GB of fp32 weights
+        assert need.mem_mb == 13800  # with 25 % headroom, rounded up to 100 MB
+        assert need.runtime_min == 6  # 120 s x 3
+        # a variant measured at one size only never gets less than that measurement
+        assert stage_need("tflite", ModelSize(10_000_000), "seq", "fp16", default_mb=1, default_min=1).peak_mb == 5000
+        # a stage never measured, or a model of unknown size, keeps the rule's own figures
+        assert stage_need("savedmodel", ModelSize(10), default_mb=8000, default_min=40).mem_mb == 8000
+        assert stage_need("tflite", None, "seq", "fp32", default_mb=10000, default_min=20).runtime_min == 20
+    finally:
+        sizes._line.cache_clear()
+
+
+def test_the_measured_costs_cover_every_stage_of_a_format_at_three_sizes():
+    rows = json.loads(sizes.COSTS.read_text())["measurements"]
+    for stage in ("export_onnx", "openvino_ir", "evaluate", "reference_logits", "prepare_model"):
+        assert len({r["params"] for r in rows if r["stage"] == stage}) >= 3, stage
+    for stage in ("simplify_onnx", "savedmodel", "tflite"):  # these cannot take a 1B model (2 GB)
+        assert len({r["params"] for r in rows if r["stage"] == stage}) >= 3, stage
+
+
+def test_single_file_formats_refuse_a_model_above_2_gb_and_say_why():
+    big = ModelSize(1_236_000_000)
+    why = size_limits([("tflite", "fp16"), ("savedmodel", None)], big, None)
+    assert why.startswith("not applicable: the model has 1236M parameters, 4.9 GB in fp32, above the 2 GB limit")
+    assert "TFLite flatbuffer" in why
+    assert size_limits([("openvino_ir", None), ("export_onnx", None)], big, None) is None
+    assert size_limits([("tflite", "fp32")], None, 1000) is None  # unknown size: nothing is ruled out yet
+
+
+def test_a_1b_model_dry_run_names_the_formats_it_rules_out_and_plans_the_rest(tmp_path):
+    arch = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32}
+    arch.update(num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=2048)
+    write_config(tmp_path, {"models": {"llama1b": {"source": "random", "seed": 0, "architecture": arch}}})
+    proc = snakemake(tmp_path, "-n")
+    out = proc.stdout + proc.stderr
+    assert "llama1b: 1236M parameters (4.94 GB in fp32, from its architecture)" in out
+    for backend in ("onnx_simplified", "tflite_fp32", "tflite_fp16", "tflite_int8"):
+        assert f"llama1b: {backend} not applicable: the model has 1236M parameters" in out, backend
+    plan = planned_jobs(proc.stdout)
+    assert "savedmodel" not in plan and "tflite" not in plan and "simplify_onnx" not in plan
+    assert "results/llama1b/seq128/onnx_int8_block" in proc.stdout  # ORT's quantiser reads the exported ONNX
+    assert plan.get("openvino_ir") and plan.get("export_onnx")

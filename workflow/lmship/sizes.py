@@ -1,0 +1,384 @@
+"""How big a model is, read before any job, and what each stage needs for it.
+
+:func:`model_size` reads the parameter count without loading the weights: from the prepared
+folder's ``prepare.json`` once it exists, else from the safetensors headers of a local folder (or
+of a cached hub snapshot), the tensor table of a GGUF file, or a random model's architecture. A
+model fetched by its first stage (a wheel from PyPI) is sized once that stage has run.
+
+:func:`stage_need` predicts a stage's peak memory and wall time for a model of that size: a line
+``a + b * fp32 GB`` fitted by least squares, per stage and graph family, on the measurements in
+``data/stage_costs.json`` (peak RSS and seconds of real runs at three or more model sizes; a new
+measurement is a line there). Memory gets headroom over the fitted peak; a stage measured at only
+one size keeps that measurement as a floor.
+
+:func:`size_limits` says which formats cannot hold a model at all: protobuf files above 2 GB are
+written with external data, which ONNX Runtime and OpenVINO read but onnxsim and onnx2tf do not;
+a TFLite flatbuffer cannot pass 2 GB; and a stage whose predicted peak exceeds the memory budget
+would only be killed after minutes of work.
+
+Standard library only: the Snakefile calls these while it parses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+#: The largest protobuf (ONNX file, TF SavedModel graph) and FlatBuffer (TFLite) a single file can be.
+PROTOBUF_LIMIT = 2**31 - 1
+COSTS = Path(__file__).parent / "data" / "stage_costs.json"
+#: Declared memory = fitted peak x this, so a model between two measured sizes is not killed.
+MEM_HEADROOM = 1.25
+#: Declared run time = fitted wall time x this (minutes, at least RUNTIME_FLOOR_MIN).
+RUNTIME_HEADROOM = 3.0
+RUNTIME_FLOOR_MIN = 5
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A model's parameter count and the dimensions the costs and limits depend on."""
+
+    params: int
+    vocab: int | None = None
+    hidden: int | None = None
+    where: str = ""  # how it was read
+
+    @property
+    def fp32_gb(self) -> float:
+        return 4 * self.params / 1e9
+
+    def describe(self) -> str:
+        millions = f"{self.params / 1e6:.0f}M" if self.params >= 10e6 else f"{self.params / 1e6:.2f}M"
+        return f"{millions} parameters ({self.fp32_gb:.2f} GB in fp32, from {self.where})"
+
+
+# --------------------------------------------------------------------------- reading sizes
+
+
+def model_size(spec: dict, prepared: Path) -> ModelSize | None:
+    """The size of the model of config entry ``spec`` (prepared folder ``prepared``), or None while unknown."""
+    info = Path(prepared) / "prepare.json"
+    if info.is_file():
+        data = json.loads(info.read_text())
+        cfg = _read_json(Path(prepared) / "config.json")
+        if data.get("params"):
+            return ModelSize(int(data["params"]), _vocab(cfg), _hidden(cfg), "the prepared model")
+    source = spec.get("source")
+    if source == "random":
+        return size_from_config(_random_config(spec.get("architecture") or {}), "its architecture")
+    if source == "local":
+        return size_from_folder(Path(spec["path"]))
+    if source == "gguf" and Path(spec["path"]).is_file():
+        return size_from_gguf(Path(spec["path"]))
+    if source == "hub":
+        snapshot = _hub_snapshot(spec["id"])
+        return size_from_folder(snapshot) if snapshot else None
+    return None
+
+
+def size_from_folder(folder: Path) -> ModelSize | None:
+    """Exact parameter count from the safetensors headers of an HF folder (no weights are read)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    cfg = _read_json(Path(folder) / "config.json")
+    if not files:
+        return size_from_config(cfg, "config.json") if cfg else None
+    params = 0
+    for path in files:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return ModelSize(params, _vocab(cfg), _hidden(cfg), "the safetensors headers")
+
+
+def size_from_config(cfg: dict, where: str) -> ModelSize | None:
+    """Parameter count of a decoder from its config: embedding, layers (attention, MLP, norms), head."""
+    hidden, layers = _hidden(cfg), cfg.get("num_hidden_layers") or cfg.get("n_layer")
+    vocab = _vocab(cfg)
+    if not (hidden and layers and vocab):
+        return None
+    heads = cfg.get("num_attention_heads") or cfg.get("n_head") or 1
+    kv = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or hidden // heads
+    inner = cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden
+    attention = hidden * head_dim * (2 * heads + 2 * kv)
+    gated = cfg.get("model_type") not in ("gpt2",)
+    mlp = (3 if gated else 2) * hidden * inner
+    params = vocab * hidden + layers * (attention + mlp + 2 * hidden) + hidden
+    if not cfg.get("tie_word_embeddings", True):
+        params += vocab * hidden
+    if cfg.get("n_positions"):
+        params += cfg["n_positions"] * hidden
+    return ModelSize(int(params), vocab, hidden, where)
+
+
+def size_from_gguf(path: Path) -> ModelSize | None:
+    """Parameter count from a GGUF file's tensor table (the header only; no weights are read)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return None
+        version, tensors, kvs = struct.unpack("<IQQ", f.read(20))
+        if version < 2:
+            return None
+        meta = {}
+        for _ in range(kvs):
+            key = _gguf_string(f)
+            meta[key] = _gguf_value(f, struct.unpack("<I", f.read(4))[0])
+        params = 0
+        for _ in range(tensors):
+            _gguf_string(f)
+            (dims,) = struct.unpack("<I", f.read(4))
+            shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
+            f.read(12)  # type, offset
+            params += math.prod(shape)
+    arch = meta.get("general.architecture", "")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = tokens if isinstance(tokens, int) else None
+    return ModelSize(params, vocab, meta.get(f"{arch}.embedding_length"), "the GGUF tensor table")
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _gguf_string(f) -> str:
+    (length,) = struct.unpack("<Q", f.read(8))
+    return f.read(length).decode("utf-8", errors="replace")
+
+
+def _gguf_value(f, kind: int):
+    """A metadata value; an array is read past and returned as its length."""
+    if kind in _GGUF_SCALARS:
+        code = _GGUF_SCALARS[kind]
+        return struct.unpack("<" + code, f.read(struct.calcsize(code)))[0]
+    if kind == 8:
+        return _gguf_string(f)
+    if kind == 9:
+        item, count = struct.unpack("<IQ", f.read(12))
+        if item in _GGUF_SCALARS:
+            f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
+        else:
+            for _ in range(count):
+                _gguf_value(f, item)
+        return count
+    raise ValueError(f"unknown GGUF metadata type {kind}")
+
+
+def _random_config(arch: dict) -> dict:
+    from .sources import RANDOM_DEFAULTS  # standard library only at import
+
+    return {**RANDOM_DEFAULTS, **arch}
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    import os
+
+    home = os.environ.get("HF_HUB_CACHE") or str(
+        Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
+    )
+    snapshots = Path(home) / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    found = sorted(p for p in snapshots.glob("*") if (p / "config.json").exists()) if snapshots.is_dir() else []
+    return found[-1] if found else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _vocab(cfg: dict) -> int | None:
+    return cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+
+
+def _hidden(cfg: dict) -> int | None:
+    return cfg.get("hidden_size") or cfg.get("n_embd") or (cfg.get("text_config") or {}).get("hidden_size")
+
+
+# --------------------------------------------------------------------------- what a stage needs
+
+
+@dataclass(frozen=True)
+class Need:
+    mem_mb: int  # declared: predicted peak with headroom
+    runtime_min: int
+    peak_mb: int  # the fitted peak itself
+
+
+@cache
+def _measurements() -> tuple[dict, ...]:
+    return tuple(json.loads(COSTS.read_text())["measurements"])
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line (intercept, slope) through ``points``; a flat line through a single point."""
+    if len(points) == 1:
+        return points[0][1], 0.0
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return my, 0.0
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, slope
+
+
+@cache
+def _line(stage: str, graph: str, variant: str | None, what: str) -> tuple[float, float, int] | None:
+    """(intercept, slope, sizes measured) of ``what`` against fp32 GB for one stage: its own variant's
+    measurements where there are any, else the largest figure of any variant at each measured size."""
+    rows = [m for m in _measurements() if m["stage"] == stage and m.get("graph", "seq") == graph]
+    if not rows and graph != "seq":
+        return _line(stage, "seq", variant, what)
+    own = [m for m in rows if m.get("variant") == variant]
+    rows = own or rows
+    if not rows:
+        return None
+    largest: dict[int, float] = {}
+    for m in rows:
+        largest[m["params"]] = max(largest.get(m["params"], 0.0), float(m[what]))
+    intercept, slope = _fit([(4 * params / 1e9, value) for params, value in largest.items()])
+    return intercept, max(slope, 0.0), len(largest)
+
+
+def stage_need(
+    stage: str,
+    size: ModelSize | None,
+    graph: str = "seq",
+    variant: str | None = None,
+    *,
+    default_mb: int,
+    default_min: int,
+) -> Need:
+    """Predicted peak memory and wall time of ``stage`` (``graph`` family, ``variant`` such as the TFLite
+    precision) for a model of ``size``.
+
+    Without a size, or for a stage without measurements, the defaults (the rule's own figures) are used.
+    """
+    mem, wall = _line(stage, graph, variant, "peak_mb"), _line(stage, graph, variant, "seconds")
+    if size is None or mem is None:
+        return Need(default_mb, default_min, int(default_mb / MEM_HEADROOM))
+    peak = mem[0] + mem[1] * size.fp32_gb
+    if mem[2] == 1:  # one measured size: never predict less than it needed
+        peak = max(peak, mem[0])
+    seconds = (wall[0] + wall[1] * size.fp32_gb) if wall else default_min * 60
+    return Need(
+        mem_mb=math.ceil(peak * MEM_HEADROOM / 100.0) * 100,
+        runtime_min=max(RUNTIME_FLOOR_MIN, math.ceil(seconds * RUNTIME_HEADROOM / 60.0)),
+        peak_mb=int(peak),
+    )
+
+
+# --------------------------------------------------------------------------- what cannot hold a model
+
+#: Stages that write or read a whole model as one protobuf / flatbuffer file.
+SINGLE_FILE_STAGES = {
+    "simplify_onnx": "onnxsim, which loads and writes the model as one protobuf",
+    "savedmodel": "onnx2tf, which reads the ONNX model as one protobuf and writes the weights into saved_model.pb",
+    "tflite": "a TFLite flatbuffer",
+}
+
+
+def size_limits(
+    stages: list[tuple[str, str | None]], size: ModelSize | None, budget_mb: int | None, graph: str = "seq"
+) -> str | None:
+    """Why a format made by ``stages`` cannot hold a model of ``size`` (None when it can, or when unknown).
+
+    ``stages``: (stage, variant) of every stage the format's artifact goes through. A single-file
+    stage fails above 2 GB of fp32 weights (what its file would hold); a stage whose predicted
+    peak exceeds ``budget_mb`` (the memory this run may use) would be killed.
+    """
+    if size is None:
+        return None
+    for stage, _ in stages:
+        if stage in SINGLE_FILE_STAGES and 4 * size.params > PROTOBUF_LIMIT:
+            return (
+                f"not applicable: the model has {size.params / 1e6:.0f}M parameters, {size.fp32_gb:.1f} GB in fp32, "
+                f"above the 2 GB limit of {SINGLE_FILE_STAGES[stage]} ({stage})"
+            )
+    if budget_mb:
+        for stage, variant in stages:
+            need = stage_need(stage, size, graph, variant, default_mb=0, default_min=0)
+            if need.peak_mb > budget_mb:
+                return (
+                    f"not applicable: {stage} is predicted to peak at {need.peak_mb / 1000:.1f} GB for "
+                    f"{size.params / 1e6:.0f}M parameters, above this run's memory budget of {budget_mb / 1000:.1f} GB"
+                )
+    return None
+
+
+# --------------------------------------------------------------------------- measurements
+
+_GRAPH_SEQ = re.compile(r"^(seq|prefill|decode)(\d+)(?:_(.+))?$")
+
+
+def harvest(workdir: Path, models: dict[str, int], machine: str) -> list[dict]:
+    """Measurements of every stage a finished run made, for ``data/stage_costs.json``.
+
+    ``models``: model name -> parameter count. Wall time is the job's own (``benchmarks/<rule>/``),
+    peak memory the stage's own ``getrusage`` peak where its metrics record one (the benchmark files
+    sample the RSS and miss short peaks), else the benchmark's sampled maximum.
+    """
+    import csv
+
+    found = []
+    for tsv in sorted(Path(workdir, "benchmarks").glob("*/*.tsv")):
+        stage, stem = tsv.parent.name, tsv.stem
+        model = next((m for m in sorted(models, key=len, reverse=True) if stem == m or stem.startswith(m + "_")), None)
+        if model is None:
+            continue
+        rest = stem[len(model) + 1 :]
+        match = _GRAPH_SEQ.match(rest)
+        graph, variant = (match.group(1), match.group(3)) if match else ("seq", rest or None)
+        with open(tsv, newline="") as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        peak = _stage_peak(Path(workdir), stage, model, rest, variant)
+        found.append(
+            {
+                "stage": stage,
+                "graph": graph,
+                **({"variant": variant} if variant else {}),
+                "model": model,
+                "params": models[model],
+                "peak_mb": round(peak if peak is not None else float(row["max_rss"])),
+                "seconds": round(float(row["s"]), 1),
+                "machine": machine,
+            }
+        )
+    return found
+
+
+def _stage_peak(workdir: Path, stage: str, model: str, rest: str, variant: str | None) -> float | None:
+    """The peak RSS a stage's own metrics recorded, where it writes them."""
+    base = workdir / "results" / model
+    match = _GRAPH_SEQ.match(rest)
+    folder = base / f"{match.group(1)}{match.group(2)}" if match else base
+    names = {
+        "export_onnx": "onnx",
+        "simplify_onnx": "onnx_simplified",
+        "savedmodel": "savedmodel",
+        "openvino_ir": "openvino",
+        "tflite": f"tflite_{variant}",
+        "quantize_onnx": f"onnx_{variant}",
+        "compress_openvino": f"openvino_{variant}",
+    }
+    if stage in names:
+        path = folder / names[stage] / "metrics.json"
+    elif stage == "quantize_pytorch":
+        path = base / "pytorch_int8" / "metrics.json"
+    elif stage == "reference_logits":
+        path = folder / "metrics" / "reference_logits.json"
+    elif stage == "prepare_model":
+        path = base / "hf" / "prepare.json"
+    elif stage == "evaluate" and variant:
+        path = folder / "accuracy" / f"{variant}.json"
+    else:
+        return None
+    data = _read_json(path)
+    return float(data["peak_rss_mb"]) if data.get("peak_rss_mb") else None
