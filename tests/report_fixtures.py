@@ -14,11 +14,12 @@ import pandas as pd
 
 from lmship.files import write_json
 from lmship.generation_bench import FIELDS as GENERATION_FIELDS
-from lmship.generation_bench import SAME_TEXT_FIELDS
 from lmship.rounds import ROUND_FIELDS
 from lmship.timing import FIELDS as TIMING_FIELDS
 
 STATUS_FIELDS = ["status", "failed_at", "reason", "log"]
+#: What the generation stage adds to each row from comparing it with PyTorch's text.
+SAME_TEXT_FIELDS = ["identical", "first_divergence", "matched_pct"]
 TIERS = ["lossless", "8-bit", "4-bit"]
 TIER_LIMITS = {
     "lossless": {"min_top1_pct": 99.5, "max_mean_kld": 0.0005, "max_ppl_change_pct": 0.1},
@@ -59,18 +60,17 @@ def write_timing(
     repeats: int = 3,
 ) -> Path:
     """One timing CSV: every ``Timed`` backend in every round (round medians spread by its spread_pct), every
-    ``Failure`` as one failed row."""
+    ``Failure`` as one failed row. ``path`` should end in ``seq<seq>/timing/t<threads>.csv``, as the workflow's."""
     rows = []
     base = {"run_id": run_id, "node": node, "model": model, "threads": threads, "batch": 1, "seq_len": seq}
     base |= {"runtime_version": "1", "threads_in_effect": threads, "load_s": 0.1, "peak_rss_mb": 1.0}
     base |= {"cpu_model": "Test CPU", "cpu_flags": "avx2", "started_utc": "2025-01-01T00:00:00Z"}
     for backend, t in backends.items():
-        if isinstance(t, Failure):
+        if isinstance(t, Failure):  # as rounds.failed_row writes it: no sequence length, batch or figures
             rows.append(
-                base
-                | {"backend": backend, "precision": "fp32", "runtime": "x", "round": None, "repeat": None}
-                | {"latency_ms": None, "artifact_mb": None, "status": "failed", "failed_at": t.failed_at}
-                | {"reason": t.reason, "log": t.log(model, backend)}
+                {"run_id": run_id, "round": 0, "node": node, "model": model, "threads": threads}
+                | {"backend": backend, "precision": "fp32", "runtime": "x", "status": "failed"}
+                | {"failed_at": t.failed_at, "reason": t.reason, "log": t.log(model, backend)}
             )
             continue
         factors = (
@@ -85,6 +85,7 @@ def write_timing(
                     | {"failed_at": "", "reason": "", "log": ""}
                 )
     columns = [*ROUND_FIELDS, *TIMING_FIELDS, *STATUS_FIELDS]
+    path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
     return path
 
@@ -215,10 +216,20 @@ def readme_like_summary(folder: Path, *, failures: bool = True) -> Path:
             race["tflite_int8"] = oom
             if t == 2:
                 race["onnx_simplified"] = crash
-        timing_csvs.append(write_timing(folder / f"big_t{t}.csv", race, model="smollm2-135m", seq=128, threads=t))
+        timing_csvs.append(
+            write_timing(
+                folder / "smollm2-135m" / "seq128" / "timing" / f"t{t}.csv",
+                race,
+                model="smollm2-135m",
+                seq=128,
+                threads=t,
+            )
+        )
         tiny: dict[str, Timed | Failure] = {"pytorch": Timed(2.0 + t, 2, 3)}
         tiny |= {b: oom for b in README_RACE if b not in ("pytorch", *NOT_APPLICABLE_TO_TINY)}
-        timing_csvs.append(write_timing(folder / f"tiny_t{t}.csv", tiny, model="tiny", seq=16, threads=t))
+        timing_csvs.append(
+            write_timing(folder / "tiny" / "seq16" / "timing" / f"t{t}.csv", tiny, model="tiny", seq=16, threads=t)
+        )
     for b, f in README_RACE.items():
         if b == "pytorch":
             continue

@@ -16,7 +16,8 @@ NA_BF16 = "not applicable on this CPU: OpenVINO bf16 needs one of the CPU featur
 
 def _summary(tmp_path, timings: dict[int, dict], quality: dict, skipped=None) -> tuple[pd.DataFrame, str]:
     """Run the summary stage on timing CSVs (threads -> backend -> Timed | Failure) and accuracy records."""
-    csvs = [write_timing(tmp_path / f"t{t}.csv", backends, threads=t) for t, backends in timings.items()]
+    timing = tmp_path / "m" / "seq16" / "timing"
+    csvs = [write_timing(timing / f"t{t}.csv", backends, threads=t) for t, backends in timings.items()]
     jsons = [write_accuracy(tmp_path / "accuracy", b, q) for b, q in quality.items()]
     out_csv, out_md = tmp_path / "summary.csv", tmp_path / "summary.md"
     summary(

@@ -30,6 +30,7 @@ import pandas as pd
 
 from .backends import BACKENDS, REFERENCE
 from .files import atomic_output, read_json, size_bytes
+from .records import artifact_in
 from .rounds import stability
 from .status import FAILED, FAILURE_FIELDS, NOT_APPLICABLE, OK, Footnotes, failure_cell, one_line, with_status
 
@@ -45,8 +46,9 @@ def cache_bytes(host_npz: Path) -> int:
 
 
 def weight_bytes(backend: dict) -> int:
-    """Bytes of the artifact that a decode step runs (PyTorch: the HF folder's weight files)."""
-    path = Path(backend["decode"])
+    """Bytes of the artifact that a decode step runs: the file in its artifact folder
+    (:func:`lmship.records.artifact_in`), or the weight files of a Hugging Face folder (PyTorch)."""
+    path = artifact_in(Path(backend["decode"]))
     if path.is_dir():
         return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
     return size_bytes(path)

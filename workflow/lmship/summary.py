@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,8 +200,25 @@ def _label(backend: str) -> str:
 
 
 def _timing_rows(timing_csvs: list[Path]) -> pd.DataFrame:
-    """Every row of the timing CSVs with its status; a failed row's missing batch taken from its block."""
-    raw = with_status(pd.concat([pd.read_csv(p) for p in timing_csvs], ignore_index=True))
+    """Every row of the timing CSVs with its status.
+
+    A failed row carries no sequence length or batch: it takes the sequence length of the
+    other rows of its CSV, else the one its path names (``.../seq<seq>/timing/t<threads>.csv``),
+    and the batch of the other rows of its model and sequence length.
+    """
+    frames = []
+    for path in timing_csvs:
+        rows = pd.read_csv(path)
+        for column in ("seq_len", "batch"):
+            if column not in rows:
+                rows[column] = np.nan
+        known = rows["seq_len"].dropna()
+        named = re.fullmatch(r"seq(\d+)", Path(path).parent.parent.name)
+        seq = known.iloc[0] if len(known) else (int(named.group(1)) if named else np.nan)
+        rows["seq_len"] = rows["seq_len"].fillna(seq)
+        frames.append(rows)
+    raw = with_status(pd.concat(frames, ignore_index=True))
+    raw["seq_len"] = raw["seq_len"].astype(int)
     raw["batch"] = raw.groupby(["model", "seq_len"])["batch"].transform(lambda b: b.fillna(b.dropna().min()))
     return raw
 
@@ -408,11 +426,12 @@ def _with_throughput(table: pd.DataFrame, machine_jsons: list[Path], model_dirs:
     """Operations per forward, achieved GOP/s and their share of the machine's limit in the backend's arithmetic."""
     limits = {int(m["threads"]): m for m in map(read_json, machine_jsons)}
     ops: dict[tuple, float] = {}
-    for key in set(zip(table["model"], table["batch"], table["seq_len"], strict=True)):
-        m, b, s = key
-        known = m in model_dirs and not pd.isna(b)
-        ops[key] = forward_ops_from_folder(model_dirs[m], int(b), int(s))["total"] / 1e9 if known else np.nan
-    table["gops_per_forward"] = [ops[k] for k in zip(table["model"], table["batch"], table["seq_len"], strict=True)]
+    keys = [(m, None if pd.isna(b) else int(b), int(s)) for m, b, s in zip(table["model"], table["batch"],
+            table["seq_len"], strict=True)]  # fmt: skip
+    for m, b, s in set(keys):
+        known = m in model_dirs and b is not None
+        ops[(m, b, s)] = forward_ops_from_folder(model_dirs[m], b, s)["total"] / 1e9 if known else np.nan
+    table["gops_per_forward"] = [ops[k] for k in keys]
     table["achieved_gops"] = table["gops_per_forward"] / (table["median_ms"] / 1e3)
     table["arithmetic"] = [BACKENDS[b].arithmetic if b in BACKENDS else "fp32" for b in table["backend"]]
     table["machine_limit_gops"] = [
