@@ -163,6 +163,7 @@ def write_generation(
                     | {"status": "ok", "failed_at": "", "reason": "", "log": ""}
                 )
     columns = [*ROUND_FIELDS, *GENERATION_FIELDS, *SAME_TEXT_FIELDS, *STATUS_FIELDS]
+    path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
     return path
 

@@ -99,7 +99,7 @@ def not_applicable_note(block: pd.DataFrame, width_in: float) -> str:
     items = []
     for _, r in skipped.iterrows():
         why = str(r["reason"]).removeprefix("not applicable").lstrip(": ")
-        items.append(why if why.startswith(r["label"]) else f"{r['label']}: {why}")
+        items.append(why if r["label"] in why else f"{r['label']}: {why}")
     return wrap(f"Not applicable: {'; '.join(items)}.", width_in)
 
 
