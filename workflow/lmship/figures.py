@@ -246,11 +246,11 @@ def place_labels(
 ) -> list[Text]:
     """Label every point where its label overlaps no other label, no marker and no obstacle.
 
-    A label goes beside its point (right first). Points whose labels would
-    collide there form a group: the group's labels are stacked in one column
-    beside it, in the order of their points, each joined to its point by a
-    leader line. A label that still finds no place beside its point moves up or
-    down a column beside it, with a leader line. Places are searched in pixels of
+    A label goes beside its point (right first). Points at (nearly) one x whose
+    labels would collide there form a group: the group's labels are stacked in
+    one column beside it, in the order of their points, each joined to its point
+    by a leader line. Any other label that finds no place beside its point moves
+    up or down a column beside it, with a leader line. Places are searched in pixels of
     the frozen layout and kept in points relative to the point, so the saved
     figure keeps them. A label that finds no free place inside the axes stays beside its point (and the
     log says so).
@@ -273,7 +273,9 @@ def place_labels(
     natural = [_beside(x, y, gap, 0.0, w, h) for (x, y), (w, h) in zip(anchors, sizes, strict=True)]
     offsets: dict[int, tuple[float, float]] = {}
     for group in _clusters(natural, markers):
-        placed = _column_place(group, anchors, sizes, gap, box, taken) if len(group) > 1 else None
+        xs = [anchors[i][0] for i in group]
+        stacked = len(group) > 1 and max(xs) - min(xs) <= 3 * marker_px  # one column fits points at one x
+        placed = _column_place(group, anchors, sizes, gap, box, taken) if stacked else None
         if placed is None:
             placed = {}
             for i in sorted(group, key=lambda i: -anchors[i][1]):

@@ -359,8 +359,9 @@ def _quality_axes(ax: Axes, block: pd.DataFrame, tiers: dict[str, dict], title: 
     ax.set_xscale("log")
     ax.set_xlim(KLD_FLOOR / 3, right)
     speed = points["speedup_vs_pytorch"]
-    top = float(speed.max()) if len(speed) else 1.0
-    ax.set_ylim(min(0.9, float(speed.min()) - 0.1) if len(speed) else 0.9, top * 1.12 + 0.1)
+    low, top = (min(float(speed.min()), 1.0), max(float(speed.max()), 1.0)) if len(speed) else (1.0, 1.0)
+    span = max(top - low, 0.2)  # room below the lowest point and above the highest (band names, labels)
+    ax.set_ylim(low - 0.08 * span, top + 0.14 * span)
     ax.set_xlabel(f"mean KL divergence to PyTorch on the prose (nats, log; identical logits at {KLD_FLOOR:g})",
                   fontsize=SMALL)  # fmt: skip
     ax.set_ylabel("speed-up vs PyTorch fp32", fontsize=SMALL)
