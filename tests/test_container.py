@@ -62,6 +62,7 @@ RULES = {
     "summary",
     "plot",
     "quality_plot",
+    "ship_plot",
 }
 VENV_PYTHON = "/opt/lmship/venv/bin/python"  # snakemake script: python3 in docker run, python under --sdm
 USER = 65534  # nobody: the run must work as any user and leave files the caller owns

@@ -46,6 +46,61 @@ def test_fastest_needs_a_gap_beyond_the_spread():
         fastest([])
 
 
+#: A measured 1-thread race of lossless formats (ms, round spread %, MB): the noisy TFLite fp32 figure
+#: was tied with the leader through its own spread and won on a 0.9 MB smaller file than OpenVINO's,
+#: while TFLite fp16, faster than it and half its size, was left out of the tie.
+MEASURED_RACE = {
+    "openvino": (429.4, 0.05, 539.7),
+    "tflite_fp32": (432.2, 6.0, 538.8),
+    "tflite_fp16": (429.8, 0.05, 269.6),
+    "onnx": (431.0, 4.0, 544.0),
+}
+
+
+def _race(figures: dict[str, tuple[float, float, float]]) -> list[dict]:
+    return [{"name": n, "median_ms": ms, "spread_pct": sp, "size_mb": mb} for n, (ms, sp, mb) in figures.items()]
+
+
+def test_fastest_names_the_format_that_beats_the_others_on_speed_and_size():
+    winner, tied = fastest(_race(MEASURED_RACE))
+    assert winner["name"] == "tflite_fp16"
+    # OpenVINO is faster (but twice the size): a genuine tie; fp32 and ORT are beaten on both counts
+    assert [t["name"] for t in tied] == ["openvino"]
+
+
+def test_fastest_keeps_a_tie_between_indistinguishable_formats_smaller_file_first():
+    race = {"a": (100.0, 2.0, 500.0), "b": (100.5, 2.0, 250.0), "c": (101.0, 2.0, 240.0), "d": (130.0, 1.0, 100.0)}
+    winner, tied = fastest(_race(race))
+    assert winner["name"] == "c" and [t["name"] for t in tied] == ["b", "a"]
+
+
+def test_fastest_never_names_a_dominated_candidate():
+    """Random races: neither the winner nor a tied candidate is ever beaten on both speed and size."""
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        n = int(rng.integers(1, 8))
+        race = {
+            f"f{i}": (float(rng.uniform(100, 110)), float(rng.choice([0.05, 1.0, 8.0])), float(rng.uniform(100, 600)))
+            for i in range(n)
+        }
+        candidates = _race(race)
+        winner, tied = fastest(candidates)
+        for named in [winner, *tied]:
+            for other in candidates:
+                beaten = other["median_ms"] < named["median_ms"] and other["size_mb"] < named["size_mb"]
+                assert not beaten, (named, other, race)
+        assert winner["size_mb"] <= min(t["size_mb"] for t in tied) if tied else True
+
+
+def test_fastest_tolerates_missing_spread_and_size():
+    race = [
+        {"name": "a", "median_ms": 100.0, "spread_pct": float("nan"), "size_mb": float("nan")},
+        {"name": "b", "median_ms": 100.0, "spread_pct": 0.0, "size_mb": 50.0},
+    ]
+    winner, tied = fastest(race)
+    assert winner["name"] == "b" and [t["name"] for t in tied] == ["a"]
+
+
 def _timing_csv(path, run_id, backends_ms, node="n1", rounds=2):
     import pandas as pd
 

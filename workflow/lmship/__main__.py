@@ -35,6 +35,7 @@ STAGES = {
     "summary": "summary",
     "plot": "plot",
     "quality_plot": "plot:main_quality_plot",
+    "ship_plot": "ship_plot",
 }
 
 

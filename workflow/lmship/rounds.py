@@ -9,7 +9,8 @@ Each row carries the run id, the round, the host and the CPU.
 
 :func:`stability` flags a figure whose rounds disagree, or whose tail is long;
 :func:`fastest` names the winner only when it beats the runner-up by more than
-their measured spread, and otherwise reports a tie.
+their measured spread, and otherwise reports a tie; it never names a format that
+another candidate beats on both speed and file size.
 """
 
 from __future__ import annotations
@@ -232,22 +233,54 @@ def stability(latency_ms: np.ndarray, rounds: np.ndarray, *, max_round_spread_pc
 
 
 def fastest(candidates: list[dict]) -> tuple[dict, list[dict]]:
-    """The fastest candidate and the ones it does not clearly beat.
+    """The candidate to name and the ones tied with it.
 
-    Each candidate has ``median_ms``, ``spread_pct`` and ``size_mb``. The
-    runner-up is tied with the winner when the gap between their medians is
-    not larger than the larger of their measured spreads; among tied
-    candidates the smaller file is named first. Returns (winner, others tied
-    with it).
+    Each candidate has ``median_ms``, ``spread_pct`` (how far its rounds' medians
+    lie apart, in percent of its median) and ``size_mb``.
+
+    1. The tie. The fastest median leads; a candidate is tied with the leader when
+       the gap between their medians is not larger than the larger of their two
+       spreads. A tie is an interval of medians: every candidate at least as fast
+       as a tied one is tied as well (a noisy figure that cannot be told from the
+       leader cannot be told from a figure measured between the two either).
+    2. Dominance. A candidate that another candidate beats on both speed and size
+       (a median no slower and a file no larger, one of the two strictly) is never
+       named, neither as the winner nor as tied. Whoever dominates a tied candidate
+       is at least as fast, so it is in the tie itself: the winner is never beaten
+       on both counts by anyone.
+    3. Among the tied candidates left, the smaller file is named first (then the
+       faster median).
+
+    A missing spread counts as none; a missing size is last among ties and
+    neither beats nor is beaten on size. Returns (winner, others tied with it).
     """
     if not candidates:
         raise ValueError("no candidates")
     by_speed = sorted(candidates, key=lambda c: c["median_ms"])
     best = by_speed[0]
-    tied = [best]
+    slowest_tied = best["median_ms"]
     for c in by_speed[1:]:
         gap_pct = 100.0 * (c["median_ms"] - best["median_ms"]) / best["median_ms"]
-        if gap_pct <= max(best["spread_pct"], c["spread_pct"]):
-            tied.append(c)
-    tied.sort(key=lambda c: (c["size_mb"], c["median_ms"]))
-    return tied[0], tied[1:]
+        if gap_pct <= max(_spread(best), _spread(c)):
+            slowest_tied = c["median_ms"]
+    tied = [c for c in by_speed if c["median_ms"] <= slowest_tied]
+    kept = [c for c in tied if not any(_dominates(o, c) for o in candidates if o is not c)]
+    kept.sort(key=lambda c: (not _finite(c["size_mb"]), c["size_mb"] if _finite(c["size_mb"]) else 0.0, c["median_ms"]))
+    return kept[0], kept[1:]
+
+
+def _finite(value) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def _spread(candidate: dict) -> float:
+    spread = candidate.get("spread_pct")
+    return float(spread) if _finite(spread) else 0.0
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    """Whether ``a`` beats ``b`` on both speed and size: no slower, no larger, and strictly better in one."""
+    if not (_finite(a["size_mb"]) and _finite(b["size_mb"])):
+        return False
+    no_worse = a["median_ms"] <= b["median_ms"] and a["size_mb"] <= b["size_mb"]
+    return no_worse and (a["median_ms"] < b["median_ms"] or a["size_mb"] < b["size_mb"])

@@ -442,6 +442,7 @@ def all_targets():
         *rules.summary.output,
         *rules.plot.output,
         *rules.quality_plot.output,
+        *rules.ship_plot.output,
         *generation_targets(),
     ]
 

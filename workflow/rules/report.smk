@@ -132,6 +132,7 @@ rule generation_summary:
         backends={m: generation_backends(m) for m in MODELS},
         max_round_spread_pct=config["benchmark"]["max_round_spread_pct"],
         max_p90_ratio=config["benchmark"]["max_p90_ratio"],
+        skipped=skipped_backends(),
     script:
         "../scripts/generation_summary.py"
 
@@ -159,3 +160,24 @@ rule generation_plot:
         tiers=list(config["quality_tiers"]),
     script:
         "../scripts/generation_plot.py"
+
+
+rule ship_plot:
+    input:
+        summary=rules.summary.output.csv,
+    output:
+        png=report("results/ship.png", caption="../report/ship.rst", category="Summary"),
+    log:
+        "logs/ship_plot.log",
+    benchmark:
+        "benchmarks/ship_plot.tsv"
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        tiers=list(config["quality_tiers"]),
+    script:
+        "../scripts/ship_plot.py"

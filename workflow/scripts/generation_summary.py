@@ -18,4 +18,5 @@ with log_to(smk.log[0]):
         Path(smk.output.md),
         max_round_spread_pct=smk.params.max_round_spread_pct,
         max_p90_ratio=smk.params.max_p90_ratio,
+        skipped=dict(smk.params.skipped),
     )
