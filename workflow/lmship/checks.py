@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from . import StageError
+from .families import is_causal_lm_architecture
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -46,16 +47,17 @@ def check_local_folder(path: Path) -> None:
 
 
 def check_causal_lm_config(config_json: Path) -> None:
-    """Reject configs whose architecture is not a causal language model."""
+    """Reject configs whose architecture is not a causal language model (stdlib only: runs at parse time)."""
     try:
         cfg = json.loads(Path(config_json).read_text())
     except (OSError, ValueError) as exc:
         raise StageError(f"cannot read {config_json}: {exc}") from exc
     archs = cfg.get("architectures") or []
-    if archs and not any(a.endswith("ForCausalLM") for a in archs):
+    if archs and not any(is_causal_lm_architecture(a) for a in archs):
         raise StageError(
             f"{config_json}: architecture {archs} (model_type {cfg.get('model_type')!r}) is not a causal "
-            "language model; this workflow converts *ForCausalLM models (logits over the vocabulary)."
+            "language model; this workflow converts the models AutoModelForCausalLM loads (*ForCausalLM, "
+            "*LMHeadModel: logits over the vocabulary)."
         )
 
 

@@ -25,6 +25,8 @@ rule openvino_ir:
         runtime=15,
     params:
         min_top1=config["conversion_gate"]["fp32"],
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:
         "../scripts/openvino_ir.py"
 

@@ -17,6 +17,8 @@ with log_to(smk.log[0]):
             Path(smk.output.onnx),
             opset=smk.params.opset,
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=Path(smk.output.metrics),
         )
     else:
@@ -29,5 +31,7 @@ with log_to(smk.log[0]):
             length=int(smk.wildcards.seq),
             opset=smk.params.opset,
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=Path(smk.output.metrics),
         )

@@ -17,6 +17,8 @@ with log_to(smk.log[0]):
             inputs_npz=Path(smk.input.inputs),
             reference_npy=Path(smk.input.reference),
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             **outputs,
         )
     else:
@@ -28,5 +30,7 @@ with log_to(smk.log[0]):
             Path(smk.input.host),
             Path(smk.output.xml),
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             **outputs,
         )

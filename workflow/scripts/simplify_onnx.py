@@ -16,6 +16,8 @@ with log_to(smk.log[0]):
             Path(smk.input.reference),
             Path(smk.output.onnx),
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=Path(smk.output.metrics),
         )
     else:
@@ -27,5 +29,7 @@ with log_to(smk.log[0]):
             Path(smk.input.host),
             Path(smk.output.onnx),
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=Path(smk.output.metrics),
         )

@@ -17,6 +17,8 @@ with log_to(smk.log[0]):
         inputs_npz=Path(smk.input.inputs) if forward else None,
         reference_npy=Path(smk.input.reference) if forward else None,
         min_top1=smk.params.min_top1,
+        max_rel_diff=smk.params.max_rel_diff,
+        max_mean_kld=smk.params.max_mean_kld,
         census_json=Path(smk.output.census),
         metrics_json=Path(smk.output.metrics),
         gate=None
@@ -28,5 +30,7 @@ with log_to(smk.log[0]):
             Path(smk.input.host),
             precision=smk.wildcards.precision,
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
         ),
     )
