@@ -228,13 +228,12 @@ def _config_dict(config) -> dict:
     return {**config.to_dict(), **{n: getattr(config, n) for n in names if hasattr(config, n)}}
 
 
-def _scale(plan_family: Family, config, head_dim: int, layer: int) -> float:
+def _scale(family: Family, config, head_dim: int, layer: int) -> float:
     """The attention score scale of ``layer`` as the family's traits and the config say."""
-    key = plan_family.query_scale_key
-    scale = float(getattr(config, key)) ** -0.5 if key else head_dim**-0.5
-    if plan_family.scaled_key and not getattr(config, plan_family.scaled_key, True):
+    scale = float(getattr(config, family.query_scale_key)) ** -0.5 if family.query_scale_key else head_dim**-0.5
+    if family.scaled_key and not getattr(config, family.scaled_key, True):
         scale = 1.0
-    if plan_family.inverse_layer_scale_key and getattr(config, plan_family.inverse_layer_scale_key, False):
+    if family.inverse_layer_scale_key and getattr(config, family.inverse_layer_scale_key, False):
         scale /= float(layer + 1)
     return scale
 

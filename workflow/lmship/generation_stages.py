@@ -7,7 +7,9 @@ The rules ``export_onnx``, ``simplify_onnx``, ``savedmodel`` and ``tflite`` take
 made here. Their gate (:class:`GraphGate`) runs the graph on prompts cut from
 the evaluation prose and compares its logits with transformers' own KV-cache
 generation (:func:`lmship.generation.validate_graph`): the prefill graph's last
-logits, or 8 teacher-forced decode steps whose K/V the host writes into the cache.
+logits, or 8 teacher-forced decode steps whose K/V the host writes into the cache;
+top-1 agreement at every precision, and at fp32 the logits themselves (largest
+difference over the reference logits' standard deviation, mean KL divergence).
 ``quantize_onnx`` needs no stage of its own (it rewrites Gemm to MatMul itself), nor does
 ``compress_openvino`` (its exact-grid form proves its weights; NNCF's are judged by their text).
 """

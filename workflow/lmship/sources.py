@@ -39,9 +39,10 @@ RANDOM_DEFAULTS: dict[str, Any] = {
     "num_key_value_heads": 2,
     "vocab_size": 512,
     "max_position_embeddings": 512,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": True,
 }
+#: What a random model of the default type (llama) also sets; other types keep their own defaults
+#: (Gemma 3's two rotary bases, for one).
+RANDOM_LLAMA_DEFAULTS: dict[str, Any] = {"rope_theta": 10000.0, "tie_word_embeddings": True}
 
 
 def prepare_model(spec: dict[str, Any], out_dir: Path) -> Path:
@@ -222,12 +223,14 @@ def _check_safetensors(path: Path) -> None:
 
 def _from_random(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     """A model of seeded random weights: ``architecture`` names its ``model_type`` (llama unless given) and
-    any config keys of that type; :data:`RANDOM_DEFAULTS` fill the sizes it does not give."""
+    any config keys of that type; :data:`RANDOM_DEFAULTS` fill the sizes it does not give (and
+    :data:`RANDOM_LLAMA_DEFAULTS` a Llama's rotary base and tied head)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    arch = {**RANDOM_DEFAULTS, **spec.get("architecture", {})}
-    model_type = arch.pop("model_type", "llama")
+    given = dict(spec.get("architecture", {}))
+    model_type = given.pop("model_type", "llama")
+    arch = {**RANDOM_DEFAULTS, **(RANDOM_LLAMA_DEFAULTS if model_type == "llama" else {}), **given}
     seed = int(spec.get("seed", 0))
     torch.manual_seed(seed)
     try:
