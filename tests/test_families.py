@@ -57,6 +57,8 @@ FAMILIES = {
 LIVELY_SEED = {"qwen3": 3, "gpt2": 4}
 #: Families whose forward and generation graphs also go through onnx2tf and TFLite (the rest: ONNX Runtime).
 TFLITE_FAMILIES = ("gemma3_text", "phi3")
+#: Families whose generation graphs also run in OpenVINO (every family's forward IR is checked).
+OPENVINO_FAMILIES = ("gemma3_text", "phi3", "gpt2")
 
 
 def _liven(raw: Path, out: Path, *, embed_std: float, seed: int = 1) -> Path:
@@ -265,7 +267,8 @@ def test_random_source_names_a_bad_model_type(tmp_path):
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, prompts):
     """Prefill and decode graphs exported by the stage (its fp32 gate against transformers' own KV cache
-    passed), then run by the host loop in ONNX Runtime: PyTorch's greedy tokens exactly."""
+    passed), then run by the host loop in ONNX Runtime (and OpenVINO for OPENVINO_FAMILIES): PyTorch's
+    greedy tokens exactly."""
     import onnx
 
     from lmship.generation import generate, validate_graph
@@ -286,6 +289,15 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
     assert generate("ort", graphs["prefill"], graphs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
     assert generate("ort", None, graphs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
     _within_gate(validate_graph("decode", "ort", graphs["decode"], m.host, m.hf, prompts))
+    if model_type not in OPENVINO_FAMILIES:
+        return
+    from lmship.generation_stages import openvino_generation
+
+    irs = {
+        graph: openvino_generation(graph, path, m.hf, m.prompts_npz, m.host, m.root / f"{graph}.xml", **fp32_gate())
+        for graph, path in graphs.items()
+    }
+    assert generate("openvino", irs["prefill"], irs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
 
 
 def test_sliding_layers_keep_a_ring_of_window_minus_one_slots(made):
@@ -484,3 +496,30 @@ def test_workflow_skips_generation_of_a_refused_family_before_any_job(tmp_path):
     jobs = planned_jobs(proc.stdout)
     assert jobs["host_tables"] == 1 and jobs["generation"] == 2  # the tiny Llama's, at 1 and 2 threads
     assert "results/bloomy/seq16/onnx.onnx" in proc.stdout and "results/bloomy/decode" not in proc.stdout
+
+
+def test_a_models_config_is_read_before_any_job(tmp_path, monkeypatch):
+    """What the refusal reads at parse time: a random spec's architecture, a local folder's or the hub cache's
+    config.json, the prepared folder's once it exists; nothing for a GGUF file not yet prepared."""
+    import json
+
+    from lmship.checks import model_config
+
+    prepared = tmp_path / "results" / "m" / "hf"
+    assert model_config({"source": "random", "architecture": {"hidden_size": 64}}, prepared) == {
+        "model_type": "llama",
+        "hidden_size": 64,
+    }
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert model_config({"source": "local", "path": str(local)}, prepared)["model_type"] == "gpt2"
+    snapshot = tmp_path / "cache" / "models--org--name" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert model_config({"source": "hub", "id": "org/name"}, prepared)["model_type"] == "qwen3"
+    assert model_config({"source": "gguf", "path": "x.gguf"}, prepared) is None
+    prepared.mkdir(parents=True)
+    (prepared / "config.json").write_text(json.dumps({"model_type": "phi3"}))
+    assert model_config({"source": "gguf", "path": "x.gguf"}, prepared)["model_type"] == "phi3"

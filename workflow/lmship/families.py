@@ -15,10 +15,8 @@ still built. Standard library only: the Snakefile imports this module while it p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import StageError
@@ -299,24 +297,3 @@ def is_causal_lm_architecture(name: str) -> bool:
     """Whether ``name`` is an architecture that ``AutoModelForCausalLM`` loads as a causal LM:
     transformers' ``*ForCausalLM`` and ``*LMHeadModel`` classes and every registered family's."""
     return name.endswith(("ForCausalLM", "LMHeadModel")) or any(name in f.architectures for f in REGISTRY.values())
-
-
-def model_config(spec: Mapping[str, Any], prepared: Path) -> dict | None:
-    """The config of a configured model (an entry of ``models:``) as far as it is known before any job.
-
-    ``random``: its ``architecture`` (``model_type`` llama unless named); ``local``: the folder's
-    config.json; any source: the prepared folder's config.json once ``prepare_model`` wrote it.
-    None when nothing is known yet (a GGUF or hub model before its first preparation).
-    """
-    candidates = [Path(prepared) / "config.json"]
-    if spec.get("source") == "local":
-        candidates.insert(0, Path(spec["path"]) / "config.json")
-    for path in candidates:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-    if spec.get("source") == "random":
-        arch = dict(spec.get("architecture") or {})
-        return {"model_type": arch.pop("model_type", "llama"), **arch}
-    return None

@@ -23,10 +23,10 @@ os.environ.update(
 
 from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE, not_applicable  # noqa: E402
-from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
+from lmship.checks import check_hub_reachable, check_local_folder, model_config  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
 from lmship.decode_graph import GRAPH_FAMILIES, generates  # noqa: E402
-from lmship.families import generation_refusal, model_config  # noqa: E402
+from lmship.families import generation_refusal  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
