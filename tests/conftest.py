@@ -42,6 +42,16 @@ TINY_SPEC = {
 }
 
 
+def fp32_bounds() -> dict[str, float]:
+    """The fp32 conversion gate's logit bounds of the default config."""
+    from lmship.cli import config_default
+
+    return {
+        "max_rel_diff": config_default("conversion_gate", "fp32_max_rel_logit_diff"),
+        "max_mean_kld": config_default("conversion_gate", "fp32_max_mean_kld"),
+    }
+
+
 @pytest.fixture(scope="session")
 def chain_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("chain")
@@ -97,6 +107,7 @@ def onnx_model(tiny_model, eval_set, chain_dir) -> Path:
         chain_dir / "onnx.onnx",
         opset=18,
         min_top1=99.0,
+        **fp32_bounds(),
         metrics_json=chain_dir / "export.json",
     )
     return chain_dir / "onnx.onnx"
@@ -112,6 +123,7 @@ def simplified(onnx_model, eval_set, chain_dir) -> Path:
         eval_set["reference"],
         chain_dir / "onnx_simplified.onnx",
         min_top1=99.0,
+        **fp32_bounds(),
         metrics_json=chain_dir / "simplify.json",
     )
     return chain_dir / "onnx_simplified.onnx"
@@ -127,6 +139,7 @@ def saved_model(simplified, eval_set, chain_dir) -> Path:
         eval_set["reference"],
         chain_dir / "savedmodel",
         min_top1=99.0,
+        **fp32_bounds(),
         metrics_json=chain_dir / "savedmodel.json",
     )
     return chain_dir / "savedmodel"

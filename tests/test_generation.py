@@ -95,32 +95,49 @@ def _snap_to_q8_0(weight):
 
 def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_too: bool = True) -> dict:
     """Every generation-graph artifact of ``hf`` made by the workflow's stage functions (with their gates)."""
+    from lmship.cli import config_default
     from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
     from lmship.quantize_onnx import quantize_onnx
     from lmship.tflite import tflite
 
+    fp32 = {  # the fp32 stages' logit bounds of the default config
+        "max_rel_diff": config_default("conversion_gate", "fp32_max_rel_logit_diff"),
+        "max_mean_kld": config_default("conversion_gate", "fp32_max_mean_kld"),
+    }
     out: dict[str, dict[str, Path]] = {}
     for graph, length in (("prefill", P), ("decode", L)):
         d = root / f"{graph}{length}"
         d.mkdir(parents=True, exist_ok=True)
         made = out.setdefault(graph, {})
-        export_generation(graph, hf, prompts_npz, host, d / "onnx.onnx", length=length, opset=18, min_top1=99.0)
+        export_generation(graph, hf, prompts_npz, host, d / "onnx.onnx", length=length, opset=18, min_top1=99.0, **fp32)
         made["onnx"] = d / "onnx.onnx"
-        simplify_generation(graph, made["onnx"], hf, prompts_npz, host, d / "onnx_simplified.onnx", min_top1=99.0)
+        simplify_generation(
+            graph, made["onnx"], hf, prompts_npz, host, d / "onnx_simplified.onnx", min_top1=99.0, **fp32
+        )
         made["onnx_simplified"] = d / "onnx_simplified.onnx"
         if not tflite_too:
             continue
         for variant in ("int8_dynamic", "int8_block"):
             quantize_onnx(made["onnx_simplified"], d / f"onnx_{variant}.onnx", variant=variant)
             made[f"onnx_{variant}"] = d / f"onnx_{variant}.onnx"
-        savedmodel_generation(graph, made["onnx_simplified"], hf, prompts_npz, host, d / "savedmodel", min_top1=99.0)
+        savedmodel_generation(
+            graph, made["onnx_simplified"], hf, prompts_npz, host, d / "savedmodel", min_top1=99.0, **fp32
+        )
         for precision, gate in (("fp32", 99.0), ("fp16", 50.0), ("int8", 20.0)):
             tflite(
                 d / "savedmodel",
                 d / f"tflite_{precision}.tflite",
                 precision=precision,
                 census_json=d / f"tflite_{precision}.ops.json",
-                gate=tflite_gate(graph, hf, prompts_npz, host, precision=precision, min_top1=gate),
+                gate=tflite_gate(
+                    graph,
+                    hf,
+                    prompts_npz,
+                    host,
+                    precision=precision,
+                    min_top1=gate,
+                    **(fp32 if precision == "fp32" else {}),
+                ),
             )
             made[f"tflite_{precision}"] = d / f"tflite_{precision}.tflite"
     return out

@@ -541,11 +541,10 @@ def test_export_graph_is_the_stock_optimisers(tiny_model, graph):
             (["input_ids"], ["logits"]),
         )
     else:
-        model = decode_graph._llama_parts(tiny_model)
-        dims = decode_graph.model_dims(model)
-        module = dict(zip(decode_graph.GRAPHS, decode_graph._build_modules(model), strict=True))[graph]
-        args = tuple(torch.from_numpy(a) for a in decode_graph.example_inputs(graph, dims, 8, 16))
-        names = decode_graph.io_names(graph, dims["layers"])
+        modules, io, _ = decode_graph.graph_modules(tiny_model, prompt_len=8, max_len=16)
+        module = modules[graph]
+        args = tuple(torch.from_numpy(a) for a in decode_graph.example_inputs(graph, io, 8))
+        names = io.names(graph)
     fast = dynamo_export.export(module, args, opset=18, input_names=names[0], output_names=names[1])
     with torch.inference_mode():
         stock = torch.onnx.export(

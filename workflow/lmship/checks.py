@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from . import StageError
+from .families import is_causal_lm_architecture
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -46,16 +47,17 @@ def check_local_folder(path: Path) -> None:
 
 
 def check_causal_lm_config(config_json: Path) -> None:
-    """Reject configs whose architecture is not a causal language model."""
+    """Reject configs whose architecture is not a causal language model (stdlib only: runs at parse time)."""
     try:
         cfg = json.loads(Path(config_json).read_text())
     except (OSError, ValueError) as exc:
         raise StageError(f"cannot read {config_json}: {exc}") from exc
     archs = cfg.get("architectures") or []
-    if archs and not any(a.endswith("ForCausalLM") for a in archs):
+    if archs and not any(is_causal_lm_architecture(a) for a in archs):
         raise StageError(
             f"{config_json}: architecture {archs} (model_type {cfg.get('model_type')!r}) is not a causal "
-            "language model; this workflow converts *ForCausalLM models (logits over the vocabulary)."
+            "language model; this workflow converts the models AutoModelForCausalLM loads (*ForCausalLM, "
+            "*LMHeadModel: logits over the vocabulary)."
         )
 
 
@@ -63,13 +65,17 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", HUB_ENDPOINT).rstrip("/")
 
 
-def hub_cached(repo_id: str) -> bool:
-    """True when the model's config.json is already in the local Hugging Face cache."""
+def _hub_snapshots(repo_id: str) -> Path:
+    """The folder of the local Hugging Face cache's snapshots of ``repo_id`` (it may not exist)."""
     home = Path(
         os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
     )
-    folder = home / ("models--" + repo_id.replace("/", "--"))
-    snapshots = folder / "snapshots"
+    return home / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+
+
+def hub_cached(repo_id: str) -> bool:
+    """True when the model's config.json is already in the local Hugging Face cache."""
+    snapshots = _hub_snapshots(repo_id)
     if not snapshots.is_dir():
         return False
     return any((snap / "config.json").exists() for snap in snapshots.iterdir())
@@ -105,3 +111,27 @@ def check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
         raise StageError(
             f"hub model {repo_id!r}: cannot reach {hub_endpoint()} within {timeout:.0f} s ({reason}). {how_to}"
         ) from exc
+
+
+def model_config(spec: dict, prepared: Path) -> dict | None:
+    """The config of a configured model (an entry of ``models:``) as far as it is known before any job.
+
+    ``random``: its ``architecture`` (``model_type`` llama unless named); ``local``: the folder's
+    config.json; ``hub``: the config.json in the local Hugging Face cache; any source: the prepared
+    folder's config.json once ``prepare_model`` wrote it. None when nothing is known yet (a GGUF
+    model, or a hub model not in the cache, before its first preparation).
+    """
+    candidates = [Path(prepared) / "config.json"]
+    if spec.get("source") == "local":
+        candidates.insert(0, Path(spec["path"]) / "config.json")
+    if spec.get("source") == "hub":
+        candidates += sorted(_hub_snapshots(spec["id"]).glob("*/config.json"))
+    for path in candidates:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    if spec.get("source") == "random":
+        arch = dict(spec.get("architecture") or {})
+        return {"model_type": arch.pop("model_type", "llama"), **arch}
+    return None

@@ -48,7 +48,18 @@ def add_checked_stage_arguments(parser: argparse.ArgumentParser, source: str, he
         default=config_default("conversion_gate", "fp32"),
         help="fail below this top-1 agreement (%%; default: conversion_gate.fp32)",
     )
+    add_logit_gate_arguments(parser)
     parser.add_argument("--log", type=Path)
+
+
+def add_logit_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fp32 logit bounds of a conversion gate, defaulting to the config's."""
+    for flag, key, what in (
+        ("--max-rel-diff", "fp32_max_rel_logit_diff", "max |logit difference| / std(reference logits)"),
+        ("--max-mean-kld", "fp32_max_mean_kld", "mean KL divergence to PyTorch (nats)"),
+    ):
+        value = config_default("conversion_gate", key)
+        parser.add_argument(flag, type=float, default=value, help=f"fp32: fail above this {what} (default: {value})")
 
 
 def conversion_gate(precision: str) -> float:

@@ -4,7 +4,8 @@ The export uses torch's default (dynamo) exporter with static shapes
 ``[batch, seq_len]``; a model whose weights pass 2 GB keeps them in
 ``<name>.data`` beside the graph (ONNX Runtime, its quantisers and OpenVINO
 read it). The graph is checked with ``onnx.checker`` and run in ONNX Runtime
-against the PyTorch reference, and the stage fails below its gate.
+against the PyTorch reference, and the stage fails if it misses the conversion
+gate (:func:`lmship.validate.check_gate`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def export_onnx(
     *,
     opset: int,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
     """Export ``hf_dir`` to a single-file ONNX model at ``out_onnx``; return its metrics."""
@@ -74,7 +77,16 @@ def export_onnx(
         nodes = len(graph.graph.node)
         opset_used = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
         del graph
-        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="export_onnx")
+        check = validate_artifact(
+            "ort",
+            tmp,
+            inputs_npz,
+            reference_npy,
+            min_top1=min_top1,
+            stage="export_onnx",
+            max_rel_diff=max_rel_diff,
+            max_mean_kld=max_mean_kld,
+        )
     return stage_metrics(
         metrics_json,
         out_onnx,
@@ -102,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             args.out,
             opset=args.opset,
             min_top1=args.min_top1,
+            max_rel_diff=args.max_rel_diff,
+            max_mean_kld=args.max_mean_kld,
             metrics_json=args.metrics,
         )
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .decode_graph import io_names
+from .decode_graph import GraphIO
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,25 @@ def same_text(reference_tokens: list[int], tokens: list[int]) -> dict:
     }
 
 
-def write_kv(cache: np.ndarray, new: np.ndarray, position: int, kv_heads: int) -> None:
-    """Write a step's new K or V ``[kv_heads, head_dim]`` into slot ``position`` of ``cache`` [kv_heads*L, head_dim]."""
-    cache.reshape(kv_heads, -1, cache.shape[-1])[:, position, :] = new
+def write_kv(cache: np.ndarray, new: np.ndarray, slot: int, kv_heads: int) -> None:
+    """Write a step's new K or V ``[kv_heads, head_dim]`` into ``slot`` of ``cache`` [kv_heads*S, head_dim]
+    (the position itself for a full cache, the position modulo S for a sliding layer's ring)."""
+    cache.reshape(kv_heads, -1, cache.shape[-1])[:, slot, :] = new
 
 
 def write_prefill_kv(cache: np.ndarray, block: np.ndarray, kv_heads: int) -> None:
-    """Write the prefill's K or V ``[kv_heads*P, head_dim]`` into slots 0..P-1 of ``cache``."""
-    d = cache.shape[-1]
+    """Write the prefill's K or V ``[kv_heads*P, head_dim]`` (positions 0..P-1) into ``cache``."""
     p = block.shape[0] // kv_heads
-    cache.reshape(kv_heads, -1, d)[:, :p, :] = block.reshape(kv_heads, p, d)
+    write_positions(cache, block.reshape(kv_heads, p, cache.shape[-1]), kv_heads)
+
+
+def write_positions(cache: np.ndarray, block: np.ndarray, kv_heads: int) -> None:
+    """Write K or V of positions 0..n-1 (``block`` [kv_heads, n, head_dim]) into ``cache`` [kv_heads*S, head_dim]:
+    position p into slot p % S, so a ring of S < n slots keeps the last S positions."""
+    d, n = cache.shape[-1], block.shape[1]
+    slots = cache.shape[0] // kv_heads
+    first = max(0, n - slots)
+    cache.reshape(kv_heads, slots, d)[:, np.arange(first, n) % slots, :] = block[:, first:, :]
 
 
 # --------------------------------------------------------------------------- runners
@@ -106,7 +115,7 @@ class _Graphs:
             self.prefill = _open_graph(runtime, prefill, threads) if prefill else None
             self.decode = _open_graph(runtime, decode, threads) if decode else None
         elif runtime == "torch":
-            self.prefill, self.decode = _torch_graphs(prefill or decode, threads)
+            self.prefill, self.decode = _torch_graphs(prefill or decode, threads, host)
             if prefill is None:
                 self.prefill = None
         else:
@@ -229,21 +238,20 @@ def _tflite_graph(path: Path, threads: int):
     return run
 
 
-def _torch_graphs(hf_dir: Path, threads: int):
+def _torch_graphs(hf_dir: Path, threads: int, host: dict):
+    """The graphs' own PyTorch modules (eager) for the lengths of ``host``."""
     import torch
 
-    from .decode_graph import _build_modules, _llama_parts
+    from .decode_graph import graph_modules
 
     if threads > 0:
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
-    model = _llama_parts(Path(hf_dir))
-    prefill, decode = _build_modules(model)
-    layers = model.config.num_hidden_layers
+    modules, io, model = graph_modules(Path(hf_dir), prompt_len=int(host["prompt_len"]), max_len=int(host["max_len"]))
 
     def wrap(module, graph):
-        ins, outs = io_names(graph, layers)
+        ins, outs = io.names(graph)
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             with torch.inference_mode():
@@ -254,7 +262,7 @@ def _torch_graphs(hf_dir: Path, threads: int):
         run.keepalive = model
         return run
 
-    return wrap(prefill, "prefill"), wrap(decode, "decode")
+    return wrap(modules["prefill"], "prefill"), wrap(modules["decode"], "decode")
 
 
 def load_host_tables(host_npz: Path) -> dict:
@@ -298,45 +306,48 @@ def _loop(
     PyTorch) replaces the prefill graph: the decode graph is then checked alone.
     """
     host = graphs.host
+    io = GraphIO.from_host(host)
     p_len, max_len, kv, d = (int(host[k]) for k in ("prompt_len", "max_len", "kv_heads", "head_dim"))
-    cos, sin, neg = host["cos"], host["sin"], np.float32(host["mask_neg"])
+    rows, neg = {name: host[name] for name in io.table_names}, np.float32(host["mask_neg"])
     ids = np.asarray(prompt, dtype=np.int64).reshape(-1)
     n = ids.size
     use_prefill = prompt_cache is None and graphs.prefill is not None
     _check_prompt(n, new_tokens, p_len, max_len, use_prefill=use_prefill)
-    caches = [np.zeros((kv * max_len, d), np.float32) for _ in range(2 * graphs.layers)]
-    names = [f"{c}{i}" for i in range(graphs.layers) for c in ("k", "v")]
-    mask = np.full((1, max_len + 1), neg, np.float32)
-    mask[0, -1] = 0.0
+    names, slots = io.kv_names, io.kv_slots
+    caches = [np.zeros((kv * s, d), np.float32) for s in slots]
+    masks = {}
+    for name, s in io.masks:
+        masks[name] = np.full((1, s + 1), neg, np.float32)
+        masks[name][0, -1] = 0.0
     logits_seen: list[np.ndarray] = []
 
+    def open_slots(pos: int) -> None:  # a step at ``pos`` sees the last min(pos, S) positions of each cache
+        for name, s in io.masks:
+            masks[name][0, : min(pos, s)] = 0.0
+
     def step(token: int, pos: int) -> np.ndarray:
-        feeds = {
-            "token": np.array([[token]], np.int64),
-            "cos": cos[pos : pos + 1],
-            "sin": sin[pos : pos + 1],
-            "mask": mask,
-        }
+        open_slots(pos)
+        feeds = {"token": np.array([[token]], np.int64)}
+        feeds.update({name: table[pos : pos + 1] for name, table in rows.items()})
+        feeds.update(masks)
         feeds.update(zip(names, caches, strict=True))
         out = graphs.decode(feeds)
-        for name, cache in zip(names, caches, strict=True):
-            write_kv(cache, out["new_" + name], pos, kv)
-        mask[0, pos] = 0.0
+        for name, cache, s in zip(names, caches, slots, strict=True):
+            write_kv(cache, out["new_" + name], pos % s, kv)
         return out["logits"]
 
     started = time.perf_counter()
     if use_prefill:
-        out = graphs.prefill({"input_ids": ids[None, :p_len], "cos": cos[:p_len], "sin": sin[:p_len]})
+        feeds = {"input_ids": ids[None, :p_len], **{name: table[:p_len] for name, table in rows.items()}}
+        out = graphs.prefill(feeds)
         for name, cache in zip(names, caches, strict=True):
             write_prefill_kv(cache, out[name], kv)
-        mask[0, :p_len] = 0.0
         logits, pos = out["logits"], p_len
     elif prompt_cache is None:  # no prefill graph: the whole prompt goes through decode steps
         logits, pos = None, 0
-    else:
+    else:  # PyTorch's K/V of the prompt but its last token, which a decode step recomputes
         for cache, block in zip(caches, prompt_cache, strict=True):
-            cache.reshape(kv, max_len, d)[:, : block.shape[1]] = block
-        mask[0, : n - 1] = 0.0
+            write_positions(cache, block[:, : n - 1], kv)
         pos = n - 1
         logits = None
     while pos < n:  # the rest of the prompt, one decode step each
@@ -438,7 +449,7 @@ def torch_generate(
 
     The whole prompt is one forward pass (time to first token), then one forward
     per new token with ``past_key_values``. ``keep_prompt_cache`` stores the K/V
-    after the prompt on the result (``.prompt_cache``, per layer [kv_heads, n, head_dim]).
+    of every prompt position on the result (``.prompt_caches``, per layer [kv_heads, n, head_dim]).
     """
     import torch
 
@@ -461,11 +472,7 @@ def torch_generate(
             token = int(torch.argmax(logits))
             ttft = (time.perf_counter() - t0) * 1000.0
             past = out.past_key_values
-            cache = None
-            if keep_prompt_cache:
-                cache = []
-                for layer in past.layers:
-                    cache += [layer.keys[0].float().numpy().copy(), layer.values[0].float().numpy().copy()]
+            cache = _prompt_kv(model, ids, past) if keep_prompt_cache else None
             tokens, steps, seen = [token], [], [logits.float().numpy().copy()] if collect_logits else []
             for i in range(1, new_tokens):
                 feed = forced_ids[i - 1] if forced_ids is not None else token
@@ -492,6 +499,23 @@ def torch_generate(
         if collect_logits:
             result.logits.append(seen)
     return result
+
+
+def _prompt_kv(model, ids, past) -> list[np.ndarray]:
+    """K and V of every prompt position, per layer [kv_heads, n, head_dim], from the cache ``past`` after the
+    prompt ``ids``. A sliding-window layer's own cache keeps only its window: then the prompt runs once more
+    into a cache of full layers (transformers' masks still apply each layer's window)."""
+    import torch
+    from transformers import DynamicCache
+
+    n = ids.shape[1]
+    if any(layer.keys.shape[-2] < n for layer in past.layers):
+        with torch.inference_mode():
+            past = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True).past_key_values
+    out = []
+    for layer in past.layers:
+        out += [layer.keys[0].float().numpy().copy(), layer.values[0].float().numpy().copy()]
+    return out
 
 
 def hf_generate(hf_dir: Path, prompts: list[np.ndarray], new_tokens: int, *, threads: int = 1) -> GenerationResult:
@@ -530,15 +554,32 @@ def hf_generate(hf_dir: Path, prompts: list[np.ndarray], new_tokens: int, *, thr
 
 
 def _compare(reference: list[np.ndarray], logits: list[np.ndarray]) -> dict:
-    ref = np.stack(reference).astype(np.float64)
-    got = np.stack(logits).astype(np.float64)
+    """Top-1 agreement, largest logit difference (absolute and over the reference logits' standard
+    deviation) and mean KL divergence of ``logits`` against ``reference``, position by position."""
+    from .quality import kl_divergence
+
+    ref = np.stack(reference).astype(np.float64).reshape(len(reference), -1)
+    got = np.stack(logits).astype(np.float64).reshape(len(logits), -1)
+    scale = float(ref.std())
     if not np.isfinite(got).all():
-        return {"positions": len(ref), "finite": False, "top1_agreement_pct": 0.0, "max_abs_diff": float("inf")}
+        return {
+            "positions": len(ref),
+            "finite": False,
+            "top1_agreement_pct": 0.0,
+            "max_abs_diff": float("inf"),
+            "reference_std": scale,
+            "max_rel_diff": float("inf"),
+            "kld_mean": float("inf"),
+        }
+    max_abs = float(np.abs(ref - got).max())
     return {
         "positions": len(ref),
         "finite": True,
         "top1_agreement_pct": round(100.0 * float((ref.argmax(-1) == got.argmax(-1)).mean()), 2),
-        "max_abs_diff": float(np.abs(ref - got).max()),
+        "max_abs_diff": max_abs,
+        "reference_std": scale,
+        "max_rel_diff": max_abs / scale if scale > 0 else float("inf"),
+        "kld_mean": float(kl_divergence(ref, got).mean()),
     }
 
 
@@ -553,6 +594,8 @@ def validate_graph(
     steps: int = 8,
     min_top1: float = 99.0,
     max_abs_diff: float | None = None,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     run=None,
     stage: str | None = None,
 ) -> dict:
@@ -562,8 +605,10 @@ def validate_graph(
     ``decode``: the prompt's K/V from PyTorch are put into the cache, then ``steps``
     decode steps are fed PyTorch's greedy tokens (teacher forcing), the host writing
     each new K/V into the cache; every step's logits are compared. Raises
-    :class:`StageError` when top-1 agreement < ``min_top1`` % or the largest
-    absolute logit difference exceeds ``max_abs_diff``; returns the metrics.
+    :class:`StageError` when top-1 agreement < ``min_top1`` %, the largest
+    absolute logit difference exceeds ``max_abs_diff``, the largest difference over
+    the reference logits' standard deviation exceeds ``max_rel_diff`` or the mean
+    KL divergence exceeds ``max_mean_kld`` (nats); returns the metrics.
     ``run`` (``feeds -> outputs`` by name) replaces loading ``artifact`` in ``runtime``.
     """
     host = load_host_tables(host_npz)
@@ -596,21 +641,24 @@ def validate_graph(
             reference += ref.logits[k]
     else:
         raise StageError(f"unknown generation graph {graph!r}; expected 'prefill' or 'decode'")
+    from .quality import figures, logit_failures
+
     metrics = _compare(reference, got)
     log.info("%s graph %s (%s) vs PyTorch: %s", graph, artifact, runtime, metrics)
     where = f"{stage + ': ' if stage else ''}{graph} graph {artifact} ({runtime})"
     if not metrics["finite"]:
         raise StageError(f"{where} produced NaN or infinite logits")
+    failures = []
     if metrics["top1_agreement_pct"] < min_top1:
-        raise StageError(
-            f"{where} agrees with PyTorch on the top-1 token for only {metrics['top1_agreement_pct']:.2f}% of "
-            f"{metrics['positions']} positions (required >= {min_top1}%); max abs logit diff "
-            f"{metrics['max_abs_diff']:.3g}"
+        failures.append(
+            f"agrees with PyTorch on the top-1 token for only {metrics['top1_agreement_pct']:.2f}% of "
+            f"{metrics['positions']} positions (required >= {min_top1}%)"
         )
-    if max_abs_diff is not None and metrics["max_abs_diff"] > max_abs_diff:
+    failures += logit_failures(metrics, max_abs_diff=max_abs_diff, max_rel_diff=max_rel_diff, max_mean_kld=max_mean_kld)
+    if failures:
         raise StageError(
-            f"{where} differs from PyTorch's logits by up to {metrics['max_abs_diff']:.3g} "
-            f"(allowed {max_abs_diff:g}): the graph or its cache handling changed the model's answers"
+            f"{where} {'; '.join(failures)}; {figures(metrics)}. The graph or its cache handling changed the "
+            "model's answers."
         )
     return metrics
 

@@ -40,9 +40,9 @@ REFERENCE_TIER = "reference"
 
 
 def cache_bytes(host_npz: Path) -> int:
-    """Bytes of the K/V cache of every layer at ``max_len`` slots (float32)."""
+    """Bytes of the K/V cache of every layer (float32): ``max_len`` slots, a sliding layer's ring fewer."""
     with np.load(host_npz) as z:
-        return int(2 * z["layers"] * z["kv_heads"] * z["max_len"] * z["head_dim"] * 4)
+        return int(2 * int(z["slots"].sum()) * z["kv_heads"] * z["head_dim"] * 4)
 
 
 def weight_bytes(backend: dict) -> int:

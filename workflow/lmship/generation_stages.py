@@ -7,7 +7,9 @@ The rules ``export_onnx``, ``simplify_onnx``, ``savedmodel`` and ``tflite`` take
 made here. Their gate (:class:`GraphGate`) runs the graph on prompts cut from
 the evaluation prose and compares its logits with transformers' own KV-cache
 generation (:func:`lmship.generation.validate_graph`): the prefill graph's last
-logits, or 8 teacher-forced decode steps whose K/V the host writes into the cache.
+logits, or 8 teacher-forced decode steps whose K/V the host writes into the cache;
+top-1 agreement at every precision, and at fp32 the logits themselves (largest
+difference over the reference logits' standard deviation, mean KL divergence).
 ``quantize_onnx`` needs no stage of its own (it rewrites Gemm to MatMul itself), nor does
 ``compress_openvino`` (its exact-grid form proves its weights; NNCF's are judged by their text).
 """
@@ -39,6 +41,8 @@ class GraphGate:
     host_npz: Path
     inputs_npz: Path
     min_top1: float
+    max_rel_diff: float | None = None  # fp32 conversions: max |Δlogit| / std(reference logits)
+    max_mean_kld: float | None = None  # fp32 conversions: mean KL divergence (nats)
 
     def __call__(self, runtime: str, artifact: Path, *, stage: str, run=None) -> dict:
         prompts = graph_prompts(self.inputs_npz, GATE_PROMPTS)
@@ -51,6 +55,8 @@ class GraphGate:
             prompts,
             steps=GATE_STEPS,
             min_top1=self.min_top1,
+            max_rel_diff=self.max_rel_diff,
+            max_mean_kld=self.max_mean_kld,
             run=run,
             stage=stage,
         )
@@ -82,11 +88,13 @@ def export_generation(
     length: int,
     opset: int,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
     """Export the ``graph`` of ``hf_dir`` to ``out_onnx`` and check it in ONNX Runtime."""
     prompt_len, max_len = lengths(graph, length, host_npz)
-    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
+    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1, max_rel_diff, max_mean_kld)
     started = time.monotonic()
     with atomic_output(Path(out_onnx)) as tmp:
         export_generation_graph(hf_dir, tmp, graph=graph, prompt_len=prompt_len, max_len=max_len, opset=opset)
@@ -113,10 +121,12 @@ def simplify_generation(
     out_onnx: Path,
     *,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
     """onnxsim on a generation graph, checked in ONNX Runtime."""
-    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
+    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1, max_rel_diff, max_mean_kld)
     started = time.monotonic()
     with atomic_output(Path(out_onnx)) as tmp:
         simplify_graph(in_onnx, tmp)
@@ -142,12 +152,14 @@ def savedmodel_generation(
     out_dir: Path,
     *,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     onnx2tf_options: dict | None = None,
     fast_weight_matmul: bool = True,
     metrics_json: Path | None = None,
 ) -> dict:
     """onnx2tf SavedModel of a generation graph (named inputs / outputs); the Keras model is checked first."""
-    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
+    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1, max_rel_diff, max_mean_kld)
     started = time.monotonic()
     check = graph_to_savedmodel(
         in_onnx,
@@ -167,9 +179,20 @@ def savedmodel_generation(
     )
 
 
-def tflite_gate(graph: str, hf_dir: Path, inputs_npz: Path, host_npz: Path, *, precision: str, min_top1: float):
-    """The ``check(tflite_file) -> metrics`` that :func:`lmship.tflite.tflite` runs on a generation graph."""
-    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
+def tflite_gate(
+    graph: str,
+    hf_dir: Path,
+    inputs_npz: Path,
+    host_npz: Path,
+    *,
+    precision: str,
+    min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
+):
+    """The ``check(tflite_file) -> metrics`` that :func:`lmship.tflite.tflite` runs on a generation graph
+    (give the logit bounds for fp32 only)."""
+    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1, max_rel_diff, max_mean_kld)
     return lambda artifact: gate("tflite", artifact, stage=f"tflite_{precision}")
 
 
@@ -182,13 +205,15 @@ def openvino_generation(
     out_xml: Path,
     *,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
 ) -> Path:
     """The fp32 OpenVINO IR of a generation graph, checked at f32 against PyTorch before it is written."""
     from .openvino import openvino_ir
 
-    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1)
+    gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1, max_rel_diff, max_mean_kld)
     return openvino_ir(
         in_onnx,
         out_xml,

@@ -124,6 +124,8 @@ def openvino_ir(
     inputs_npz: Path | None = None,
     reference_npy: Path | None = None,
     min_top1: float = 0.0,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
     gate=None,
@@ -132,7 +134,8 @@ def openvino_ir(
 
     With ``inputs_npz`` and ``reference_npy`` the IR is run at f32 on the
     evaluation inputs first and refused (nothing written) if its top-1
-    agreement with PyTorch is below ``min_top1`` %. ``gate(xml) -> metrics``
+    agreement with PyTorch is below ``min_top1`` % or its logits exceed ``max_rel_diff`` /
+    ``max_mean_kld`` (:func:`lmship.validate.check_gate`). ``gate(xml) -> metrics``
     (raising to refuse the IR) replaces that check, e.g. for a generation graph.
     """
     import openvino as ov
@@ -146,7 +149,16 @@ def openvino_ir(
             checked.update(gate(xml))
         elif inputs_npz is not None and reference_npy is not None:
             checked.update(
-                validate_artifact("openvino", xml, inputs_npz, reference_npy, min_top1=min_top1, stage="openvino_ir")
+                validate_artifact(
+                    "openvino",
+                    xml,
+                    inputs_npz,
+                    reference_npy,
+                    min_top1=min_top1,
+                    stage="openvino_ir",
+                    max_rel_diff=max_rel_diff,
+                    max_mean_kld=max_mean_kld,
+                )
             )
 
     if not Path(onnx_path).is_file():
@@ -614,6 +626,8 @@ def main_openvino_ir(argv: list[str] | None = None) -> None:
             inputs_npz=args.inputs,
             reference_npy=args.reference,
             min_top1=args.min_top1,
+            max_rel_diff=args.max_rel_diff,
+            max_mean_kld=args.max_mean_kld,
             census_json=args.census,
             metrics_json=args.metrics,
         )

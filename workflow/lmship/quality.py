@@ -6,7 +6,8 @@ of a 49,152-token vocabulary never sit in memory at once. Per position it keeps:
 - the KL divergence KL(P_ref || P_backend) in nats (llama.cpp's ``--kl-divergence``);
 - whether the top-1 token agrees;
 - the next-token log-likelihood of both models (text samples only: perplexity);
-- absolute logit difference and cosine similarity (the conversion gates' old yardsticks).
+- absolute logit difference, also over the reference logits' standard deviation (a scale-free
+  bound for the fp32 conversion gates), and cosine similarity.
 
 ``summarise`` turns those into the figures a user reads: mean / p99 / max KLD,
 top-1 agreement with its 95 % Wilson interval, perplexity and its change, all on
@@ -82,6 +83,8 @@ class Agreement:
     max_abs_diff: float = 0.0
     abs_diff_sum: float = 0.0
     values: int = 0
+    ref_sum: float = 0.0
+    ref_sum_sq: float = 0.0
     finite: bool = True
     _arrays: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
@@ -112,6 +115,9 @@ class Agreement:
         self.kld.append(np.maximum(tmp.sum(-1), 0.0))
         self.top1.append(ref2.argmax(-1) == cand2.argmax(-1))
         self.text.append(np.full(ref2.shape[0], bool(is_text)))
+        self.ref_sum += float(ref2.sum())
+        np.multiply(ref2, ref2, out=tmp)
+        self.ref_sum_sq += float(tmp.sum())
         np.subtract(ref2, cand2, out=tmp)
         np.abs(tmp, out=tmp)
         self.max_abs_diff = max(self.max_abs_diff, float(tmp.max()))
@@ -146,12 +152,16 @@ class Agreement:
         top1 = np.concatenate(self.top1)
         text = np.concatenate(self.text)
         cosine = np.concatenate(self.cosine)
+        mean = self.ref_sum / max(self.values, 1)
+        scale = math.sqrt(max(self.ref_sum_sq / max(self.values, 1) - mean * mean, 0.0))
         out: dict = {
             "positions": int(top1.size),
             "text_positions": int(text.sum()),
             "finite": self.finite,
             "max_abs_diff": self.max_abs_diff,
             "mean_abs_diff": self.abs_diff_sum / max(self.values, 1),
+            "reference_std": scale,
+            "max_rel_diff": self.max_abs_diff / scale if scale > 0 else math.inf,
             "cosine_similarity": float(cosine.mean()),
             "min_cosine_similarity": float(cosine.min()),
             "top1_agreement_pct": float(100.0 * top1.mean()),
@@ -193,6 +203,35 @@ def perplexity(logits: np.ndarray, input_ids: np.ndarray) -> float:
     target = np.asarray(input_ids)[..., 1:]
     picked = np.take_along_axis(lp, target[..., None], axis=-1)[..., 0]
     return float(np.exp(-picked.mean()))
+
+
+def logit_failures(
+    metrics: dict,
+    *,
+    max_abs_diff: float | None = None,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
+) -> list[str]:
+    """Which logit bounds ``metrics`` exceed, each with its figure and bound (empty: none)."""
+    failures = []
+    if max_abs_diff is not None and metrics["max_abs_diff"] > max_abs_diff:
+        failures.append(f"max |Δlogit| {metrics['max_abs_diff']:.3g} > {max_abs_diff:g}")
+    if max_rel_diff is not None and metrics["max_rel_diff"] > max_rel_diff:
+        failures.append(f"max |Δlogit| / std(reference logits) {metrics['max_rel_diff']:.3g} > {max_rel_diff:g}")
+    if max_mean_kld is not None and metrics["kld_mean"] > max_mean_kld:
+        failures.append(f"mean KL divergence {metrics['kld_mean']:.3g} > {max_mean_kld:g} nats")
+    return failures
+
+
+def figures(metrics: dict) -> str:
+    """The logit figures of a gate's ``metrics`` in one phrase (for its error message)."""
+    text = (
+        f"top-1 {metrics['top1_agreement_pct']:.2f}%, max |Δlogit| {metrics['max_abs_diff']:.3g} "
+        f"(std of PyTorch's logits {metrics.get('reference_std', float('nan')):.3g})"
+    )
+    if "kld_mean" in metrics:
+        text += f", mean KL {metrics['kld_mean']:.3g} nats"
+    return text
 
 
 def tier_failures(summary: dict, limits: dict) -> list[str]:

@@ -86,6 +86,8 @@ def savedmodel(
     out_dir: Path,
     *,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     onnx2tf_options: dict | None = None,
     fast_weight_matmul: bool = True,
     metrics_json: Path | None = None,
@@ -116,6 +118,8 @@ def savedmodel(
             min_top1=min_top1,
             stage="savedmodel",
             artifact=out_dir,
+            max_rel_diff=max_rel_diff,
+            max_mean_kld=max_mean_kld,
         )
         _write_savedmodel(model, specs, tmp)
     return stage_metrics(
@@ -211,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
             args.reference,
             args.out,
             min_top1=args.min_top1,
+            max_rel_diff=args.max_rel_diff,
+            max_mean_kld=args.max_mean_kld,
             onnx2tf_options=yaml.safe_load(args.onnx2tf),
             fast_weight_matmul=args.fast_weight_matmul,
             metrics_json=args.metrics,

@@ -31,6 +31,8 @@ def simplify_onnx(
     out_onnx: Path,
     *,
     min_top1: float,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
     """Run onnxsim on ``in_onnx`` and write the result to ``out_onnx``; return metrics."""
@@ -53,7 +55,16 @@ def simplify_onnx(
     with atomic_output(Path(out_onnx)) as tmp:
         onnx.save(simplified, str(tmp))
         del simplified
-        check = validate_artifact("ort", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage="simplify_onnx")
+        check = validate_artifact(
+            "ort",
+            tmp,
+            inputs_npz,
+            reference_npy,
+            min_top1=min_top1,
+            stage="simplify_onnx",
+            max_rel_diff=max_rel_diff,
+            max_mean_kld=max_mean_kld,
+        )
     log.info("onnxsim: %d -> %d nodes", sum(before.values()), sum(after.values()))
     return stage_metrics(
         metrics_json,
@@ -76,7 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with log_to(args.log):
         simplify_onnx(
-            args.onnx, args.inputs, args.reference, args.out, min_top1=args.min_top1, metrics_json=args.metrics
+            args.onnx,
+            args.inputs,
+            args.reference,
+            args.out,
+            min_top1=args.min_top1,
+            max_rel_diff=args.max_rel_diff,
+            max_mean_kld=args.max_mean_kld,
+            metrics_json=args.metrics,
         )
 
 

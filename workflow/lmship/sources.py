@@ -7,7 +7,7 @@ Sources (the ``source`` key of a model entry in config.yaml):
 ``gguf``       a GGUF file on disk
 ``hub``        a Hugging Face hub id (needs internet or the local HF cache)
 ``local``      a folder in HF layout (config.json, model.safetensors, tokenizer files)
-``random``     a LlamaForCausalLM of any size with seeded random weights (tests)
+``random``     a causal LM of any registered transformers model_type and size, seeded random weights (tests)
 
 Whatever the source, the result is ``<out>/`` with config.json,
 model.safetensors and tokenizer files, plus ``prepare.json`` describing it.
@@ -41,9 +41,10 @@ RANDOM_DEFAULTS: dict[str, Any] = {
     "num_key_value_heads": 2,
     "vocab_size": 512,
     "max_position_embeddings": 512,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": True,
 }
+#: What a random model of the default type (llama) also sets; other types keep their own defaults
+#: (Gemma 3's two rotary bases, for one).
+RANDOM_LLAMA_DEFAULTS: dict[str, Any] = {"rope_theta": 10000.0, "tie_word_embeddings": True}
 
 
 def prepare_model(spec: dict[str, Any], out_dir: Path) -> Path:
@@ -257,18 +258,28 @@ def _check_safetensors(path: Path) -> None:
 
 
 def _from_random(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A model of seeded random weights: ``architecture`` names its ``model_type`` (llama unless given) and
+    any config keys of that type; :data:`RANDOM_DEFAULTS` fill the sizes it does not give (and
+    :data:`RANDOM_LLAMA_DEFAULTS` a Llama's rotary base and tied head)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    arch = {**RANDOM_DEFAULTS, **spec.get("architecture", {})}
+    given = dict(spec.get("architecture", {}))
+    model_type = given.pop("model_type", "llama")
+    arch = {**RANDOM_DEFAULTS, **(RANDOM_LLAMA_DEFAULTS if model_type == "llama" else {}), **given}
     seed = int(spec.get("seed", 0))
     torch.manual_seed(seed)
-    config = LlamaConfig(**arch)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    try:
+        config = AutoConfig.for_model(model_type, **arch)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    except Exception as exc:  # an unknown model_type, a config key of the wrong type, a class that is no causal LM
+        raise StageError(
+            f"cannot build a random {model_type!r} causal LM from architecture {arch}: {type(exc).__name__}: {exc}"
+        ) from exc
     model.save_pretrained(out)
-    tokenizer = train_tokenizer(arch["vocab_size"])
+    tokenizer = train_tokenizer(int(config.vocab_size))
     tokenizer.save_pretrained(out)
-    return {"seed": seed, "params": sum(p.numel() for p in model.parameters())}
+    return {"seed": seed, "model_type": model_type, "params": sum(p.numel() for p in model.parameters())}
 
 
 def train_tokenizer(vocab_size: int):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import StageError
-from .cli import conversion_gate
+from .cli import add_logit_gate_arguments, conversion_gate
 from .cli import parser as parser_for
 from .files import atomic_output, stage_metrics, write_json
 from .logs import captured_stderr, log_to
@@ -44,13 +44,17 @@ def tflite(
     inputs_npz: Path | None = None,
     reference_npy: Path | None = None,
     min_top1: float = 0.0,
+    max_rel_diff: float | None = None,
+    max_mean_kld: float | None = None,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
     gate: Callable[[Path], dict] | None = None,
 ) -> dict:
     """Convert ``saved_model`` to ``out_tflite`` at ``precision`` with builtin ops only.
 
-    ``gate(tflite_file) -> metrics`` replaces the check on the evaluation set (``inputs_npz``).
+    ``gate(tflite_file) -> metrics`` replaces the check on the evaluation set (``inputs_npz``);
+    ``max_rel_diff`` and ``max_mean_kld`` bound its logits (give them for fp32 only: fp16 and int8
+    are judged by their quality tier).
     """
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # the converter reports its op count at INFO level
     import tensorflow as tf
@@ -93,7 +97,14 @@ def tflite(
             check = gate(tmp)
         elif inputs_npz is not None and reference_npy is not None:
             check = validate_artifact(
-                "tflite", tmp, inputs_npz, reference_npy, min_top1=min_top1, stage=f"tflite_{precision}"
+                "tflite",
+                tmp,
+                inputs_npz,
+                reference_npy,
+                min_top1=min_top1,
+                stage=f"tflite_{precision}",
+                max_rel_diff=max_rel_diff,
+                max_mean_kld=max_mean_kld,
             )
     return stage_metrics(
         metrics_json,
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inputs", type=Path)
     parser.add_argument("--reference", type=Path)
     parser.add_argument("--min-top1", type=float, help="fail below this top-1 agreement (%%; default: conversion_gate)")
+    add_logit_gate_arguments(parser)
     parser.add_argument("--census", type=Path)
     parser.add_argument("--metrics", type=Path)
     parser.add_argument("--log", type=Path)
@@ -171,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
             inputs_npz=args.inputs,
             reference_npy=args.reference,
             min_top1=args.min_top1 if args.min_top1 is not None else conversion_gate(args.precision),
+            max_rel_diff=args.max_rel_diff if args.precision == "fp32" else None,
+            max_mean_kld=args.max_mean_kld if args.precision == "fp32" else None,
             census_json=args.census,
             metrics_json=args.metrics,
         )

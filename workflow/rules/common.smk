@@ -23,9 +23,14 @@ os.environ.update(
 
 from lmship import StageError  # noqa: E402
 from lmship.backends import BACKENDS, REFERENCE, not_applicable  # noqa: E402
-from lmship.checks import check_hub_reachable, check_local_folder  # noqa: E402
+from lmship.checks import (
+    check_hub_reachable,
+    check_local_folder,
+    model_config,
+)  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
 from lmship.decode_graph import GRAPH_FAMILIES, generates  # noqa: E402
+from lmship.families import generation_refusal  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
@@ -481,6 +486,26 @@ def host_npz(model):
     return expand(rules.host_tables.output.npz, model=model, seq=GEN["max_len"])[0]
 
 
+_REFUSED = {}
+
+
+def generation_refused(model):
+    """Why ``model`` gets no generation graphs (its family or config; None: it gets them), logged once."""
+    if model not in _REFUSED:
+        spec = config["models"][model]
+        prepared = expand(rules.prepare_model.output.model, model=model)[0]
+        known = model_config(spec, Path(prepared))
+        why = known and generation_refusal(known, max_len=GEN["max_len"])
+        _REFUSED[model] = why or None
+        if why and workflow.is_main_process:
+            logger.warning(f"model {model!r}: {why}")
+    return _REFUSED[model]
+
+
+def generating_models():
+    return [m for m in MODELS if not generation_refused(m)]
+
+
 def generation_backends(model):
     """The configured backends that generate text: runtime, precision and graphs of each.
 
@@ -488,9 +513,10 @@ def generation_backends(model):
     TFLite and OpenVINO run the prefill and decode graphs; with generation.tflite_prefill
     false a TFLite backend runs the prompt through decode steps (no prefill graph).
     Data-aware NNCF compressions calibrate on forward windows: they stay forward-only.
+    A model whose family the generation graphs do not express has none (generation_refused).
     """
     out = []
-    for b in backends_of(model):
+    for b in backends_of(model) if not generation_refused(model) else []:
         spec = BACKENDS[b]
         if not generates(b):
             continue
@@ -538,7 +564,9 @@ def generation_tiers(model):
 
 
 def generation_csvs():
-    return expand(rules.generation.output.csv, model=MODELS, threads=THREADS)
+    return expand(
+        rules.generation.output.csv, model=generating_models(), threads=THREADS
+    )
 
 
 def bandwidth_jsons():
@@ -546,6 +574,6 @@ def bandwidth_jsons():
 
 
 def generation_targets():
-    if not GEN["enabled"]:
+    if not GEN["enabled"] or not generating_models():
         return []
     return [*rules.generation_summary.output, *rules.generation_plot.output]

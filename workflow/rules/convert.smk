@@ -25,6 +25,8 @@ rule savedmodel:
         onnx2tf=config["savedmodel"]["onnx2tf"],
         fast_weight_matmul=config["savedmodel"]["fast_weight_matmul"],
         min_top1=config["conversion_gate"]["fp32"],
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:
         "../scripts/savedmodel.py"
 
@@ -48,5 +50,16 @@ rule tflite:
         runtime=need_min("tflite"),
     params:
         min_top1=lambda wc: config["conversion_gate"][wc.precision],
+        # fp16 and int8 are judged by their quality tier: no logit bounds
+        max_rel_diff=lambda wc: (
+            config["conversion_gate"]["fp32_max_rel_logit_diff"]
+            if wc.precision == "fp32"
+            else None
+        ),
+        max_mean_kld=lambda wc: (
+            config["conversion_gate"]["fp32_max_mean_kld"]
+            if wc.precision == "fp32"
+            else None
+        ),
     script:
         "../scripts/tflite.py"

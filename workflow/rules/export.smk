@@ -28,6 +28,8 @@ rule export_onnx:
     params:
         opset=config["export"]["opset"],
         min_top1=config["conversion_gate"]["fp32"],
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:
         "../scripts/export_onnx.py"
 
@@ -51,6 +53,8 @@ rule simplify_onnx:
         runtime=need_min("simplify_onnx"),
     params:
         min_top1=config["conversion_gate"]["fp32"],
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:
         "../scripts/simplify_onnx.py"
 

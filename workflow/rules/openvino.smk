@@ -22,6 +22,8 @@ rule openvino_ir:
         runtime=need_min("openvino_ir"),
     params:
         min_top1=config["conversion_gate"]["fp32"],
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:
         "../scripts/openvino_ir.py"
 

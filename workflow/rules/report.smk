@@ -107,9 +107,9 @@ rule generation_summary:
     input:
         csvs=generation_csvs(),
         bandwidth=bandwidth_jsons(),
-        tiers=[t for m in MODELS for t in generation_tiers(m)],
-        models=expand(rules.prepare_model.output.model, model=MODELS),
-        host=[host_npz(m) for m in MODELS],
+        tiers=[t for m in generating_models() for t in generation_tiers(m)],
+        models=expand(rules.prepare_model.output.model, model=generating_models()),
+        host=[host_npz(m) for m in generating_models()],
     output:
         csv=report(
             "results/generation.csv",
@@ -128,8 +128,8 @@ rule generation_summary:
         mem_mb=1000,
         runtime=5,
     params:
-        models=MODELS,
-        backends={m: generation_backends(m) for m in MODELS},
+        models=generating_models(),
+        backends={m: generation_backends(m) for m in generating_models()},
         max_round_spread_pct=config["benchmark"]["max_round_spread_pct"],
         max_p90_ratio=config["benchmark"]["max_p90_ratio"],
         skipped=skipped_backends(),

@@ -19,6 +19,8 @@ def work(out: Path) -> None:
             out / "model.onnx",
             opset=smk.params.opset,
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=out / METRICS,
         )
     else:
@@ -31,6 +33,8 @@ def work(out: Path) -> None:
             length=int(smk.wildcards.seq),
             opset=smk.params.opset,
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=out / METRICS,
         )
 

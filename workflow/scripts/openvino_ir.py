@@ -20,6 +20,8 @@ def work(out: Path) -> None:
             inputs_npz=Path(smk.input.inputs),
             reference_npy=Path(smk.input.reference),
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             **outputs,
         )
     else:
@@ -31,6 +33,8 @@ def work(out: Path) -> None:
             Path(smk.input.host),
             out / "model.xml",
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             **outputs,
         )
 

@@ -14,6 +14,8 @@ smk = snakemake  # noqa: F821
 def work(out: Path) -> None:
     options = {
         "min_top1": smk.params.min_top1,
+        "max_rel_diff": smk.params.max_rel_diff,
+        "max_mean_kld": smk.params.max_mean_kld,
         "onnx2tf_options": dict(smk.params.onnx2tf),
         "fast_weight_matmul": smk.params.fast_weight_matmul,
         "metrics_json": out / METRICS,

@@ -19,6 +19,8 @@ def work(out: Path) -> None:
             Path(smk.input.reference),
             out / "model.onnx",
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=out / METRICS,
         )
     else:
@@ -30,6 +32,8 @@ def work(out: Path) -> None:
             Path(smk.input.host),
             out / "model.onnx",
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
             metrics_json=out / METRICS,
         )
 

@@ -19,6 +19,8 @@ def work(out: Path) -> None:
         inputs_npz=Path(smk.input.inputs) if forward else None,
         reference_npy=Path(smk.input.reference) if forward else None,
         min_top1=smk.params.min_top1,
+        max_rel_diff=smk.params.max_rel_diff,
+        max_mean_kld=smk.params.max_mean_kld,
         census_json=out / "ops.json",
         metrics_json=out / METRICS,
         gate=None
@@ -30,6 +32,8 @@ def work(out: Path) -> None:
             Path(smk.input.host),
             precision=smk.wildcards.precision,
             min_top1=smk.params.min_top1,
+            max_rel_diff=smk.params.max_rel_diff,
+            max_mean_kld=smk.params.max_mean_kld,
         ),
     )
 
