@@ -55,8 +55,6 @@ VERIFIED_ARCHITECTURES = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
-    "Gemma3ForCausalLM",
-    "Phi3ForCausalLM",
     "GPT2LMHeadModel",
 )
 #: The sdist members the converter needs (below ``vendor/llama.cpp/``), and the vocabulary-only
@@ -187,10 +185,33 @@ def not_applicable(config: dict, converter: Path | None = None) -> str | None:
     return None
 
 
+#: config.json keys the converter reads that transformers 5 no longer writes: model_type -> {old key: new key}.
+LEGACY_CONFIG_KEYS = {"gpt2": {"n_ctx": "n_positions"}}
+
+
+def converter_input(hf_dir: Path, folder: Path) -> Path:
+    """``hf_dir`` as the converter reads it: its files linked, config.json with the legacy keys of
+    :data:`LEGACY_CONFIG_KEYS` added (e.g. GPT-2's ``n_ctx``, which transformers 5 saves as ``n_positions``)."""
+    hf_dir, folder = Path(hf_dir), Path(folder)
+    config = json.loads((hf_dir / "config.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in hf_dir.iterdir():
+        if item.name != "config.json" and item.is_file():
+            (folder / item.name).symlink_to(item.resolve())
+    for old, new in LEGACY_CONFIG_KEYS.get(config.get("model_type"), {}).items():
+        if old not in config and new in config:
+            config[old] = config[new]
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
 def convert(
     hf_dir: Path, out_gguf: Path, *, outtype: str = "f32", converter: Path | None = None, timeout_s: float = 3600
 ) -> dict:
-    """``convert_hf_to_gguf.py HF_DIR --outtype OUTTYPE`` into ``out_gguf``; returns its metrics."""
+    """``convert_hf_to_gguf.py HF_DIR --outtype OUTTYPE`` into ``out_gguf``; returns its metrics.
+
+    The converter reads :func:`converter_input`'s linked copy of ``hf_dir``.
+    """
     hf_dir, out_gguf = Path(hf_dir), Path(out_gguf)
     if outtype not in CONVERTER_TYPES:
         raise StageError(f"the converter writes {CONVERTER_TYPES}, not {outtype!r}; quantise further with quantize()")
@@ -200,8 +221,9 @@ def convert(
     if reason:
         raise StageError(f"llama.cpp for {hf_dir}: {reason}")
     started = time.monotonic()
-    with atomic_output(out_gguf) as tmp:
-        cmd = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf_dir)]
+    with atomic_output(out_gguf) as tmp, tempfile.TemporaryDirectory(prefix="lmship-convert-") as work:
+        source = converter_input(hf_dir, Path(work) / "input")
+        cmd = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(source)]
         cmd += ["--outfile", str(tmp), "--outtype", outtype]
         log.info("running %s", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=converter)

@@ -106,6 +106,13 @@ def not_applicable(config: dict) -> str | None:
     if arch in BUILDER_BROKEN:
         return f"not applicable: {BUILDER_BROKEN[arch]}"
     rope = config.get("rope_parameters") or {}
+    long_context = config.get("original_max_position_embeddings", config.get("max_position_embeddings"))
+    if arch == "Phi3ForCausalLM" and long_context != config.get("max_position_embeddings"):
+        return (
+            "not applicable: Phi-3 with LongRoPE (max_position_embeddings != original_max_position_embeddings): "
+            "the ONNX Runtime GenAI 0.10 builder reads its factors from rope_scaling['type'], which "
+            "transformers 5 configs spell rope_parameters['rope_type']"
+        )
     if rope and "rope_theta" not in rope and any(isinstance(v, dict) for v in rope.values()):
         return (
             "not applicable: the model has one RoPE setting per layer type (rope_parameters "
@@ -158,12 +165,14 @@ def build(
     precision: str = "fp32",
     accuracy_level: int = 4,
     block_size: int = 32,
+    symmetric: bool = True,
     timeout_s: float = 3600.0,
 ) -> dict:
     """Build ``hf_dir`` with the ONNX Runtime GenAI model builder into ``out_dir``; return its metrics.
 
     ``precision`` fp32, or int4 (MatMulNBits, blocks of ``block_size``, ``int4_accuracy_level``
-    ``accuracy_level``: 4 = int8 activations, 1 = fp32). The builder runs in its own process; its
+    ``accuracy_level``: 4 = int8 activations, 1 = fp32; ``symmetric`` False: a uint4 zero point per
+    block, the builder's ``int4_is_symmetric=false``). The builder runs in its own process; its
     output is written next to ``out_dir`` and moved into place only when complete and checked.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
@@ -188,6 +197,7 @@ def build(
             ]  # fmt: skip
             if precision == "int4":
                 cmd += ["--extra_options", f"int4_accuracy_level={accuracy_level}", f"int4_block_size={block_size}"]
+                cmd.append(f"int4_is_symmetric={'true' if symmetric else 'false'}")
             log.info("running %s", " ".join(cmd))
             env = {**os.environ, "TQDM_DISABLE": "1"}
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -206,6 +216,7 @@ def build(
         "precision": precision,
         "int4_accuracy_level": accuracy_level if precision == "int4" else None,
         "int4_block_size": block_size if precision == "int4" else None,
+        "int4_is_symmetric": symmetric if precision == "int4" else None,
         "genai_config_nulls_dropped": sorted(dropped),
         "rope_base_given": config.get("rope_parameters", {}).get("rope_theta"),
         "rotary_tables_max_abs_diff": rotary,
