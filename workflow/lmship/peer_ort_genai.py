@@ -1,0 +1,402 @@
+"""ONNX Runtime GenAI as a peer runtime: its model builder makes the artifact, its own loop generates.
+
+What a user of ONNX Runtime GenAI does, measured as every format here is measured:
+
+- :func:`build` runs the package's own model builder
+  (``python -m onnxruntime_genai.models.builder -i HF_DIR -o OUT -p fp32|int4 -e cpu``) on the
+  prepared Hugging Face folder, then repairs what the 0.10 builder gets wrong with a
+  transformers 5 folder (:func:`builder_input`, :func:`fix_genai_config`) and checks the rotary
+  tables it wrote against transformers' own (:func:`check_rotary_tables`).
+- :func:`open_forward` runs token ids through its runtime (``og.Generator.append_tokens`` on a
+  fresh generator) and returns the logits of every position, ``float32 [batch, seq, vocab]``.
+- :func:`generate` is its greedy loop (``do_sample=False``): ``append_tokens`` of the prompt and
+  the first ``generate_next_token`` give the time to first token, each further
+  ``generate_next_token`` one decode step.
+- Threads: ``model.decoder.session_options.intra_op_num_threads`` (and 1 inter-op thread) laid
+  over ``genai_config.json`` with ``og.Config.overlay`` when the model is opened; the runtime has
+  no getter, so :func:`open_model` counts the threads its session pool started (Linux
+  ``/proc/self/task``: ``intra_op_num_threads - 1`` workers plus the calling thread).
+
+Why the builder needs help (0.10.0 with transformers 5.23): transformers 5 keeps the RoPE base
+only in ``config.rope_parameters["rope_theta"]`` (a ``rope_theta`` key in config.json is moved
+there on load), while the builder reads ``config.rope_theta`` and, finding no such attribute,
+falls back to ``rope_embedding_base`` and then to 10,000. SmolLM2's base is 100,000: its cos/sin
+tables came out for the wrong base (up to 2.0 off from position 1 on), which cost top-1 agreement
+84 % on prose. :func:`builder_input` hands the builder a copy of the folder whose config.json
+also carries ``rope_embedding_base``, the one spelling it reads that transformers leaves alone.
+Its ``genai_config.json`` has ``null`` for ``do_sample`` / ``temperature`` / ``top_k`` /
+``top_p`` (transformers 5 configs have those attributes set to None), which its runtime refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import StageError
+from .files import atomic_output, size_bytes, write_json
+from .generation import GenerationResult
+from .runtimes import Session
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTION = "onnxruntime-genai"
+#: ``architectures[0]`` values the 0.10 builder has a model class for (``builder.create_model``).
+BUILDER_ARCHITECTURES = (
+    "ChatGLMModel",
+    "Ernie4_5_ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "GptOssForCausalLM",
+    "GraniteForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "NemotronForCausalLM",
+    "OlmoForCausalLM",
+    "PhiForCausalLM",
+    "Phi3ForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "SmolLM3ForCausalLM",
+)
+#: Families the builder has a class for but that do not come out right with transformers 5 here
+#: (measured on tiny random models; see tests/test_peers.py).
+BUILDER_BROKEN: dict[str, str] = {}
+PRECISIONS = ("fp32", "int4")
+#: ``int4_accuracy_level``: 1 = fp32 activations, 4 = int8 activations (MatMulNBits).
+ACCURACY_LEVELS = (1, 2, 3, 4)
+#: Search fields the 0.10 builder may write as null; its runtime wants a value or nothing.
+_SEARCH_FIELDS = ("do_sample", "temperature", "top_k", "top_p")
+
+
+def version() -> str:
+    """The installed onnxruntime-genai version (raises StageError when it is absent)."""
+    og = _og()
+    return og.__version__
+
+
+def _og():
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:
+        raise StageError(
+            f"onnxruntime-genai is not installed ({exc}); install {DISTRIBUTION}==0.10.0 (see envs/requirements.in)"
+        ) from exc
+    return og
+
+
+def not_applicable(config: dict) -> str | None:
+    """Why the builder cannot make this model (``config``: its config.json), or None when it can."""
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in BUILDER_ARCHITECTURES:
+        return (
+            f"not applicable: the ONNX Runtime GenAI 0.10 model builder has no class for {arch or 'this model'} "
+            f"(model_type {config.get('model_type')!r}); it builds {', '.join(BUILDER_ARCHITECTURES)}"
+        )
+    if arch in BUILDER_BROKEN:
+        return f"not applicable: {BUILDER_BROKEN[arch]}"
+    rope = config.get("rope_parameters") or {}
+    long_context = config.get("original_max_position_embeddings", config.get("max_position_embeddings"))
+    if arch == "Phi3ForCausalLM" and long_context != config.get("max_position_embeddings"):
+        return (
+            "not applicable: Phi-3 with LongRoPE (max_position_embeddings != original_max_position_embeddings): "
+            "the ONNX Runtime GenAI 0.10 builder reads its factors from rope_scaling['type'], which "
+            "transformers 5 configs spell rope_parameters['rope_type']"
+        )
+    if rope and "rope_theta" not in rope and any(isinstance(v, dict) for v in rope.values()):
+        return (
+            "not applicable: the model has one RoPE setting per layer type (rope_parameters "
+            f"{sorted(rope)}), which the ONNX Runtime GenAI 0.10 builder cannot read from a transformers 5 config"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- making the artifact
+
+
+def builder_input(hf_dir: Path, folder: Path) -> Path:
+    """The folder the builder reads: ``hf_dir``'s files linked, config.json with ``rope_embedding_base``.
+
+    The builder takes the RoPE base from ``config.rope_theta``, which transformers 5 configs do
+    not have (the base lives in ``rope_parameters``); its one other spelling,
+    ``rope_embedding_base``, is an unknown key to transformers and so stays an attribute.
+    """
+    hf_dir, folder = Path(hf_dir), Path(folder)
+    config = json.loads((hf_dir / "config.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in hf_dir.iterdir():
+        if item.name != "config.json" and item.is_file():
+            (folder / item.name).symlink_to(item.resolve())
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope and "rope_theta" not in config:
+        config["rope_embedding_base"] = rope["rope_theta"]
+    if "partial_rotary_factor" in rope and "partial_rotary_factor" not in config:
+        config["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def fix_genai_config(model_dir: Path) -> dict:
+    """Drop the ``null`` search fields the builder wrote into ``genai_config.json``; return what was dropped."""
+    path = Path(model_dir) / "genai_config.json"
+    config = json.loads(path.read_text())
+    search = config.get("search", {})
+    dropped = {k: None for k in _SEARCH_FIELDS if k in search and search[k] is None}
+    for key in dropped:
+        del search[key]
+    path.write_text(json.dumps(config, indent=4) + "\n")
+    return dropped
+
+
+def build(
+    hf_dir: Path,
+    out_dir: Path,
+    *,
+    precision: str = "fp32",
+    accuracy_level: int = 4,
+    block_size: int = 32,
+    symmetric: bool = True,
+    timeout_s: float = 3600.0,
+) -> dict:
+    """Build ``hf_dir`` with the ONNX Runtime GenAI model builder into ``out_dir``; return its metrics.
+
+    ``precision`` fp32, or int4 (MatMulNBits, blocks of ``block_size``, ``int4_accuracy_level``
+    ``accuracy_level``: 4 = int8 activations, 1 = fp32; ``symmetric`` False: a uint4 zero point per
+    block, the builder's ``int4_is_symmetric=false``). The builder runs in its own process; its
+    output is written next to ``out_dir`` and moved into place only when complete and checked.
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if precision not in PRECISIONS:
+        raise StageError(f"unknown ORT GenAI precision {precision!r}; expected one of {PRECISIONS}")
+    if precision == "int4" and accuracy_level not in ACCURACY_LEVELS:
+        raise StageError(f"int4_accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level}")
+    config = json.loads((hf_dir / "config.json").read_text())
+    reason = not_applicable(config)
+    if reason:
+        raise StageError(f"ORT GenAI builder for {hf_dir}: {reason}")
+    og_version = version()
+    started = time.monotonic()
+    with atomic_output(out_dir) as tmp:
+        work = tmp.parent / f".{tmp.name}.work"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            source = builder_input(hf_dir, work / "input")
+            cmd = [
+                sys.executable, "-m", "onnxruntime_genai.models.builder",
+                "-i", str(source), "-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(work / "cache"),
+            ]  # fmt: skip
+            if precision == "int4":
+                cmd += ["--extra_options", f"int4_accuracy_level={accuracy_level}", f"int4_block_size={block_size}"]
+                cmd.append(f"int4_is_symmetric={'true' if symmetric else 'false'}")
+            log.info("running %s", " ".join(cmd))
+            env = {**os.environ, "TQDM_DISABLE": "1"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+            if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
+                raise StageError(
+                    f"the ONNX Runtime GenAI {og_version} model builder failed on {hf_dir} "
+                    f"(exit {proc.returncode}): {_last_error(proc.stdout + proc.stderr)}"
+                )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        dropped = fix_genai_config(tmp)
+        rotary = check_rotary_tables(tmp, hf_dir)
+    metrics = {
+        "artifact": str(out_dir),
+        "builder": f"{DISTRIBUTION} {og_version}",
+        "precision": precision,
+        "int4_accuracy_level": accuracy_level if precision == "int4" else None,
+        "int4_block_size": block_size if precision == "int4" else None,
+        "int4_is_symmetric": symmetric if precision == "int4" else None,
+        "genai_config_nulls_dropped": sorted(dropped),
+        "rope_base_given": config.get("rope_parameters", {}).get("rope_theta"),
+        "rotary_tables_max_abs_diff": rotary,
+        "size_mb": round(size_bytes(out_dir) / 1e6, 1),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    write_json(out_dir / "lmship_build.json", metrics)
+    return metrics
+
+
+def _last_error(text: str, lines: int = 6) -> str:
+    """The last meaningful lines of a failed tool's output (progress bars dropped)."""
+    kept = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    return " | ".join(kept[-lines:]) or "no output"
+
+
+def _initializer(model_dir: Path, name: str) -> np.ndarray | None:
+    """One initializer of the builder's ``model.onnx`` (external data read directly), or None."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(Path(model_dir) / "model.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.name != name:
+            continue
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(tensor)
+        info = {e.key: e.value for e in tensor.external_data}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        with open(Path(model_dir) / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            raw = f.read(int(info["length"]))
+        return np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.dims))
+    return None
+
+
+def check_rotary_tables(model_dir: Path, hf_dir: Path, positions: int = 512) -> float | None:
+    """Compare the builder's ``cos_cache`` with cos(position x inv_freq) from transformers' RoPE init.
+
+    Raises StageError when they differ by more than 1e-3 on the first ``positions`` positions;
+    returns the largest difference (None when the graph has no ``cos_cache`` to check).
+    """
+    cos = _initializer(model_dir, "cos_cache")
+    if cos is None:
+        return None
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "default":
+        base = float(rope["rope_theta"])
+        dim = 2 * cos.shape[-1]
+        inv_freq = 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+        scaling = 1.0
+    elif rope_type in ROPE_INIT_FUNCTIONS:
+        inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
+        inv_freq = inv.double().numpy()
+    else:
+        return None
+    n = min(positions, cos.shape[0])
+    expected = np.cos(np.arange(n)[:, None] * inv_freq[None, : cos.shape[-1]]) * scaling
+    diff = float(np.abs(expected - cos[:n].astype(np.float64)).max())
+    if diff > 1e-3:
+        raise StageError(
+            f"the ORT GenAI builder's rotary table cos_cache in {model_dir} differs from the model's RoPE "
+            f"({rope_type}, base {rope.get('rope_theta')}) by up to {diff:.3g}: it read another base or scaling"
+        )
+    return diff
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def _os_threads() -> int | None:
+    try:
+        return sum(1 for _ in Path("/proc/self/task").iterdir())
+    except OSError:
+        return None
+
+
+def open_model(model_dir: Path, threads: int):
+    """``og.Model`` of ``model_dir`` with ``threads`` intra-op threads; returns (model, threads in effect)."""
+    og = _og()
+    model_dir = Path(model_dir)
+    if not (model_dir / "genai_config.json").is_file():
+        raise StageError(f"{model_dir} is not an ONNX Runtime GenAI model folder (no genai_config.json)")
+    try:
+        config = og.Config(str(model_dir))
+        if threads > 0:
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        before = _os_threads()
+        model = og.Model(config)
+        after = _os_threads()
+    except Exception as exc:  # the runtime raises plain RuntimeError / OSError with its message
+        raise StageError(f"ONNX Runtime GenAI cannot load {model_dir}: {type(exc).__name__}: {exc}") from exc
+    in_effect = 1 + after - before if before is not None and after is not None else None
+    return model, in_effect
+
+
+def open_forward(model_dir: Path, threads: int) -> Session:
+    """A :class:`lmship.runtimes.Session` whose ``run(ids)`` returns every position's logits.
+
+    Each call starts a fresh ``og.Generator`` (KV buffer of exactly the input's length) and
+    appends the ids: one forward pass of the whole sequence through the runtime's own session.
+    """
+    og = _og()
+    model, in_effect = open_model(model_dir, threads)
+
+    def run(input_ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(input_ids, dtype=np.int32)
+        if ids.ndim != 2:
+            raise StageError(f"input ids must be [batch, seq], got shape {ids.shape}")
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=int(ids.shape[1]), batch_size=int(ids.shape[0]), do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        logits = np.asarray(generator.get_output("logits"), dtype=np.float32)
+        if logits.shape[:2] != ids.shape:
+            raise StageError(
+                f"{model_dir} returned logits of shape {logits.shape} for ids {ids.shape}: "
+                "its LM head keeps only the last position"
+            )
+        return logits
+
+    return Session("onnxruntime-genai", og.__version__, threads, run, in_effect)
+
+
+def generate(
+    model_dir: Path,
+    prompts: list[np.ndarray],
+    new_tokens: int,
+    *,
+    threads: int = 1,
+    warmup: bool = True,
+) -> GenerationResult:
+    """Greedy ``new_tokens`` per prompt through the runtime's own loop; timings like our generators'.
+
+    Time to first token: ``append_tokens(prompt)`` (the prefill) and the first
+    ``generate_next_token`` (which picks the token from the prefill's logits). Each further
+    ``generate_next_token`` (one decode step and its argmax) is one ``decode_ms`` entry.
+    """
+    og = _og()
+    if new_tokens < 1:
+        raise StageError(f"new_tokens must be >= 1, got {new_tokens}")
+    started = time.perf_counter()
+    model, in_effect = open_model(model_dir, threads)
+    load_s = time.perf_counter() - started
+    if in_effect is not None and threads > 0 and in_effect != threads:
+        raise StageError(f"asked ONNX Runtime GenAI for {threads} intra-op threads, it started {in_effect}")
+
+    def one(prompt: np.ndarray, count: int) -> tuple[list[int], float, list[float]]:
+        ids = np.asarray(prompt, dtype=np.int32).reshape(1, -1)
+        total = ids.shape[1] + count
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=total, min_length=total, batch_size=1)
+        generator = og.Generator(model, params)
+        t0 = time.perf_counter()
+        generator.append_tokens(ids)
+        generator.generate_next_token()
+        tokens = [int(generator.get_next_tokens()[0])]
+        ttft = (time.perf_counter() - t0) * 1000.0
+        steps = []
+        while len(tokens) < count:
+            t0 = time.perf_counter()
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            steps.append((time.perf_counter() - t0) * 1000.0)
+        return tokens, ttft, steps
+
+    if warmup:
+        one(np.asarray(prompts[0]), 2)
+    result = GenerationResult("onnxruntime-genai", threads, [], [], [], load_s, [])
+    result.threads_in_effect = in_effect
+    for prompt in prompts:
+        tokens, ttft, steps = one(np.asarray(prompt), new_tokens)
+        result.tokens.append(tokens)
+        result.ttft_ms.append(ttft)
+        result.decode_ms.append(steps)
+        result.prompt_lens.append(int(np.asarray(prompt).size))
+    return result
