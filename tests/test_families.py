@@ -59,6 +59,8 @@ LIVELY_SEED = {"qwen3": 3, "gpt2": 4}
 TFLITE_FAMILIES = ("gemma3_text", "phi3")
 #: Families whose generation graphs also run in OpenVINO (every family's forward IR is checked).
 OPENVINO_FAMILIES = ("gemma3_text", "phi3", "gpt2")
+#: Families whose generation graphs OpenVINO 2026.4.1's CPU plugin may crash on (SIGSEGV) while compiling them.
+OPENVINO_CRASHES = ("gpt2",)
 
 
 def _liven(raw: Path, out: Path, *, embed_std: float, seed: int = 1) -> Path:
@@ -292,11 +294,25 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
     if model_type not in OPENVINO_FAMILIES:
         return
     from lmship.generation_stages import openvino_generation
+    from lmship.records import artifact_in, run_stage
 
-    irs = {
-        graph: openvino_generation(graph, path, m.hf, m.prompts_npz, m.host, m.root / f"{graph}.xml", **fp32_gate())
+    # in a child, as the workflow runs it: OpenVINO 2026.4.1 crashes (SIGSEGV) compiling GPT-2's
+    # graphs, which must be a failed row naming the crash, never a crashed run
+    records = {
+        graph: run_stage(
+            "openvino_ir",
+            m.root / f"openvino_{graph}",
+            lambda out, graph=graph, path=path: openvino_generation(
+                graph, path, m.hf, m.prompts_npz, m.host, out / "model.xml", **fp32_gate()
+            ),
+        )
         for graph, path in graphs.items()
     }
+    if model_type in OPENVINO_CRASHES and any(records.values()):  # it does not crash on every compile
+        assert all(r is None or "crashed with SIGSEGV" in r["reason"] for r in records.values()), records
+        return
+    assert records == {"prefill": None, "decode": None}, records
+    irs = {graph: artifact_in(m.root / f"openvino_{graph}") for graph in graphs}
     assert generate("openvino", irs["prefill"], irs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
 
 

@@ -74,6 +74,12 @@ def test_a_child_killed_by_sigkill_is_recorded_as_out_of_memory_with_its_peak(tm
     assert "out of memory" in record["reason"] and "declared mem_mb 10000" in record["reason"]
 
 
+def test_a_crash_in_native_code_is_a_failure_of_the_format_not_of_the_run(tmp_path):
+    record = run_stage("openvino_ir", tmp_path / "openvino", lambda out: os.kill(os.getpid(), signal.SIGSEGV))
+    assert record["failed_at"] == "openvino_ir" and "crashed with SIGSEGV" in record["reason"]
+    assert failure(tmp_path / "openvino") == record
+
+
 def test_a_failed_input_is_passed_on_without_running_the_stage(tmp_path):
     run_stage("savedmodel", tmp_path / "savedmodel", lambda out: (_ for _ in ()).throw(StageError("onnx2tf broke")))
     ran = []

@@ -38,6 +38,8 @@ from .files import atomic_output, write_json
 log = logging.getLogger(__name__)
 
 FAILED = "failed.json"
+#: Signals that end a stage because the run was stopped (not a failure of the format): nothing is recorded.
+INTERRUPTIONS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 METRICS = "metrics.json"
 #: The file a runtime opens in an artifact folder, by the extensions the formats use (first match).
 ARTIFACT_NAMES = ("model.onnx", "model.tflite", "model.xml")
@@ -205,8 +207,9 @@ def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
     """Run ``work(folder)`` in a forked child; None on success, else what went wrong.
 
     An exception in the child is reported by type and message (its traceback goes to the log);
-    a child killed by SIGKILL is reported as ``killed``; any other signal (an interrupted run) is
-    passed on to this process, so that nothing is recorded.
+    a child killed by SIGKILL is reported as ``killed``, one that crashed (SIGSEGV, SIGABRT, ...) by
+    its signal; an interrupting signal (the run was stopped) is passed on to this process, so that
+    nothing is recorded.
     """
     read_end, write_end = os.pipe()
     sys.stdout.flush()
@@ -243,8 +246,12 @@ def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
         sig = os.WTERMSIG(status)
         if sig == signal.SIGKILL:
             return {"killed": True, "peak_rss_mb": peak_mb}
-        os.kill(os.getpid(), sig)  # interrupted: die the same way, record nothing
-        raise SystemExit(128 + sig)
+        if sig in INTERRUPTIONS:
+            os.kill(os.getpid(), sig)  # interrupted: die the same way, record nothing
+            raise SystemExit(128 + sig)
+        name = signal.Signals(sig).name
+        reason = f"the stage crashed with {name} (in native code; the log has its stack)"
+        return {"reason": reason, "error": name, "peak_rss_mb": peak_mb}
     problem = json.loads(report) if report else {"reason": f"the stage exited with status {os.WEXITSTATUS(status)}"}
     problem["peak_rss_mb"] = peak_mb
     return problem
