@@ -45,7 +45,7 @@ def test_stage_variants_are_the_catalogue_wildcards():
 
 
 @pytest.fixture(scope="module")
-def rules(tmp_path_factory):
+def workflow(tmp_path_factory):
     """The workflow's rules as Snakemake parsed them (no job runs)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
@@ -60,7 +60,12 @@ def rules(tmp_path_factory):
             snakefile=SNAKEFILE,
             workdir=workdir,
         )
-        return {r.name: r for r in workflow._workflow.rules}
+        return workflow._workflow
+
+
+@pytest.fixture(scope="module")
+def rules(workflow):
+    return {r.name: r for r in workflow.rules}
 
 
 def test_every_rule_takes_the_bench_lock(rules):
@@ -70,12 +75,19 @@ def test_every_rule_takes_the_bench_lock(rules):
     assert rules["timing"].resources.get("bench_lock").value > 1
 
 
-def test_every_rule_declares_resources_log_and_benchmark(rules):
+def test_every_rule_declares_resources_log_and_benchmark(rules, workflow):
+    """A rule's mem_mb and runtime are constants or, for a stage whose need grows with the model, the fitted
+    prediction (lmship.sizes), which falls back to that stage's measured default (RULE_DEFAULTS)."""
+    defaults = workflow.globals["RULE_DEFAULTS"]
     for name, rule in rules.items():
         if name == "all":
             continue
-        assert rule.resources.get("mem_mb").value, name
-        assert rule.resources.get("runtime").value, name
+        for resource in ("mem_mb", "runtime"):
+            declared = rule.resources.get(resource)
+            if declared.is_evaluable():
+                assert name in defaults and all(v > 0 for v in defaults[name]), (name, resource)
+            else:
+                assert declared.value, (name, resource)
         assert rule.log and rule.benchmark, name
 
 

@@ -511,7 +511,7 @@ def test_workflow_skips_generation_of_a_refused_family_before_any_job(tmp_path):
     assert "its forward rows are still built" in out
     jobs = planned_jobs(proc.stdout)
     assert jobs["host_tables"] == 1 and jobs["generation"] == 2  # the tiny Llama's, at 1 and 2 threads
-    assert "results/bloomy/seq16/onnx.onnx" in proc.stdout and "results/bloomy/decode" not in proc.stdout
+    assert "results/bloomy/seq16/onnx" in proc.stdout and "results/bloomy/decode" not in proc.stdout
 
 
 def test_a_models_config_is_read_before_any_job(tmp_path, monkeypatch):

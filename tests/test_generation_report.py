@@ -31,7 +31,7 @@ def _generation(tmp_path, tokenizer_dir, per_threads: dict[int, dict], tiers: di
     bandwidth = [write_json(tmp_path / f"bw{t}.json", {"threads": t, "read_gb_s": 10.0}) for t in per_threads]
     tier_jsons = [write_accuracy(tmp_path / "accuracy", b, q) for b, q in tiers.items()]
     host = tmp_path / "host.npz"
-    np.savez(host, layers=2, kv_heads=2, max_len=32, head_dim=8)
+    np.savez(host, layers=2, kv_heads=2, max_len=32, head_dim=8, slots=np.array([32, 32]))
     artifact = tmp_path / "graph.onnx"
     artifact.write_bytes(b"\0" * 2000)
     names = {b for backends in per_threads.values() for b in backends}

@@ -407,6 +407,14 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    # a stage killed while writing into a failure-recorded (partial) artifact folder leaves its own
+    # partial beside that folder: the next attempt at the folder removes both
+    folder = tmp_path / "savedmodel"
+    (tmp_path / ".savedmodel.partial-111").mkdir()
+    (tmp_path / "..savedmodel.partial-111.partial-112-onnx2tf").mkdir()
+    with atomic_output(folder) as tmp:
+        tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "savedmodel"]
 
 
 def test_cli_defaults_are_the_config_defaults(simplified, eval_set, tmp_path):

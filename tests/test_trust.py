@@ -218,6 +218,9 @@ def _accuracy(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 # carries the test: scales 25 % off give 0.30 (int8_dynamic, top-1 still 97.9 %), weights not
 # loaded into the PyTorch int8 model 1.34 (top-1 still 99.3 %).
 INT8_BOUNDS = {"min_top1_pct": 95.0, "max_rel_err": 0.06}
+# int8_dynamic's per-tensor activations go through ORT's MatMulInteger kernels, which differ by CPU: the same
+# file measured 0.017 here (AVX-512 VNNI) and 0.098 on a CI machine; scales 25 % off still give 0.30.
+DYNAMIC_MAX_REL_ERR = 0.15
 
 
 @pytest.mark.parametrize("variant", ["int8_dynamic", "int8_block"])
@@ -234,7 +237,7 @@ def test_ort_int8_is_accurate(simplified, eval_set, tmp_path, variant):
     top1, rel = _accuracy(logits, np.load(eval_set["reference"]))
     print(f"{variant}: top-1 {top1:.2f} %, relative error {rel:.4f}")
     assert top1 >= INT8_BOUNDS["min_top1_pct"]
-    assert rel <= INT8_BOUNDS["max_rel_err"]
+    assert rel <= (DYNAMIC_MAX_REL_ERR if variant == "int8_dynamic" else INT8_BOUNDS["max_rel_err"])
 
 
 def test_pytorch_int8_is_accurate(tiny_model, eval_set, tmp_path):

@@ -105,6 +105,7 @@ RESERVED_NAMES = (
     "summary.md",
     "plot.png",
     "quality.png",
+    "ship.png",
     "eval_text.txt",
     "generation.csv",
     "generation.md",

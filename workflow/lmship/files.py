@@ -22,6 +22,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _remove_leftovers(target: Path) -> None:
+    """Remove what a killed earlier attempt at ``target`` left (one job writes a target at a time): its
+    ``.<name>.partial-<pid>`` sibling, and the siblings of that, ``..<name>.partial-<pid>.partial-<pid>*``,
+    which a stage writing into a partial folder (a failure-recorded artifact folder) leaves beside it."""
+    for pattern in (f".{target.name}.partial-*", f"..{target.name}.partial-*"):
+        for stale in target.parent.glob(pattern):
+            _remove(stale)
+
+
 @contextmanager
 def atomic_output(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto ``target`` only on success.
@@ -32,9 +41,7 @@ def atomic_output(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Leftovers of a killed earlier attempt (one job writes a target at a time).
-    for stale in target.parent.glob(f".{target.name}.partial-*"):
-        _remove(stale)
+    _remove_leftovers(target)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         yield tmp
@@ -60,8 +67,7 @@ def atomic_onnx(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.partial-*"):
-        _remove(stale)
+    _remove_leftovers(target)
     folder = target.with_name(f".{target.name}.partial-{os.getpid()}")
     folder.mkdir()
     data = target.with_name(target.name + ".data")

@@ -817,7 +817,9 @@ def genai_generate(
         raw = out.perf_metrics.raw_metrics
         result.tokens.append([int(t) for t in out.tokens[0]])
         result.ttft_ms.append(float(raw.m_times_to_first_token[0]) / 1000.0)
-        result.decode_ms.append([float(d) / 1000.0 for d in list(raw.m_durations)[1:]])
+        # the gaps between consecutive new tokens (µs on the pipeline's clock): one per decode step
+        times = [float(t) for t in raw.m_new_token_times]
+        result.decode_ms.append([(b - a) / 1000.0 for a, b in zip(times, times[1:])])
         result.prompt_lens.append(int(np.asarray(prompt).size))
     wall_ms = (time.perf_counter() - wall) * 1000.0
     after = _task_cpu_ms()

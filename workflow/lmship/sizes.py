@@ -89,11 +89,24 @@ def size_from_folder(folder: Path) -> ModelSize | None:
         return size_from_config(cfg, "config.json") if cfg else None
     params = 0
     for path in files:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
+        header = _safetensors_header(path)
+        if header is None:  # not a readable safetensors file: preparing the model will say what is wrong with it
+            return None
         params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
     return ModelSize(params, _vocab(cfg), _hidden(cfg), "the safetensors headers")
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    """The tensor table of a safetensors file, or None when the file is truncated or not safetensors."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > path.stat().st_size:
+                return None
+            header = json.loads(f.read(length))
+        return header if isinstance(header, dict) else None
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        return None
 
 
 def size_from_config(cfg: dict, where: str) -> ModelSize | None:
