@@ -45,6 +45,7 @@ exporter's own message.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -819,7 +820,7 @@ def genai_generate(
         result.ttft_ms.append(float(raw.m_times_to_first_token[0]) / 1000.0)
         # the gaps between consecutive new tokens (µs on the pipeline's clock): one per decode step
         times = [float(t) for t in raw.m_new_token_times]
-        result.decode_ms.append([(b - a) / 1000.0 for a, b in zip(times, times[1:])])
+        result.decode_ms.append([(b - a) / 1000.0 for a, b in itertools.pairwise(times)])
         result.prompt_lens.append(int(np.asarray(prompt).size))
     wall_ms = (time.perf_counter() - wall) * 1000.0
     after = _task_cpu_ms()
