@@ -36,6 +36,8 @@ STAGES = {
     "plot": "plot",
     "quality_plot": "plot:main_quality_plot",
     "ship_plot": "ship_plot",
+    "stage_costs": "sizes",
+    "config_docs": "config_docs",
 }
 
 

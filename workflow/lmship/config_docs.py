@@ -80,3 +80,17 @@ def config_docs(schema: Path, out_md: Path) -> Path:
     with atomic_output(Path(out_md)) as tmp:
         tmp.write_text("\n".join(lines))
     return Path(out_md)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lmship config_docs``: write the configuration reference from the config schema."""
+    import argparse
+
+    repo = Path(__file__).resolve().parents[2]
+    parser = argparse.ArgumentParser(
+        prog="python -m lmship config_docs", description="Write the configuration reference from the config schema."
+    )
+    parser.add_argument("--schema", type=Path, default=repo / "workflow" / "schemas" / "config.schema.yaml")
+    parser.add_argument("--out", type=Path, default=repo / "docs" / "configuration.md")
+    args = parser.parse_args(argv)
+    print(config_docs(args.schema, args.out))

@@ -36,7 +36,7 @@ COSTS = Path(__file__).parent / "data" / "stage_costs.json"
 MEM_HEADROOM = 1.25
 #: Declared run time = fitted wall time x this (minutes, at least RUNTIME_FLOOR_MIN).
 RUNTIME_HEADROOM = 3.0
-RUNTIME_FLOOR_MIN = 5
+RUNTIME_FLOOR_MIN = 10
 
 
 @dataclass(frozen=True)
@@ -395,3 +395,37 @@ def _stage_peak(workdir: Path, stage: str, model: str, rest: str, variant: str |
         return None
     data = _read_json(path)
     return float(data["peak_rss_mb"]) if data.get("peak_rss_mb") else None
+
+
+def record_costs(workdir: Path, machine: str, costs: Path = COSTS) -> list[dict]:
+    """Add what a finished run in ``workdir`` measured to ``costs`` (a stage measured again at the same
+    model size replaces its earlier figure); returns the new measurements."""
+    models = {}
+    for hf in sorted(Path(workdir, "results").glob("*/hf")):
+        size = size_from_folder(hf)
+        if size is not None:
+            models[hf.parent.name] = size.params
+    found = harvest(Path(workdir), models, machine)
+    data = _read_json(costs) or {"measurements": []}
+
+    def key(m: dict) -> tuple:
+        return (m["stage"], m.get("graph", "seq"), m.get("variant"), m["params"])
+
+    new = {key(m) for m in found}
+    kept = [m for m in data["measurements"] if key(m) not in new]
+    data["measurements"] = sorted(kept + found, key=lambda m: (*map(str, key(m)[:3]), m["params"]))
+    costs.write_text(json.dumps(data, indent=1) + "\n")
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description="Add a finished run's stage costs to data/stage_costs.json.")
+    parser.add_argument("--workdir", type=Path, required=True, help="the run's working directory")
+    parser.add_argument("--machine", default=f"{os.cpu_count()} cores", help="the machine it ran on")
+    parser.add_argument("--costs", type=Path, default=COSTS)
+    args = parser.parse_args(argv)
+    found = record_costs(args.workdir, args.machine, args.costs)
+    print(f"{len(found)} measurements of {len({m['model'] for m in found})} models added to {args.costs}")
