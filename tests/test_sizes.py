@@ -63,9 +63,9 @@ def test_the_gguf_tensor_table_gives_the_parameter_count(tmp_path):
 
 def test_a_stage_cost_is_a_line_fitted_through_its_measurements(monkeypatch):
     measured = [
-        {"stage": "tflite", "variant": "fp32", "params": 100_000_000, "peak_mb": 6000, "seconds": 60},
-        {"stage": "tflite", "variant": "fp32", "params": 300_000_000, "peak_mb": 16000, "seconds": 180},
-        {"stage": "tflite", "variant": "fp16", "params": 100_000_000, "peak_mb": 5000, "seconds": 50},
+        {"stage": "tflite", "variant": "fp32", "params": 100_000_000, "peak_mb": 6000, "seconds": 600},
+        {"stage": "tflite", "variant": "fp32", "params": 300_000_000, "peak_mb": 16000, "seconds": 1800},
+        {"stage": "tflite", "variant": "fp16", "params": 100_000_000, "peak_mb": 5000, "seconds": 100},
     ]
     monkeypatch.setattr(sizes, "_measurements", lambda: tuple(measured))
     sizes._line.cache_clear()
@@ -73,7 +73,9 @@ def test_a_stage_cost_is_a_line_fitted_through_its_measurements(monkeypatch):
         need = stage_need("tflite", ModelSize(200_000_000), "seq", "fp32", default_mb=1, default_min=1)
         assert need.peak_mb == 11000  # halfway along the line: 0.8 GB of fp32 weights
         assert need.mem_mb == 13800  # with 25 % headroom, rounded up to 100 MB
-        assert need.runtime_min == 6  # 120 s x 3
+        assert need.runtime_min == 60  # 1200 s x 3
+        # a short stage still gets the floor (a job queued behind others is not killed for time)
+        assert stage_need("tflite", ModelSize(1000), "seq", "fp16", default_mb=1, default_min=1).runtime_min == 10
         # a variant measured at one size only never gets less than that measurement
         assert stage_need("tflite", ModelSize(10_000_000), "seq", "fp16", default_mb=1, default_min=1).peak_mb == 5000
         # a stage never measured, or a model of unknown size, keeps the rule's own figures
@@ -104,7 +106,8 @@ def test_a_1b_model_dry_run_names_the_formats_it_rules_out_and_plans_the_rest(tm
     arch = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32}
     arch.update(num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=2048)
     write_config(tmp_path, {"models": {"llama1b": {"source": "random", "seed": 0, "architecture": arch}}})
-    proc = snakemake(tmp_path, "-n")
+    # on a 64 GB machine: the 2 GB limits rule formats out, not the memory (see the next test for that)
+    proc = snakemake(tmp_path, "-n", "--resources", "mem_mb=64000")
     out = proc.stdout + proc.stderr
     assert "llama1b: 1236M parameters (4.94 GB in fp32, from its architecture)" in out
     for backend in ("onnx_simplified", "tflite_fp32", "tflite_fp16", "tflite_int8"):
@@ -113,3 +116,42 @@ def test_a_1b_model_dry_run_names_the_formats_it_rules_out_and_plans_the_rest(tm
     assert "savedmodel" not in plan and "tflite" not in plan and "simplify_onnx" not in plan
     assert "results/llama1b/seq128/onnx_int8_block" in proc.stdout  # ORT's quantiser reads the exported ONNX
     assert plan.get("openvino_ir") and plan.get("export_onnx")
+
+
+def test_recorded_costs_are_those_of_stages_that_finished(tmp_path):
+    """A stage that failed or was killed for memory leaves a benchmark file too; its figures measure the
+    failure (a kill cuts the peak short), so recording a run's costs leaves it out."""
+    from lmship.sizes import record_costs
+
+    def stage(rule: str, stem: str, folder: str, failed: bool, peak: int) -> None:
+        bench = tmp_path / "benchmarks" / rule / f"{stem}.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text(f"s\tmax_rss\n12.5\t{peak}\n")
+        out = tmp_path / "results" / "m" / "seq8" / folder
+        out.mkdir(parents=True)
+        (out / ("failed.json" if failed else "metrics.json")).write_text(json.dumps({"peak_rss_mb": peak}))
+
+    hf = tmp_path / "results" / "m" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 320}))
+    stage("tflite", "m_seq8_fp16", "tflite_fp16", failed=False, peak=3000)
+    stage("tflite", "m_seq8_fp32", "tflite_fp32", failed=True, peak=900)
+    costs = tmp_path / "costs.json"
+    found = record_costs(tmp_path, "test machine", costs)
+    assert [(m["stage"], m["variant"], m["peak_mb"]) for m in found] == [("tflite", "fp16", 3000)]
+    assert json.loads(costs.read_text())["measurements"] == found
+
+
+def test_a_1b_model_on_this_machines_memory_is_refused_before_any_job_by_its_predicted_peak(tmp_path):
+    """The fitted export cost of a 1.24B model (fp32 4.9 GB) is far above 24 GB x 0.92: said before any job."""
+    arch = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32}
+    arch.update(num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=2048)
+    predicted = stage_need("export_onnx", ModelSize(1_236_000_000), default_mb=1, default_min=1).peak_mb
+    budget = 16000
+    assert predicted > budget, predicted
+    write_config(tmp_path, {"models": {"llama1b": {"source": "random", "seed": 0, "architecture": arch}}})
+    proc = snakemake(tmp_path, "-n", "--resources", f"mem_mb={budget}")
+    out = proc.stdout + proc.stderr
+    said = f"llama1b: onnx not applicable: export_onnx is predicted to peak at {predicted / 1000:.1f} GB"
+    assert said in out, out[-3000:]
+    assert "above this run's memory budget of 16.0 GB" in out

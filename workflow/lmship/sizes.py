@@ -351,6 +351,8 @@ def harvest(workdir: Path, models: dict[str, int], machine: str) -> list[dict]:
         graph, variant = (match.group(1), match.group(3)) if match else ("seq", rest or None)
         with open(tsv, newline="") as f:
             row = next(csv.DictReader(f, delimiter="\t"))
+        if _stage_failed(Path(workdir), stage, model, rest, variant):
+            continue  # a failed or killed stage measured its failure, not what it needs
         peak = _stage_peak(Path(workdir), stage, model, rest, variant)
         found.append(
             {
@@ -367,8 +369,27 @@ def harvest(workdir: Path, models: dict[str, int], machine: str) -> list[dict]:
     return found
 
 
+def _stage_failed(workdir: Path, stage: str, model: str, rest: str, variant: str | None) -> bool:
+    """Whether the stage's artifact folder holds a failure record (lmship.records) instead of its artifact."""
+    metrics = _stage_metrics(workdir, stage, model, rest, variant)
+    if metrics is None:
+        return False
+    if stage == "evaluate":
+        return _read_json(metrics).get("status", "ok") != "ok"
+    return (metrics.parent / "failed.json").is_file()
+
+
 def _stage_peak(workdir: Path, stage: str, model: str, rest: str, variant: str | None) -> float | None:
     """The peak RSS a stage's own metrics recorded, where it writes them."""
+    path = _stage_metrics(workdir, stage, model, rest, variant)
+    if path is None:
+        return None
+    data = _read_json(path)
+    return float(data["peak_rss_mb"]) if data.get("peak_rss_mb") else None
+
+
+def _stage_metrics(workdir: Path, stage: str, model: str, rest: str, variant: str | None) -> Path | None:
+    """Where a stage writes its metrics (in its artifact folder for the conversions), None if it writes none."""
     base = workdir / "results" / model
     match = _GRAPH_SEQ.match(rest)
     folder = base / f"{match.group(1)}{match.group(2)}" if match else base
@@ -393,8 +414,7 @@ def _stage_peak(workdir: Path, stage: str, model: str, rest: str, variant: str |
         path = folder / "accuracy" / f"{variant}.json"
     else:
         return None
-    data = _read_json(path)
-    return float(data["peak_rss_mb"]) if data.get("peak_rss_mb") else None
+    return path
 
 
 def record_costs(workdir: Path, machine: str, costs: Path = COSTS) -> list[dict]:
