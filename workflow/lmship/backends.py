@@ -1,26 +1,35 @@
 """The backend catalogue: the one list of what the workflow can time and evaluate.
 
-A backend is a runtime plus the artifact it runs. The artifact is named by the
-rule that makes it and that rule's output (``rule``, ``output``) with the
-rule's own wildcards fixed (``wildcards``, e.g. the TFLite precision), so the
-workflow derives every path from the rule (``rules.<rule>.output.<output>``)
-and nothing here repeats a path. A backend's name is its artifact folder's name
-(``tflite_fp16`` runs ``tflite_fp16/model.tflite``; see :mod:`lmship.records`), or
-that name and the precision a runtime runs the same artifact at (``openvino_bf16``
-runs ``openvino/model.xml`` with bf16 inference precision); the reference ``pytorch``
-(and ``pytorch_bf16``) runs the prepared Hugging Face folder ``hf/``. ``arithmetic`` names the matmul
-limit its speed is set against; ``cpu_flags`` the instructions it needs.
+A backend is a runtime (:mod:`lmship.runtimes`, by its one name) plus the artifact it runs and the
+options it runs it with. The artifact is named by the rule that makes it and that rule's output
+(``rule``, ``output``) with the rule's own wildcards fixed (``wildcards``, e.g. the TFLite
+precision), so the workflow derives every path from the rule (``rules.<rule>.output.<output>``)
+and nothing here repeats a path. A backend's name is its artifact folder's name (``tflite_fp16``
+runs ``tflite_fp16/model.tflite``; see :mod:`lmship.records`), or that name and the options a
+runtime runs the same artifact with (``openvino_bf16`` runs ``openvino/model.xml`` with bf16
+inference precision); the reference ``pytorch`` (and ``pytorch_bf16``) runs the prepared Hugging
+Face folder ``hf/``. ``arithmetic`` names the matmul limit its speed is set against; ``cpu_flags``
+the instructions it needs; ``generates`` whether it takes part in the generation benchmark (with
+the workflow's graphs or its runtime's own loop, as the runtime declares); ``made_by`` the path
+that made its graphs, for the tables.
 
-Adding a backend: a line here and, if its artifact is new, the rule that makes
-it. The schema's ``backends`` enum and ``config.yaml`` must list the same
-names (``tests/test_catalogue.py`` checks). Standard library only.
+The peers a user would pick instead of converting (llama.cpp's GGUF files, ONNX Runtime GenAI's
+model builder, OpenVINO GenAI's pipeline) are backends like any other.
+
+Adding a backend: a line here and, if its artifact is new, the rule that makes it. Adding a
+runtime: its module in :mod:`lmship.runtimes`, its name there, and its backends here.
+Standard library only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-RUNTIMES = ("pytorch", "pytorch_int8", "pytorch_bf16", "ort", "tflite", "openvino", "openvino_bf16")
+from .runtimes import NAMES
+
+#: The registered runtimes (lmship.runtimes): a backend runs in one of them.
+RUNTIMES = NAMES
+
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 #: What a backend's matmuls compute in: selects the machine limit its speed is set against.
 ARITHMETIC = ("fp32", "bf16", "int8")
@@ -29,6 +38,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REFERENCE = "pytorch"
 #: Model sources whose weights come from a GGUF file (and may sit on its quantisation grid).
 GGUF_SOURCES = ("pypi_gguf", "gguf")
+#: Who made a backend's graphs: the workflow's own export and hand-written generation graphs, or a vendor's tool.
+MADE_BY = ("lmship", "transformers.exporters", "llama.cpp convert_hf_to_gguf", "onnxruntime-genai builder")
 
 
 @dataclass(frozen=True)
@@ -47,22 +58,28 @@ class Backend:
     arithmetic: str = "fp32"
     #: CPU flags of which it needs one (empty: any x86-64 CPU)
     cpu_flags: tuple[str, ...] = ()
+    #: options its runtime opens the artifact with (a precision hint, bf16 autocast)
+    options: dict[str, str] = field(default_factory=dict)
+    #: whether it generates text in the generation benchmark
+    generates: bool = True
+    made_by: str = "lmship"
 
     def __hash__(self) -> int:
         return hash(self.name)
 
 
 def _tflite(precision: str, label: str, note: str) -> Backend:
+    arithmetic = "int8" if precision == "int8" else "fp32"
     return Backend(
         f"tflite_{precision}",
-        "tflite",
+        "litert",
         precision,
         "tflite",
         "artifact",
         label,
         note,
         {"precision": precision},
-        arithmetic="int8" if precision == "int8" else "fp32",
+        arithmetic=arithmetic,
     )
 
 
@@ -71,7 +88,7 @@ def _quantized_onnx(
 ) -> Backend:
     return Backend(
         f"onnx_{variant}",
-        "ort",
+        "onnxruntime",
         precision,
         "quantize_onnx",
         "artifact",
@@ -90,6 +107,7 @@ def _compressed_ir(
     note: str,
     sources: tuple[str, ...] = (),
     arithmetic: str = "int8",
+    generates: bool = True,
 ) -> Backend:
     return Backend(
         f"openvino_{compression}",
@@ -102,6 +120,38 @@ def _compressed_ir(
         {"compression": compression},
         sources,
         arithmetic,
+        generates=generates,
+    )
+
+
+def _gguf(quant: str, precision: str, label: str, note: str, arithmetic: str, sources: tuple[str, ...] = ()):
+    return Backend(
+        f"llamacpp_{quant}",
+        "llamacpp",
+        precision,
+        "gguf",
+        "artifact",
+        label,
+        note,
+        {"quant": quant},
+        sources,
+        arithmetic,
+        made_by="llama.cpp convert_hf_to_gguf",
+    )
+
+
+def _genai(variant: str, precision: str, label: str, note: str, arithmetic: str) -> Backend:
+    return Backend(
+        f"ort_genai_{variant}",
+        "ort_genai",
+        precision,
+        "genai_model",
+        "artifact",
+        label,
+        note,
+        {"variant": variant},
+        arithmetic=arithmetic,
+        made_by="onnxruntime-genai builder",
     )
 
 
@@ -111,17 +161,18 @@ BACKENDS: dict[str, Backend] = {
         Backend("pytorch", "pytorch", "fp32", "prepare_model", "model", "PyTorch fp32", "eager, inference_mode, sdpa"),
         Backend(
             "pytorch_int8",
-            "pytorch_int8",
+            "pytorch",
             "int8",
             "quantize_pytorch",
             "artifact",
             "PyTorch int8",
             "quantize_dynamic of every nn.Linear (qint8)",
             arithmetic="int8",
+            generates=False,
         ),
         Backend(
             "pytorch_bf16",
-            "pytorch_bf16",
+            "pytorch",
             "bf16",
             "prepare_model",
             "model",
@@ -129,9 +180,19 @@ BACKENDS: dict[str, Backend] = {
             "fp32 weights under CPU bf16 autocast",
             arithmetic="bf16",
             cpu_flags=BF16_FLAGS,
+            options={"autocast": "bf16"},
+            generates=False,
         ),
-        Backend("onnx", "ort", "fp32", "export_onnx", "artifact", "ORT fp32", "exported ONNX"),
-        Backend("onnx_simplified", "ort", "fp32", "simplify_onnx", "artifact", "ORT fp32 (onnxsim)", "simplified ONNX"),
+        Backend("onnx", "onnxruntime", "fp32", "export_onnx", "artifact", "ORT fp32", "exported ONNX"),
+        Backend(
+            "onnx_simplified",
+            "onnxruntime",
+            "fp32",
+            "simplify_onnx",
+            "artifact",
+            "ORT fp32 (onnxsim)",
+            "simplified ONNX",
+        ),
         _quantized_onnx("int8_dynamic", "int8", "ORT int8 dynamic", "quantize_dynamic of every MatMul: the naive int8"),
         _quantized_onnx("int8_block", "int8", "ORT int8 block-wise", "MatMulNBits 8-bit, int8 activations per block"),
         _quantized_onnx(
@@ -148,7 +209,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("openvino", "openvino", "fp32", "openvino_ir", "artifact", "OpenVINO f32", "IR from the ONNX model"),
         Backend(
             "openvino_bf16",
-            "openvino_bf16",
+            "openvino",
             "bf16",
             "openvino_ir",
             "artifact",
@@ -156,6 +217,7 @@ BACKENDS: dict[str, Backend] = {
             "the same IR, bf16 inference precision",
             arithmetic="bf16",
             cpu_flags=BF16_FLAGS,
+            options={"precision_hint": "bf16"},
         ),
         _compressed_ir("int8_asym", "int8", "OpenVINO int8 weights", "NNCF int8 asymmetric per channel"),
         _compressed_ir(
@@ -170,6 +232,7 @@ BACKENDS: dict[str, Backend] = {
             "int4",
             "OpenVINO int4 g32 AWQ",
             "NNCF int4 groups of 32, AWQ + scale estimation on calibration prose",
+            generates=False,  # calibrated on forward windows: a forward-only row
         ),
         _compressed_ir(
             "q4_exact",
@@ -178,6 +241,26 @@ BACKENDS: dict[str, Backend] = {
             "GGUF-grid weights kept on their grid (u4, float zero point), fp32 activations",
             sources=GGUF_SOURCES,
             arithmetic="fp32",
+        ),
+        # the peers: the runtimes users pick instead, with their own converters and generation loops
+        _gguf("f32", "fp32", "llama.cpp F32", "convert_hf_to_gguf F32", "fp32"),
+        _gguf("q8_0", "int8", "llama.cpp Q8_0", "llama_model_quantize Q8_0 of the F32 file", "int8"),
+        _gguf("q4_k_m", "int4", "llama.cpp Q4_K_M", "llama_model_quantize Q4_K_M of the F32 file", "int8"),
+        _gguf("original", "int4", "llama.cpp, the source GGUF", "the checkpoint's own GGUF file", "int8", GGUF_SOURCES),
+        _genai("fp32", "fp32", "ORT GenAI fp32", "model builder fp32, its own loop", "fp32"),
+        _genai("int4", "int4", "ORT GenAI int4", "model builder int4 block 32, int8 activations (level 4)", "int8"),
+        _genai(
+            "int4_acc1", "int4", "ORT GenAI int4, fp32 act.", "model builder int4 block 32, accuracy level 1", "fp32"
+        ),
+        Backend(
+            "openvino_genai",
+            "openvino_genai",
+            "fp32",
+            "stateful_ir",
+            "artifact",
+            "OpenVINO GenAI",
+            "LLMPipeline on the stateful IR of transformers.exporters",
+            made_by="transformers.exporters",
         ),
     )
 }

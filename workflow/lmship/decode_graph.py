@@ -63,19 +63,6 @@ GRAPHS = ("prefill", "decode")
 #: The {graph} wildcard of the conversion rules: the forward pass (``seq``) and the generation graphs.
 GRAPH_FAMILIES = ("seq", *GRAPHS)
 #: Runtimes that generate text (PyTorch with its own KV cache; ORT, TFLite and OpenVINO with these graphs).
-GENERATION_RUNTIMES = ("pytorch", "ort", "tflite", "openvino", "openvino_bf16")
-
-
-def generates(backend: str) -> bool:
-    """Whether ``backend`` generates text: its runtime runs the generation graphs (PyTorch: its own
-    cache) and its artifact needs no forward-pass calibration (data-aware NNCF compressions calibrate
-    on forward windows, so they stay forward-only)."""
-    from .backends import BACKENDS
-    from .openvino import needs_calibration
-
-    b = BACKENDS[backend]
-    compression = b.wildcards.get("compression")
-    return b.runtime in GENERATION_RUNTIMES and not (compression and needs_calibration(compression))
 
 
 MASK_NEG = -1e4  # additive mask for empty cache slots and masked prompt positions

@@ -78,7 +78,7 @@ def export_onnx(
         opset_used = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
         del graph
         check = validate_artifact(
-            "ort",
+            "onnxruntime",
             tmp,
             inputs_npz,
             reference_npy,

@@ -64,7 +64,7 @@ def generate_once(
     runtime: str,
     decode: Path,
     prefill: Path | None,
-    host_npz: Path,
+    host_npz: Path | None,
     inputs_npz: Path,
     out_csv: Path,
     *,
@@ -74,24 +74,31 @@ def generate_once(
     threads: int,
     prompts: int,
     new_tokens: int,
+    max_len: int,
+    options: dict | None = None,
 ) -> Path:
     """Greedy generation of ``backend`` from ``prompts`` prompts; one CSV row per sequence.
 
-    ``runtime`` ``pytorch`` runs the HF folder ``decode`` with transformers' KV cache;
-    ``ort`` / ``tflite`` / ``openvino`` (``openvino_bf16``) run the graphs (``prefill`` None: the prompt
-    goes through decode steps).
+    A runtime with its own cache and loop (:mod:`lmship.runtimes`: PyTorch, the peers) generates
+    from its artifact folder ``decode``; one that runs graphs runs the prefill and decode graphs
+    with the host tables ``host_npz`` (``prefill`` None: the prompt goes through decode steps).
+    ``options``: the runtime's (an OpenVINO precision hint).
     """
     limit_threads_env(threads)
-    from .generation import generate, graph_prompts, load_host_tables, torch_generate
+    from .generation import generate, graph_prompts
+    from .runtimes import artifact_of, generation_kind, get
 
     cut = graph_prompts(inputs_npz, prompts)
     started = time.perf_counter()
-    if runtime == "pytorch":
-        max_len = int(load_host_tables(host_npz)["max_len"])
-        result = torch_generate(decode, cut, new_tokens, max_len, threads=threads)
-        via = "prefill (transformers)"
+    if generation_kind(runtime) == "own":
+        result = get(runtime).generate(artifact_of(runtime, decode), cut, new_tokens, max_len, threads=threads)
+        via = f"prefill ({runtime}'s own loop)"
     else:
-        result = generate(runtime, prefill, decode, host_npz, cut, new_tokens=new_tokens, threads=threads)
+        graph = artifact_of(runtime, decode)
+        first = artifact_of(runtime, prefill) if prefill is not None else None
+        result = generate(
+            runtime, first, graph, host_npz, cut, new_tokens=new_tokens, threads=threads, **(options or {})
+        )
         via = "prefill graph" if prefill is not None else "decode steps"
     log.info("%s: %d prompts in %.1f s", backend, len(cut), time.perf_counter() - started)
     rss = round(peak_rss_mb(), 1)
@@ -184,7 +191,7 @@ def same_text_columns(rows: list[dict], reference: str) -> dict[str, list[str]]:
 
 def generation_in_rounds(
     backends: list[dict],
-    host_npz: Path,
+    host_npz: Path | None,
     inputs_npz: Path,
     out_csv: Path,
     *,
@@ -193,6 +200,7 @@ def generation_in_rounds(
     rounds: int,
     prompts: int,
     new_tokens: int,
+    max_len: int,
     lossless: list[str],
     reference: str = "pytorch",
     given_threads: int | None = None,
@@ -201,12 +209,12 @@ def generation_in_rounds(
 ) -> Path:
     """Generate with every backend in ``rounds`` interleaved rounds; one CSV row per sequence.
 
-    ``backends`` holds dicts with ``backend``, ``runtime``, ``precision``,
+    ``backends`` holds dicts with ``backend``, ``runtime``, ``precision``, ``options``,
     ``decode`` and ``prefill`` (their artifact folders, :mod:`lmship.records`; None:
-    prompt through decode steps). A backend named in ``lossless`` must generate exactly
-    PyTorch's tokens, or it becomes a failed row; so does a backend whose graph holds a
-    failure record or whose process fails (``log_path``: this job's log). Only the
-    reference failing fails the stage.
+    prompt through decode steps; both the same folder for a runtime with its own loop).
+    A backend named in ``lossless`` must generate exactly PyTorch's tokens, or it becomes
+    a failed row; so does a backend whose graph holds a failure record or whose process
+    fails (``log_path``: this job's log). Only the reference failing fails the stage.
     """
     if rounds < 1:
         raise StageError(f"rounds ({rounds}) must be >= 1")
@@ -217,7 +225,7 @@ def generation_in_rounds(
         )
     if reference not in [b["backend"] for b in backends]:
         raise StageError(f"the generation backends {[b['backend'] for b in backends]} lack the reference {reference}")
-    from .records import artifact_in, first_failure
+    from .records import first_failure
 
     run_id, node = new_run_id(), socket.gethostname()
     env = child_env()
@@ -236,12 +244,14 @@ def generation_in_rounds(
                 if b["backend"] in failed:
                     continue
                 part = Path(tmp) / f"r{r}_{b['backend']}.csv"
-                graph = artifact_in(b["decode"]) if b["runtime"] != "pytorch" else b["decode"]
+                own = b.get("kind") == "own" or b["runtime"] == reference
                 cmd = [
                     sys.executable, "-c", "import sys; from lmship.generation_bench import main; main(sys.argv[1:])",
-                    "--runtime", b["runtime"], "--decode", str(graph),
-                    *(["--prefill", str(artifact_in(b["prefill"]))] if b.get("prefill") else []),
-                    "--host", str(host_npz), "--inputs", str(inputs_npz), "--out", str(part),
+                    "--runtime", b["runtime"], "--decode", str(b["decode"]),
+                    *(["--prefill", str(b["prefill"])] if b.get("prefill") and not own else []),
+                    *(["--host", str(host_npz)] if host_npz else []),
+                    "--options", json.dumps(b.get("options") or {}), "--max-len", str(max_len),
+                    "--inputs", str(inputs_npz), "--out", str(part),
                     "--model", model, "--backend", b["backend"], "--precision", b["precision"],
                     "--threads", str(threads), "--prompts", str(prompts), "--new-tokens", str(new_tokens),
                 ]  # fmt: skip
@@ -292,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime", required=True)
     p.add_argument("--decode", type=Path, required=True, help="decode graph (PyTorch: the HF folder)")
     p.add_argument("--prefill", type=Path, help="prefill graph (absent: the prompt goes through decode steps)")
-    p.add_argument("--host", type=Path, required=True)
+    p.add_argument("--host", type=Path, help="host tables of the graphs (runtimes that run graphs)")
     p.add_argument("--inputs", type=Path, required=True, help="eval_inputs of prompt_tokens tokens")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", default="model")
@@ -301,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prompts", type=int, required=True)
     p.add_argument("--new-tokens", type=int, required=True)
+    p.add_argument("--max-len", type=int, required=True, help="positions a prompt and its new tokens may take")
+    p.add_argument("--options", default="{}", help="JSON object of the runtime's options")
     p.add_argument("--log", type=Path)
     args = p.parse_args(argv)
     with log_to(args.log):
@@ -317,13 +329,15 @@ def main(argv: list[str] | None = None) -> None:
             threads=args.threads,
             prompts=args.prompts,
             new_tokens=args.new_tokens,
+            max_len=args.max_len,
+            options=json.loads(args.options),
         )
 
 
 def main_rounds(argv: list[str] | None = None) -> None:
     p = parser("generation", "Every backend's generation at one thread count, in interleaved rounds.")
     p.add_argument("--backends", required=True, help="JSON list of {backend, runtime, precision, decode, prefill}")
-    p.add_argument("--host", type=Path, required=True)
+    p.add_argument("--host", type=Path)
     p.add_argument("--inputs", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", default="model")
@@ -331,6 +345,7 @@ def main_rounds(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--prompts", type=int, required=True)
     p.add_argument("--new-tokens", type=int, required=True)
+    p.add_argument("--max-len", type=int, required=True)
     p.add_argument("--lossless", nargs="*", default=[], help="backends that must generate PyTorch's exact tokens")
     p.add_argument("--log", type=Path)
     args = p.parse_args(argv)
@@ -345,6 +360,7 @@ def main_rounds(argv: list[str] | None = None) -> None:
             rounds=args.rounds,
             prompts=args.prompts,
             new_tokens=args.new_tokens,
+            max_len=args.max_len,
             lossless=args.lossless,
         )
 

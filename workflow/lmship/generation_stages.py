@@ -98,7 +98,7 @@ def export_generation(
     started = time.monotonic()
     with atomic_output(Path(out_onnx)) as tmp:
         export_generation_graph(hf_dir, tmp, graph=graph, prompt_len=prompt_len, max_len=max_len, opset=opset)
-        check = gate("ort", tmp, stage="export_onnx")
+        check = gate("onnxruntime", tmp, stage="export_onnx")
         nodes = len(load_onnx(tmp).graph.node)
     return stage_metrics(
         metrics_json,
@@ -130,7 +130,7 @@ def simplify_generation(
     started = time.monotonic()
     with atomic_output(Path(out_onnx)) as tmp:
         simplify_graph(in_onnx, tmp)
-        check = gate("ort", tmp, stage="simplify_onnx")
+        check = gate("onnxruntime", tmp, stage="simplify_onnx")
         nodes = len(load_onnx(tmp).graph.node)
     return stage_metrics(
         metrics_json,
@@ -193,7 +193,7 @@ def tflite_gate(
     """The ``check(tflite_file) -> metrics`` that :func:`lmship.tflite.tflite` runs on a generation graph
     (give the logit bounds for fp32 only)."""
     gate = GraphGate(graph, Path(hf_dir), Path(host_npz), Path(inputs_npz), min_top1, max_rel_diff, max_mean_kld)
-    return lambda artifact: gate("tflite", artifact, stage=f"tflite_{precision}")
+    return lambda artifact: gate("litert", artifact, stage=f"tflite_{precision}")
 
 
 def openvino_generation(

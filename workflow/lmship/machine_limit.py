@@ -38,7 +38,7 @@ from .cli import config_default, parser
 from .files import write_json
 from .host import cpu_flags, cpu_model, limit_threads_env
 from .logs import log_to
-from .runtimes import ort_session_options
+from .runtimes.onnxruntime import session_options
 from .timing import timed_runs
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,14 @@ def _ort_matmul(op: str, a_type, y_type, weight: np.ndarray, m: int, threads: in
     opset = config_default("export", "opset")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     model = onnx.shape_inference.infer_shapes(model)
-    return ort.InferenceSession(model.SerializeToString(), ort_session_options(threads))
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads))
 
 
 def _openvino_matmul(model, a: np.ndarray, threads: int, precision_hint: str) -> tuple[float, list[str]]:
     """Median seconds of an OpenVINO MatMul model on ``a`` and the kernels its MatMul ran on."""
     import openvino as ov
 
-    from .openvino import compile_ir
+    from .runtimes.openvino import compile_ir
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mm.xml"

@@ -9,17 +9,11 @@
   (:func:`exact_grid_ir`): weights that already sit on the checkpoint's GGUF grid
   stored on that grid (4-bit codes with a float zero point, the tied head's Q8_0
   codes in 8 bits), for OpenVINO's compressed-weight kernels with fp32 activations.
-* ``open_openvino``: a :class:`lmship.runtimes.Session` over an IR with
-  ``INFERENCE_NUM_THREADS``, latency hint and f32 / bf16 inference precision;
-  bf16 is refused with a :class:`StageError` on a CPU without it.
-* ``open_torch_bf16``: PyTorch with bf16 autocast (logits returned as fp32).
-* ``bf16_matmul_peak`` / ``int8_matmul_peak``: the machine's bf16 and int8
-  matmul throughput with the best kernels found here (OpenVINO / oneDNN and torch).
+Running an IR is the runtime's part (:mod:`lmship.runtimes.openvino`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -32,11 +26,9 @@ from . import StageError
 from .cli import add_checked_stage_arguments, config_default, parser
 from .files import atomic_output, size_bytes, write_json
 from .logs import log_to, peak_rss_mb
-from .runtimes import Session
+from .runtimes.openvino import core as _core
 
 log = logging.getLogger(__name__)
-
-PRECISION_HINTS = ("f32", "bf16")
 
 #: NNCF weight compressions (the ``compression`` wildcard): name -> ``compress_weights`` settings.
 #: ``group_size`` -1 means per output channel; ``data`` means a calibration set is needed.
@@ -55,12 +47,6 @@ COMPRESSIONS: dict[str, dict] = {
     # not NNCF: the checkpoint's own GGUF grid (lmship.exact_grid), activations kept fp32
     "q4_exact": {"exact_grid": True},
 }
-
-
-def _core():
-    import openvino as ov
-
-    return ov.Core()
 
 
 def _ir_files(xml: Path) -> tuple[Path, Path]:
@@ -509,109 +495,6 @@ def compress_openvino(
 
 def needs_calibration(compression: str) -> bool:
     return bool(COMPRESSIONS[compression].get("data", False))
-
-
-def cpu_has_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin can run bf16 here (AVX-512 BF16 or AMX)."""
-    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def _require_bf16(what: str) -> None:
-    if not cpu_has_bf16():
-        raise StageError(
-            f"{what}: bf16 was requested but this CPU has no bf16 instructions (OpenVINO's "
-            "OPTIMIZATION_CAPABILITIES lists no BF16; it needs AVX-512 BF16 or AMX). "
-            "Use precision f32 on this machine; the bf16 row is absent for that reason."
-        )
-
-
-def compile_ir(
-    artifact: Path,
-    threads: int,
-    *,
-    precision_hint: str = "f32",
-    dynamic_quantization: int | None = None,
-    perf_count: bool = False,
-):
-    """Compile the IR (or ONNX) ``artifact`` for the CPU with the given threads and precision hint.
-
-    ``dynamic_quantization`` is the CPU plugin's ``DYNAMIC_QUANTIZATION_GROUP_SIZE``:
-    ``None`` keeps OpenVINO's default (32: activations of compressed-weight
-    MatMuls are quantised to int8 per group of 32 on the fly), 0 turns it off.
-    """
-    import openvino as ov
-    import openvino.properties as props
-    import openvino.properties.hint as hints
-
-    if precision_hint not in PRECISION_HINTS:
-        raise StageError(f"unknown OpenVINO precision hint {precision_hint!r}; expected one of {PRECISION_HINTS}")
-    if precision_hint == "bf16":
-        _require_bf16(f"OpenVINO {artifact}")
-    config = {
-        hints.performance_mode: hints.PerformanceMode.LATENCY,
-        hints.inference_precision: ov.Type.bf16 if precision_hint == "bf16" else ov.Type.f32,
-        props.enable_profiling: perf_count,
-    }
-    if threads > 0:
-        config[props.inference_num_threads] = threads
-    if dynamic_quantization is not None:
-        config[hints.dynamic_quantization_group_size] = dynamic_quantization
-    try:
-        return _core().compile_model(str(artifact), "CPU", config)
-    except Exception as exc:
-        raise StageError(f"OpenVINO cannot compile {artifact} for the CPU: {type(exc).__name__}: {exc}") from exc
-
-
-def open_openvino(
-    artifact: Path, threads: int, *, precision_hint: str = "f32", dynamic_quantization: int | None = None
-) -> Session:
-    """A :class:`Session` running the OpenVINO IR ``artifact`` on the CPU (see :func:`compile_ir`)."""
-    import openvino as ov
-
-    artifact = Path(artifact)
-    if not artifact.exists():
-        raise StageError(f"artifact {artifact} does not exist")
-    compiled = compile_ir(artifact, threads, precision_hint=precision_hint, dynamic_quantization=dynamic_quantization)
-    request = compiled.create_infer_request()
-    shape = (
-        tuple(compiled.inputs[0].get_partial_shape().to_shape())
-        if compiled.inputs[0].get_partial_shape().is_static
-        else None
-    )
-
-    def run(input_ids: np.ndarray) -> np.ndarray:
-        if shape is not None and tuple(input_ids.shape) != shape:
-            raise StageError(f"{artifact} takes input shape {shape}, got {input_ids.shape}")
-        request.infer([np.ascontiguousarray(input_ids, dtype=np.int64)])
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-
-    import openvino.properties as props
-
-    in_effect = int(compiled.get_property(props.inference_num_threads))
-    session = Session(f"openvino-{precision_hint}", ov.__version__, threads, run, in_effect)
-    session.compiled = compiled  # for reading back the applied properties
-    return session
-
-
-def open_torch_bf16(hf_dir: Path, threads: int) -> Session:
-    """PyTorch fp32 weights run under CPU bf16 autocast; logits returned as fp32."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    _require_bf16(f"PyTorch bf16 autocast of {hf_dir}")
-    if threads > 0:
-        torch.set_num_threads(threads)
-        with contextlib.suppress(RuntimeError):
-            torch.set_num_interop_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-
-    def run(input_ids: np.ndarray) -> np.ndarray:
-        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(input_ids=ids, use_cache=False)
-        return out.logits.float().numpy()
-
-    return Session("torch-bf16-autocast", torch.__version__, threads, run, torch.get_num_threads())
 
 
 def main_openvino_ir(argv: list[str] | None = None) -> None:

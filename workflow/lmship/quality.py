@@ -205,6 +205,35 @@ def perplexity(logits: np.ndarray, input_ids: np.ndarray) -> float:
     return float(np.exp(-picked.mean()))
 
 
+def compare_logits(reference: list[np.ndarray], logits: list[np.ndarray]) -> dict:
+    """Top-1 agreement, largest logit difference (absolute and over the reference logits' standard
+    deviation) and mean KL divergence of ``logits`` against ``reference``, position by position:
+    the figures every generation-graph gate judges (:func:`logit_failures`)."""
+    ref = np.stack(reference).astype(np.float64).reshape(len(reference), -1)
+    got = np.stack(logits).astype(np.float64).reshape(len(logits), -1)
+    scale = float(ref.std())
+    if not np.isfinite(got).all():
+        return {
+            "positions": len(ref),
+            "finite": False,
+            "top1_agreement_pct": 0.0,
+            "max_abs_diff": float("inf"),
+            "reference_std": scale,
+            "max_rel_diff": float("inf"),
+            "kld_mean": float("inf"),
+        }
+    max_abs = float(np.abs(ref - got).max())
+    return {
+        "positions": len(ref),
+        "finite": True,
+        "top1_agreement_pct": round(100.0 * float((ref.argmax(-1) == got.argmax(-1)).mean()), 2),
+        "max_abs_diff": max_abs,
+        "reference_std": scale,
+        "max_rel_diff": max_abs / scale if scale > 0 else float("inf"),
+        "kld_mean": float(kl_divergence(ref, got).mean()),
+    }
+
+
 def logit_failures(
     metrics: dict,
     *,

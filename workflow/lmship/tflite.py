@@ -97,7 +97,7 @@ def tflite(
             check = gate(tmp)
         elif inputs_npz is not None and reference_npy is not None:
             check = validate_artifact(
-                "tflite",
+                "litert",
                 tmp,
                 inputs_npz,
                 reference_npy,

@@ -79,7 +79,7 @@ rule machine_limit:
 rule generation:
     input:
         artifacts=lambda wc: generation_artifacts(wc.model),
-        host=lambda wc: host_npz(wc.model),
+        host=lambda wc: [] if generation_refused(wc.model) else host_npz(wc.model),
         inputs=lambda wc: prompt_inputs(wc.model),
         tiers=lambda wc: generation_tiers(wc.model),
         hf=prepared,
@@ -101,6 +101,7 @@ rule generation:
         rounds=config["benchmark"]["rounds"],
         prompts=GEN["prompts"],
         new_tokens=GEN["new_tokens"],
+        max_len=GEN["max_len"],
         strictest_tier=list(config["quality_tiers"])[0],
     script:
         "../scripts/generation.py"

@@ -29,14 +29,18 @@ from lmship.checks import (
     model_config,
 )  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
-from lmship.decode_graph import GRAPH_FAMILIES, generates  # noqa: E402
-from lmship.families import generation_refusal  # noqa: E402
+from lmship.decode_graph import GRAPH_FAMILIES  # noqa: E402
+from lmship.families import FAMILIES, generation_refusal  # noqa: E402
+from lmship.gguf import QUANTS  # noqa: E402
+from lmship.genai_model import VARIANTS as GENAI_VARIANTS  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
 from lmship.records import failure_lines, failures, forget  # noqa: E402
 from lmship.sizes import model_size, size_limits, stage_need  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
+from lmship.runtimes import generation_kind  # noqa: E402
+from lmship.runtimes import not_applicable as runtime_refusal  # noqa: E402
 from lmship.tflite import PRECISIONS  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -91,6 +95,8 @@ wildcard_constraints:
     precision="|".join(PRECISIONS),
     variant="|".join(VARIANTS),
     compression="|".join(COMPRESSIONS),
+    quant="|".join(QUANTS),
+    genai="|".join(GENAI_VARIANTS),
 
 
 # --------------------------------------------------------------- after the rules
@@ -221,7 +227,7 @@ def backend_artifact(wildcards):
 
 def backend_info(wildcards):
     b = BACKENDS[wildcards.backend]
-    return {"runtime": b.runtime, "precision": b.precision}
+    return {"runtime": b.runtime, "precision": b.precision, "options": b.options}
 
 
 # The CPU the workflow starts on decides whether the bf16 backends apply (a cluster's
@@ -235,13 +241,34 @@ def backends_of(model, graph="seq"):
 
 
 def why_not(backend, model, graph="seq"):
-    """Why ``backend`` does not apply to ``model`` (its source, this CPU, its size), or None."""
+    """Why ``backend`` does not apply to ``model`` (its source, this CPU, its family for its runtime,
+    its size), or None."""
     reason = not_applicable(backend, config["models"][model]["source"], CPU_FLAGS)
+    known = known_config(model)
+    if reason is None and known is not None:
+        reason = runtime_refusal(BACKENDS[backend].runtime, known)
     if reason is None and backend != REFERENCE:
         reason = size_limits(
             stages_of(backend, model), size_of(model), memory_budget(), graph
         )
     return reason
+
+
+_CONFIGS = {}
+
+
+def known_config(model):
+    """The model's config.json as far as it is known before any job, with its architecture named
+    (a random model's from its family); None while unknown."""
+    if model not in _CONFIGS:
+        prepared = expand(rules.prepare_model.output.model, model=model)[0]
+        known = model_config(config["models"][model], Path(prepared))
+        if known is not None and not known.get("architectures"):
+            family = FAMILIES.get(known.get("model_type"))
+            if family is not None:
+                known = {**known, "architectures": list(family.architectures[:1])}
+        _CONFIGS[model] = known
+    return _CONFIGS[model]
 
 
 def skipped_backends():
@@ -369,12 +396,13 @@ RULE_DEFAULTS = {
 
 
 def timed_backends(model, seq):
-    """What the timing job of ``model`` runs: name, runtime, precision and artifact of each backend."""
+    """What the timing job of ``model`` runs: name, runtime, precision, options and artifact of each backend."""
     return [
         {
             "backend": b,
             "runtime": BACKENDS[b].runtime,
             "precision": BACKENDS[b].precision,
+            "options": BACKENDS[b].options,
             "artifact": artifact(b, model, seq),
         }
         for b in backends_of(model)
@@ -503,34 +531,42 @@ def generation_refused(model):
 
 
 def generating_models():
-    return [m for m in MODELS if not generation_refused(m)]
+    """The models with a generation benchmark (the reference generates for every model)."""
+    return MODELS
 
 
 def generation_backends(model):
-    """The configured backends that generate text: runtime, precision and graphs of each.
+    """The configured backends that generate text: runtime, precision, options and artifacts of each.
 
-    PyTorch (the reference) runs the HF folder with its own KV cache; ONNX Runtime,
-    TFLite and OpenVINO run the prefill and decode graphs; with generation.tflite_prefill
-    false a TFLite backend runs the prompt through decode steps (no prefill graph).
-    Data-aware NNCF compressions calibrate on forward windows: they stay forward-only.
-    A model whose family the generation graphs do not express has none (generation_refused).
+    A runtime with its own cache and loop (PyTorch, the reference, and the peers) generates from
+    its forward artifact folder; ONNX Runtime, LiteRT and OpenVINO run the prefill and decode
+    graphs (with generation.tflite_prefill false a LiteRT backend runs the prompt through decode
+    steps, no prefill graph). A backend may be forward-only (``generates`` False in the catalogue),
+    and a model whose family the generation graphs do not express gets no graph-run ones
+    (generation_refused).
     """
     out = []
-    for b in backends_of(model) if not generation_refused(model) else []:
+    for b in backends_of(model):
         spec = BACKENDS[b]
-        if not generates(b):
+        kind = generation_kind(spec.runtime)
+        if not spec.generates or kind is None:
             continue
-        decode = artifact(b, model, GEN["max_len"], "decode")
-        prefill = artifact(b, model, GEN["prompt_tokens"], "prefill")
-        if spec.runtime == "pytorch":
+        if kind == "own":
             decode = prefill = artifact(b, model, GEN["max_len"])
-        elif spec.runtime == "tflite" and not GEN["tflite_prefill"]:
-            prefill = None
+        elif generation_refused(model):
+            continue
+        else:
+            decode = artifact(b, model, GEN["max_len"], "decode")
+            prefill = artifact(b, model, GEN["prompt_tokens"], "prefill")
+            if spec.runtime == "litert" and not GEN["tflite_prefill"]:
+                prefill = None
         out.append(
             {
                 "backend": b,
                 "runtime": spec.runtime,
                 "precision": spec.precision,
+                "options": spec.options,
+                "kind": kind,
                 "decode": decode,
                 "prefill": prefill,
             }
