@@ -24,6 +24,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/openvino.smk"
+include: "workflow/rules/peers.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lmship.backends import BACKENDS
 from lmship.files import write_json
 from lmship.generation_bench import FIELDS as GENERATION_FIELDS
 from lmship.rounds import ROUND_FIELDS
@@ -141,7 +142,7 @@ def write_generation(
     rows = []
     base = {"run_id": "gen-a", "node": "n1", "model": model, "threads": threads, "precision": "fp32"}
     for backend, g in backends.items():
-        runtime = "pytorch" if backend.startswith("pytorch") else "ort"
+        runtime = BACKENDS[backend].runtime if backend in BACKENDS else "onnxruntime"
         if isinstance(g, Failure):
             rows.append(
                 base

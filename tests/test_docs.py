@@ -18,7 +18,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 #: The README's page budget.
 MAX_README_LINES = 150
 #: Every page under docs/ that the README must link.
-PAGES = ("stages", "configuration", "measuring", "results", "operations", "environments", "tests")
+PAGES = ("stages", "configuration", "measuring", "results", "operations", "environments", "extending", "tests")
 
 #: ``[text](target)`` and ``![alt](target)``, with an optional ``"title"``.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

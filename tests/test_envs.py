@@ -61,8 +61,16 @@ def _public(v: str) -> str:
     return v.split("+")[0]
 
 
+PEERS_LOCK = REPO / "envs" / "peers.lock"
+
+
 def _lock() -> dict[str, str]:
     return _pins(LOCK.read_text().splitlines())
+
+
+def _all_locks() -> dict[str, str]:
+    """The default lock and the peers' lock (installed on top of it)."""
+    return {**_pins(PEERS_LOCK.read_text().splitlines()), **_lock()}
 
 
 def test_lock_pins_every_package_with_hashes():
@@ -121,13 +129,13 @@ def test_env_pins_match_the_lock(env_file):
         line for line in _pip_section(env_file) if not line.startswith("-") and "==" not in line and line.strip()
     ]
     assert not unpinned, f"{env_file.name}: unpinned {unpinned}"
-    lock = _lock()
+    lock = _all_locks()
     deliberate = DELIBERATE.get(env_file.name, {})
     for name, pinned in pins.items():
         if name in deliberate:
             assert pinned == deliberate[name], (env_file.name, name)
             continue
-        assert name in lock, f"{env_file.name}: {name} is not in envs/requirements.lock"
+        assert name in lock, f"{env_file.name}: {name} is not in envs/requirements.lock or envs/peers.lock"
         assert _public(lock[name]) == pinned, f"{env_file.name}: {name}=={pinned}, the lock has {lock[name]}"
 
 

@@ -104,7 +104,7 @@ class Made:
     def __init__(self, root: Path, model_type: str, eval_text: Path, prompts: list[np.ndarray]):
         from lmship.decode_graph import write_host_tables
         from lmship.evalset import eval_inputs, reference_logits
-        from lmship.generation import torch_generate
+        from lmship.runtimes import pytorch
         from lmship.sources import prepare_model
 
         extra, embed_std = FAMILIES[model_type]
@@ -121,7 +121,7 @@ class Made:
             self.hf, eval_text, root / "inputs.npz", seq_len=SEQ, batch_size=1, text_samples=3, random_samples=1, seed=0
         )
         self.reference = reference_logits(self.hf, self.inputs, root / "reference.npy", root / "reference.json")
-        self.tokens = torch_generate(self.hf, prompts, NEW, L).tokens
+        self.tokens = pytorch.generate(self.hf, prompts, NEW, L).tokens
 
 
 @pytest.fixture(scope="module")
@@ -288,9 +288,11 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
         assert not [n.op_type for n in proto.graph.node if n.op_type.startswith("Scatter")]
         for value in [*proto.graph.input, *proto.graph.output]:
             assert len(value.type.tensor_type.shape.dim) <= 2, value.name
-    assert generate("ort", graphs["prefill"], graphs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
-    assert generate("ort", None, graphs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
-    _within_gate(validate_graph("decode", "ort", graphs["decode"], m.host, m.hf, prompts))
+    assert (
+        generate("onnxruntime", graphs["prefill"], graphs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
+    )
+    assert generate("onnxruntime", None, graphs["decode"], m.host, prompts, new_tokens=NEW).tokens == m.tokens
+    _within_gate(validate_graph("decode", "onnxruntime", graphs["decode"], m.host, m.hf, prompts))
     if model_type not in OPENVINO_FAMILIES:
         return
     from lmship.generation_stages import openvino_generation
@@ -377,7 +379,7 @@ def test_tflite_generation_graphs_reproduce_pytorch(model_type, made, prompts):
         )  # fmt: skip
         _within_gate(metrics["vs_pytorch"])
         made_tflite[graph] = d / "fp32.tflite"
-    result = generate("tflite", made_tflite["prefill"], made_tflite["decode"], m.host, prompts, new_tokens=NEW)
+    result = generate("litert", made_tflite["prefill"], made_tflite["decode"], m.host, prompts, new_tokens=NEW)
     assert result.tokens == m.tokens
 
 
@@ -459,12 +461,12 @@ def test_top1_alone_forgives_the_missing_qk_norm_on_a_tiny_model(made, monkeypat
     wrong = export_generation_graph(m.raw, m.root / "raw-decode-no-qk-norm.onnx", graph="decode", prompt_len=P,
                                     max_len=L)  # fmt: skip
     monkeypatch.setitem(families.REGISTRY, "qwen3", family)
-    top1_only = validate_graph("decode", "ort", wrong, m.host, m.raw, prompts, min_top1=fp32_gate()["min_top1"])
+    top1_only = validate_graph("decode", "onnxruntime", wrong, m.host, m.raw, prompts, min_top1=fp32_gate()["min_top1"])
     assert top1_only["top1_agreement_pct"] == 100.0
     gate = fp32_gate()
     assert top1_only["max_rel_diff"] > 10 * gate["max_rel_diff"] and top1_only["kld_mean"] > gate["max_mean_kld"]
     with pytest.raises(StageError, match="std\\(reference logits\\)"):
-        validate_graph("decode", "ort", wrong, m.host, m.raw, prompts, **gate)
+        validate_graph("decode", "onnxruntime", wrong, m.host, m.raw, prompts, **gate)
 
 
 def test_forward_gate_bounds_logits_relative_to_their_scale(tmp_path):
@@ -499,7 +501,8 @@ def test_forward_gate_bounds_logits_relative_to_their_scale(tmp_path):
 
 def test_workflow_skips_generation_of_a_refused_family_before_any_job(tmp_path):
     """A random BLOOM model (no registered family) next to the tiny Llama: the dry run plans BLOOM's forward rows
-    and no generation job for it, and says why once, by name."""
+    and no generation graph for it (no host tables, no prefill / decode graphs), and says why once, by name. Its
+    generation job still runs the runtimes with their own loop (the PyTorch reference, the peers)."""
     from workflow_helpers import TINY_ARCH, planned_jobs, snakemake, tiny_config, write_config
 
     bloom = {"source": "random", "seed": 0, "architecture": {**TINY_ARCH, "model_type": "bloom"}}
@@ -510,7 +513,8 @@ def test_workflow_skips_generation_of_a_refused_family_before_any_job(tmp_path):
     assert out.count("model 'bloomy': model_type 'bloom'") == 1, out[-3000:]
     assert "its forward rows are still built" in out
     jobs = planned_jobs(proc.stdout)
-    assert jobs["host_tables"] == 1 and jobs["generation"] == 2  # the tiny Llama's, at 1 and 2 threads
+    assert jobs["host_tables"] == 1, f"{jobs}"  # the tiny Llama's
+    assert jobs["generation"] == 4, f"{jobs}"  # both models, at 1 and 2 threads
     assert "results/bloomy/seq16/onnx" in proc.stdout and "results/bloomy/decode" not in proc.stdout
 
 

@@ -59,9 +59,9 @@ def prompts() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(lively, prompts):
-    from lmship.generation import torch_generate
+    from lmship.runtimes import pytorch
 
-    return torch_generate(lively, prompts, NEW, L, threads=1, keep_prompt_cache=True)
+    return pytorch.generate(lively, prompts, NEW, L, threads=1, keep_prompt_cache=True)
 
 
 LOSSLESS = ("onnx", "onnx_simplified", "tflite_fp32")
@@ -205,11 +205,11 @@ def test_graphs_are_static_rank2_without_scatter(graphs):
     assert shapes["k0"] == [2 * L, 16]  # kv_heads * L, head_dim
 
 
-@pytest.mark.parametrize("runtime", ["ort", "torch"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "pytorch"])
 def test_decode_graphs_reproduce_pytorch_tokens(runtime, graphs, lively, prompts, reference):
     from lmship.generation import generate, same_text
 
-    if runtime == "torch":
+    if runtime == "pytorch":
         artifacts = (lively, lively)
     else:
         artifacts = (graphs["prefill"], graphs["decode"])
@@ -223,13 +223,14 @@ def test_decode_graphs_reproduce_pytorch_tokens(runtime, graphs, lively, prompts
 
 def test_decode_graph_alone_takes_the_whole_prompt(graphs, lively, prompts, reference):
     """Without a prefill graph every prompt token goes through a decode step; the text is the same."""
-    from lmship.generation import generate, torch_generate
+    from lmship.generation import generate
+    from lmship.runtimes import pytorch
 
-    result = generate("ort", None, graphs["decode"], graphs["host"], prompts, new_tokens=NEW)
+    result = generate("onnxruntime", None, graphs["decode"], graphs["host"], prompts, new_tokens=NEW)
     assert result.tokens == reference.tokens
     short = [prompts[0][:3]]  # shorter than P: fine without a prefill graph
-    expected = torch_generate(lively, short, NEW, L).tokens
-    assert generate("ort", None, graphs["decode"], graphs["host"], short, new_tokens=NEW).tokens == expected
+    expected = pytorch.generate(lively, short, NEW, L).tokens
+    assert generate("onnxruntime", None, graphs["decode"], graphs["host"], short, new_tokens=NEW).tokens == expected
 
 
 def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, prompts, reference, gen_dir):
@@ -239,12 +240,12 @@ def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, pr
     census = read_json(gen_dir / "staged" / f"decode{L}" / "tflite_fp32.ops.json")
     assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
     result = generate(
-        "tflite", tflite_graphs["prefill"], tflite_graphs["decode"], graphs["host"], prompts, new_tokens=NEW
+        "litert", tflite_graphs["prefill"], tflite_graphs["decode"], graphs["host"], prompts, new_tokens=NEW
     )
     assert result.tokens == reference.tokens
     for graph in ("prefill", "decode"):
         metrics = validate_graph(
-            graph, "tflite", tflite_graphs[graph], graphs["host"], gen_dir / "lively", prompts, max_abs_diff=1e-3
+            graph, "litert", tflite_graphs[graph], graphs["host"], gen_dir / "lively", prompts, max_abs_diff=1e-3
         )
         assert metrics["top1_agreement_pct"] == 100.0
 
@@ -253,7 +254,7 @@ def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, pr
 def test_graph_logits_match_pytorch(graph, graphs, lively, prompts):
     from lmship.generation import validate_graph
 
-    metrics = validate_graph(graph, "ort", graphs[graph], graphs["host"], lively, prompts, max_abs_diff=1e-3)
+    metrics = validate_graph(graph, "onnxruntime", graphs[graph], graphs["host"], lively, prompts, max_abs_diff=1e-3)
     assert metrics["top1_agreement_pct"] == 100.0
     assert metrics["positions"] == (len(prompts) if graph == "prefill" else len(prompts) * 9)
 
@@ -264,7 +265,7 @@ def test_cache_layout_matches_pytorch(graphs, reference, prompts):
 
     host = load_host_tables(graphs["host"])
     kv, d = int(host["kv_heads"]), int(host["head_dim"])
-    ort = _Graphs("ort", graphs["prefill"], graphs["decode"], host, threads=1)
+    ort = _Graphs("onnxruntime", graphs["prefill"], graphs["decode"], host, threads=1)
     prompt = prompts[2]  # P + 1 tokens: prefill P, then one decode step at position P
     expected = reference.prompt_caches[2]  # per layer [kv_heads, P + 1, head_dim]
     out = ort.prefill({"input_ids": prompt[None, :P], "cos": host["cos"][:P], "sin": host["sin"][:P]})
@@ -296,11 +297,12 @@ def test_bound_ort_runner_reads_the_cache_in_place(graphs):
     and its outputs equal ``session.run``'s on the same feeds."""
     import onnxruntime as ort
 
-    from lmship.generation import _ort_graph, load_host_tables
+    from lmship.generation import load_host_tables
+    from lmship.runtimes import open_graph
 
     host = load_host_tables(graphs["host"])
     plain = ort.InferenceSession(str(graphs["decode"]), providers=["CPUExecutionProvider"])
-    run = _ort_graph(graphs["decode"], 1)
+    run = open_graph("onnxruntime", graphs["decode"], 1)
     rng = np.random.default_rng(3)
     feeds = {i.name: rng.standard_normal(i.shape).astype(np.float32) for i in plain.get_inputs()}
     feeds["token"] = np.array([[5]], np.int32)  # not the graph's int64: converted
@@ -336,8 +338,12 @@ def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monke
 
     monkeypatch.setattr(generation, "write_kv", off_by_one)
     with pytest.raises(StageError, match="decode graph"):
-        generation.validate_graph("decode", "ort", graphs["decode"], graphs["host"], lively, prompts, max_abs_diff=1e-3)
-    result = generation.generate("ort", graphs["prefill"], graphs["decode"], graphs["host"], prompts, new_tokens=NEW)
+        generation.validate_graph(
+            "decode", "onnxruntime", graphs["decode"], graphs["host"], lively, prompts, max_abs_diff=1e-3
+        )
+    result = generation.generate(
+        "onnxruntime", graphs["prefill"], graphs["decode"], graphs["host"], prompts, new_tokens=NEW
+    )
     checks = [generation.same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
     assert not all(c["identical"] for c in checks)
     assert min(c["matched_pct"] for c in checks) < 100.0
@@ -345,21 +351,19 @@ def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monke
 
 def test_prompt_lengths_are_checked(graphs, lively):
     from lmship import StageError
-    from lmship.generation import generate, torch_generate
+    from lmship.generation import generate
+    from lmship.runtimes import pytorch
 
     rng = np.random.default_rng(1)
+    made = (graphs["prefill"], graphs["decode"], graphs["host"])
     with pytest.raises(StageError, match="shorter than the prefill graph's 8 tokens"):
-        generate(
-            "ort", graphs["prefill"], graphs["decode"], graphs["host"], [rng.integers(0, 384, P - 1)], new_tokens=2
-        )
+        generate("onnxruntime", *made, [rng.integers(0, 384, P - 1)], new_tokens=2)
     with pytest.raises(StageError, match="longer than the cache of max_len=32"):
-        generate(
-            "ort", graphs["prefill"], graphs["decode"], graphs["host"], [rng.integers(0, 384, L + 1)], new_tokens=2
-        )
+        generate("onnxruntime", *made, [rng.integers(0, 384, L + 1)], new_tokens=2)
     with pytest.raises(StageError, match="needs 35 cache slots"):
-        generate("ort", graphs["prefill"], graphs["decode"], graphs["host"], [rng.integers(0, 384, 30)], new_tokens=6)
+        generate("onnxruntime", *made, [rng.integers(0, 384, 30)], new_tokens=6)
     with pytest.raises(StageError, match="does not fit max_len"):
-        torch_generate(lively, [rng.integers(0, 384, 30)], 6, L)
+        pytorch.generate(lively, [rng.integers(0, 384, 30)], 6, L)
 
 
 def test_export_refuses_bad_lengths_and_graphs(lively, tmp_path):
@@ -394,12 +398,12 @@ def test_gemm_rewrite_feeds_matmulnbits(graphs, lively, prompts, gen_dir):
     assert gemm_to_matmul(graphs["decode"], gen_dir / "decode.mm.onnx") > 0
     rewritten = gen_dir / "decode.mm.onnx"
     assert not any(n.op_type == "Gemm" for n in onnx.load(str(rewritten)).graph.node)
-    validate_graph("decode", "ort", rewritten, graphs["host"], lively, prompts, max_abs_diff=1e-4)
+    validate_graph("decode", "onnxruntime", rewritten, graphs["host"], lively, prompts, max_abs_diff=1e-4)
     quantize_onnx(rewritten, gen_dir / "decode.block.onnx", variant="int8_block")
     ops = {n.op_type for n in onnx.load(str(gen_dir / "decode.block.onnx")).graph.node}
     assert "MatMulNBits" in ops
     metrics = validate_graph(
-        "decode", "ort", gen_dir / "decode.block.onnx", graphs["host"], lively, prompts, min_top1=50.0
+        "decode", "onnxruntime", gen_dir / "decode.block.onnx", graphs["host"], lively, prompts, min_top1=50.0
     )
     assert metrics["finite"]
 
@@ -413,9 +417,10 @@ def test_every_format_generates_and_the_lossless_ones_reproduce_pytorch(
     fp32 formats must give PyTorch's tokens exactly; quantised ones must generate and keep
     most teacher-forced top-1 tokens (their text may differ: that is what the table reports).
     """
+    from lmship.backends import BACKENDS
     from lmship.generation import generate, same_text, validate_graph
 
-    runtime = "tflite" if backend.startswith("tflite") else "ort"
+    runtime = BACKENDS[backend].runtime
     made = {graph: staged[graph][backend] for graph in ("prefill", "decode")}
     result = generate(runtime, made["prefill"], made["decode"], graphs["host"], prompts, new_tokens=NEW)
     checks = [same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
@@ -442,9 +447,9 @@ def gridded_chain(gridded, gen_dir, eval_text) -> dict:
 
 @pytest.fixture(scope="module")
 def gridded_tokens(gridded, prompts) -> list[list[int]]:
-    from lmship.generation import torch_generate
+    from lmship.runtimes import pytorch
 
-    expected = torch_generate(gridded, prompts, NEW, L).tokens
+    expected = pytorch.generate(gridded, prompts, NEW, L).tokens
     assert len({t for seq in expected for t in seq}) > NEW // 2  # not a degenerate repeat
     return expected
 
@@ -465,7 +470,7 @@ def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded_chain, g
         assert metrics["matmul_q8_0"] == metrics["bit_exact_matmul_q8_0"] == 1  # the LM head
         assert metrics["gather_q8_0"] == metrics["bit_exact_gather_q8_0"] == 1 and metrics["matmul_fp32"] == 0
         assert "MatMulNBits" in {n.op_type for n in onnx.load(str(q4[graph])).graph.node}
-    assert generate("ort", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == gridded_tokens
+    assert generate("onnxruntime", q4["prefill"], q4["decode"], host, prompts, new_tokens=NEW).tokens == gridded_tokens
 
 
 @pytest.fixture(scope="module")
@@ -507,7 +512,7 @@ def test_openvino_exact_grid_keeps_the_grid_and_fp32_activations(openvino_graphs
     import openvino as ov
 
     from lmship.files import read_json
-    from lmship.openvino import compile_ir
+    from lmship.runtimes.openvino import compile_ir
 
     for graph in ("prefill", "decode"):
         metrics = read_json(openvino_graphs[graph]["metrics"])

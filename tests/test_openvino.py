@@ -38,15 +38,23 @@ def ir(onnx_model, chain_dir, eval_set):
     )
 
 
+def _has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (what lmship.runtimes.require_bf16 asks)."""
+    from lmship.backends import BF16_FLAGS
+    from lmship.host import cpu_flags
+
+    return bool(set(BF16_FLAGS) & set(cpu_flags()))
+
+
 def _matmul_weights(census: dict) -> int:
     return census["ops"].get("MatMul", 0)
 
 
 def test_ir_agrees_with_pytorch(ir, eval_set):
-    from lmship.openvino import open_openvino
+    from lmship.runtimes import open_backend
 
     assert ir.is_file() and ir.with_suffix(".bin").is_file()
-    summary = _agreement(open_openvino(ir, threads=1, precision_hint="f32"), eval_set)
+    summary = _agreement(open_backend("openvino", ir, threads=1, precision_hint="f32"), eval_set)
     assert summary["top1_agreement_pct"] == 100.0
     assert summary["kld_mean"] < 1e-6, summary
 
@@ -112,7 +120,8 @@ def test_calibration_windows_avoid_the_evaluated_articles(tiny_model, eval_set, 
     [("int8_asym", "u8"), ("int8_asym_fp32_head", "u8"), ("int4_asym_g32", "u4"), ("int4_asym_g32_awq", "u4")],
 )
 def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir, variant, element):
-    from lmship.openvino import compress_openvino, open_openvino
+    from lmship.openvino import compress_openvino
+    from lmship.runtimes import open_backend
 
     input_ids, is_text = load_inputs(eval_set["inputs"])
     calibration = input_ids[is_text][:2]
@@ -127,7 +136,7 @@ def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir
     after = read_json(chain_dir / "ov" / f"{variant}.census.json")["weights"]
     assert element in after, f"{variant} should store {element} weights, has {sorted(after)}"
     assert after["f32"]["bytes"] < before["f32"]["bytes"] / 2, "most fp32 weight bytes should be gone"
-    summary = _agreement(open_openvino(out, threads=1), eval_set)
+    summary = _agreement(open_backend("openvino", out, threads=1), eval_set)
     assert summary["finite"]
     assert summary["top1_agreement_pct"] > 50.0, summary
 
@@ -150,40 +159,47 @@ def test_unknown_mode_is_a_clear_error(ir, chain_dir):
 def test_thread_count_is_applied(ir, threads):
     import openvino.properties as props
 
-    from lmship.openvino import open_openvino
+    from lmship.runtimes import open_backend
 
-    session = open_openvino(ir, threads=threads)
-    assert session.threads == threads
-    assert session.compiled.get_property(props.inference_num_threads) == threads
+    session = open_backend("openvino", ir, threads=threads)
+    assert session.threads == threads and session.threads_in_effect == threads
+    assert session.keepalive.get_property(props.inference_num_threads) == threads
 
 
 def test_bf16_runs_or_says_why_not(ir, eval_set, monkeypatch):
     import openvino as ov
     import openvino.properties.hint as hints
 
-    from lmship import openvino as lov
+    import lmship.host
+    from lmship.backends import BACKENDS
+    from lmship.runtimes import open_backend
 
-    if lov.cpu_has_bf16():
-        session = lov.open_openvino(ir, threads=1, precision_hint="bf16")
-        assert session.compiled.get_property(hints.inference_precision) == ov.Type.bf16
+    # the openvino_bf16 backend is the openvino runtime with the backend's options
+    backend = BACKENDS["openvino_bf16"]
+    if _has_bf16():
+        session = open_backend(backend.runtime, ir, threads=1, **backend.options)
+        assert session.keepalive.get_property(hints.inference_precision) == ov.Type.bf16
         summary = _agreement(session, eval_set)
         assert summary["finite"] and summary["top1_agreement_pct"] > 80.0
-        f32 = lov.open_openvino(ir, threads=1, precision_hint="f32")
-        assert f32.compiled.get_property(hints.inference_precision) == ov.Type.f32
+        f32 = open_backend("openvino", ir, threads=1, precision_hint="f32")
+        assert f32.keepalive.get_property(hints.inference_precision) == ov.Type.f32
     # a CPU without bf16 (simulated here when the real one has it) gets the clear error
-    monkeypatch.setattr(lov, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(lmship.host, "cpu_flags", lambda: ["avx2", "fma", "avx512f"])
     with pytest.raises(StageError, match="no bf16 instructions"):
-        lov.open_openvino(ir, threads=1, precision_hint="bf16")
+        open_backend(backend.runtime, ir, threads=1, **backend.options)
 
 
 def test_torch_bf16_autocast_returns_fp32_logits(tiny_model, eval_set):
-    from lmship.openvino import cpu_has_bf16, open_torch_bf16
+    from lmship.backends import BACKENDS
+    from lmship.runtimes import open_backend
 
-    if not cpu_has_bf16():
+    # the pytorch_bf16 backend is the pytorch runtime with the backend's options (bf16 autocast)
+    backend = BACKENDS["pytorch_bf16"]
+    if not _has_bf16():
         with pytest.raises(StageError, match="no bf16 instructions"):
-            open_torch_bf16(tiny_model, threads=1)
+            open_backend(backend.runtime, tiny_model, threads=1, **backend.options)
         return
-    session = open_torch_bf16(tiny_model, threads=1)
+    session = open_backend(backend.runtime, tiny_model, threads=1, **backend.options)
     input_ids, _ = load_inputs(eval_set["inputs"])
     logits = session.run(input_ids[0])
     reference = np.load(eval_set["reference"])[0]
@@ -193,10 +209,10 @@ def test_torch_bf16_autocast_returns_fp32_logits(tiny_model, eval_set):
 
 
 def test_unknown_precision_hint(ir):
-    from lmship.openvino import open_openvino
+    from lmship.runtimes import open_backend
 
     with pytest.raises(StageError, match="unknown OpenVINO precision hint 'fp8'"):
-        open_openvino(ir, threads=1, precision_hint="fp8")
+        open_backend("openvino", ir, threads=1, precision_hint="fp8")
 
 
 def test_machine_limit_takes_the_best_kernel_per_arithmetic(tmp_path):
@@ -222,11 +238,12 @@ def test_machine_limit_takes_the_best_kernel_per_arithmetic(tmp_path):
 
 @pytest.mark.parametrize("group", [0, 64])
 def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
-    from lmship.openvino import compress_openvino, open_openvino
+    from lmship.openvino import compress_openvino
+    from lmship.runtimes import open_backend
 
     out = compress_openvino(ir, chain_dir / "ov" / "model.dq.xml", "int8_asym")
-    session = open_openvino(out, threads=1, dynamic_quantization=group)
-    assert session.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
+    session = open_backend("openvino", out, threads=1, dynamic_quantization=group)
+    assert session.keepalive.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == group
 
 
 def test_keep_head_leaves_embedding_and_lm_head_fp32(ir, chain_dir):

@@ -1,6 +1,8 @@
 """The peer runtimes users compare against: llama.cpp (GGUF) and ONNX Runtime GenAI, on tiny random models.
 
-Every model family goes through the peer's own converter or builder and is then checked against
+Every model family goes through the peer's own converter or builder (:mod:`lmship.gguf`,
+:mod:`lmship.genai_model`), runs in its runtime (:mod:`lmship.runtimes.llamacpp`,
+:mod:`lmship.runtimes.ort_genai`) and is then checked against
 PyTorch: all-position logits of a forward pass, greedy tokens of a generation, threads read back.
 A package that is not installed skips its tests with the reason.
 """
@@ -96,7 +98,7 @@ def agreement(reference: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
 def test_builder_input_gives_the_rope_base_under_the_name_the_builder_reads(tmp_path):
     from transformers import AutoConfig
 
-    from lmship.peer_ort_genai import builder_input
+    from lmship.genai_model import builder_input
 
     hf = tmp_path / "hf"
     hf.mkdir()
@@ -114,7 +116,7 @@ def test_builder_input_gives_the_rope_base_under_the_name_the_builder_reads(tmp_
 
 
 def test_genai_config_nulls_are_dropped(tmp_path):
-    from lmship.peer_ort_genai import fix_genai_config
+    from lmship.genai_model import fix_genai_config
 
     search = {"do_sample": None, "top_k": None, "temperature": None, "top_p": 0.9, "max_length": 64}
     (tmp_path / "genai_config.json").write_text(json.dumps({"model": {}, "search": search}))
@@ -123,7 +125,7 @@ def test_genai_config_nulls_are_dropped(tmp_path):
 
 
 def test_ort_genai_refuses_families_its_builder_lacks():
-    from lmship.peer_ort_genai import not_applicable
+    from lmship.runtimes.ort_genai import not_applicable
 
     assert "GPT2LMHeadModel" in not_applicable({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
     assert not_applicable({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}) is None
@@ -149,17 +151,18 @@ def og_dir(tmp_path_factory):
 def test_ort_genai_fp32_matches_pytorch(family, og_dir, bpe_tokenizer):
     """The builder's fp32 model gives PyTorch's logits at every position, or the family is refused by name."""
     from lmship import StageError
-    from lmship.peer_ort_genai import build, not_applicable, open_forward
+    from lmship.genai_model import build
+    from lmship.runtimes import not_applicable, open_backend
 
     hf = make_family(family, og_dir / f"{family}_hf", bpe_tokenizer)
     config = json.loads((hf / "config.json").read_text())
-    reason = not_applicable(config)
+    reason = not_applicable("ort_genai", config)
     if reason is not None:
         with pytest.raises(StageError, match="not applicable"):
             build(hf, og_dir / f"{family}_fp32")
         pytest.skip(f"{family}: {reason}")
     build(hf, og_dir / f"{family}_fp32")
-    session = open_forward(og_dir / f"{family}_fp32", threads=1)
+    session = open_backend("ort_genai", og_dir / f"{family}_fp32", threads=1)
     assert session.threads_in_effect == 1
     ids = np.stack(prompt_ids(bpe_tokenizer, 1))
     reference = torch_logits(hf, ids)
@@ -177,7 +180,7 @@ def test_ort_genai_without_the_fix_reads_the_wrong_rope_base(og_dir, bpe_tokeniz
     import sys
 
     from lmship import StageError
-    from lmship.peer_ort_genai import check_rotary_tables
+    from lmship.genai_model import check_rotary_tables
 
     hf = make_family("llama", og_dir / "llama_hf", bpe_tokenizer)
     out = tmp_path / "plain"
@@ -189,32 +192,32 @@ def test_ort_genai_without_the_fix_reads_the_wrong_rope_base(og_dir, bpe_tokeniz
 
 
 def test_ort_genai_generates_pytorch_tokens_and_int4_runs(og_dir, bpe_tokenizer):
-    from lmship.generation import torch_generate
-    from lmship.peer_ort_genai import build, generate, open_forward, open_model
+    from lmship.genai_model import build
+    from lmship.runtimes import open_backend, ort_genai, pytorch
 
     hf = make_family("llama", og_dir / "llama_hf", bpe_tokenizer)
     model = og_dir / "llama_fp32"
     if not model.exists():
         build(hf, model)
     prompts = prompt_ids(bpe_tokenizer, 2)
-    reference = torch_generate(hf, prompts, 12, SEQ + 12, threads=1, warmup=False)
-    result = generate(model, prompts, 12, threads=1)
+    reference = pytorch.generate(hf, prompts, 12, SEQ + 12, threads=1, warmup=False)
+    result = ort_genai.generate(model, prompts, 12, threads=1)
     assert result.tokens == reference.tokens
     assert result.threads_in_effect == 1
     assert len(result.ttft_ms) == 2 and all(len(steps) == 11 for steps in result.decode_ms)
     assert result.summary()["decode_ms_median"] > 0
-    assert open_model(model, 2)[1] == 2  # the session pool's workers, counted
+    assert ort_genai.open_model(model, 2)[1] == 2  # the session pool's workers, counted
 
     metrics = build(hf, og_dir / "llama_int4", precision="int4", accuracy_level=4)
     assert metrics["int4_accuracy_level"] == 4 and metrics["size_mb"] > 0
     ids = np.stack(prompts[:1])
-    logits = open_forward(og_dir / "llama_int4", threads=2).run(ids)
+    logits = open_backend("ort_genai", og_dir / "llama_int4", threads=2).run(ids)
     top1, kld = agreement(torch_logits(hf, ids), logits)
     assert np.isfinite(logits).all() and kld < 1.0, f"int4: top-1 {top1:.1f}%, KLD {kld:.3f}"
 
 
 def test_ort_genai_refuses_phi3_long_rope_by_name():
-    from lmship.peer_ort_genai import not_applicable
+    from lmship.runtimes.ort_genai import not_applicable
 
     phi3 = {"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 131072}
     phi3["original_max_position_embeddings"] = 4096
@@ -229,7 +232,7 @@ def test_ort_genai_refuses_phi3_long_rope_by_name():
 def converter():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     pytest.importorskip("sentencepiece", reason="sentencepiece (needed by llama.cpp's converter) is not installed")
-    from lmship.peer_llamacpp import converter_dir
+    from lmship.gguf import converter_dir
 
     return converter_dir()
 
@@ -257,13 +260,16 @@ def gpt2_tokenizer(converter, llama_dir):
 
 
 def test_llamacpp_converter_comes_from_the_installed_sdist(converter):
-    from lmship.peer_llamacpp import converter_architectures, not_applicable, system_info, version
+    from lmship.gguf import converter_architectures, not_applicable_here
+    from lmship.runtimes.llamacpp import not_applicable, system_info, version
 
     source = json.loads((converter / "lmship_source.json").read_text())
     assert source["sdist"] == f"llama_cpp_python-{version()}.tar.gz" and len(source["sha256"]) == 64
     assert {"LlamaForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel"} <= converter_architectures(converter)
-    assert "no model class" in not_applicable({"architectures": ["NoSuchForCausalLM"]}, converter)
+    assert "no model class" in not_applicable_here({"architectures": ["NoSuchForCausalLM"]}, converter)
+    assert "not among" in not_applicable_here({"architectures": ["NoSuchForCausalLM"]})
     assert "not among" in not_applicable({"architectures": ["NoSuchForCausalLM"]})
+    assert not_applicable({"architectures": ["LlamaForCausalLM"]}) is None
     assert "AVX" in system_info() or "NEON" in system_info()
 
 
@@ -280,7 +286,8 @@ GEMMA3_MISMATCH = pytest.mark.xfail(
 )
 def test_llamacpp_f32_matches_pytorch(family, converter, llama_dir, gpt2_tokenizer):
     """The converter's F32 file gives PyTorch's top-1 at every position, its ids are the tokenizer's."""
-    from lmship.peer_llamacpp import check_vocabulary, convert, open_forward
+    from lmship.gguf import check_vocabulary, convert
+    from lmship.runtimes import llamacpp
 
     # transformers 5 reloads a qwen2 folder's tokenizer as Qwen2Tokenizer: it needs Qwen2's own vocabulary
     tokenizer = shipped_tokenizer(converter, llama_dir, "qwen2") if family == "qwen2" else gpt2_tokenizer
@@ -288,7 +295,7 @@ def test_llamacpp_f32_matches_pytorch(family, converter, llama_dir, gpt2_tokeniz
     gguf = llama_dir / f"{family}-f32.gguf"
     convert(hf, gguf, outtype="f32", converter=converter)
     assert check_vocabulary(gguf, hf)["differ"] == 0
-    session = open_forward(gguf, threads=1, n_ctx=64)
+    session = llamacpp.open(gguf, threads=1, n_ctx=64)
     assert session.threads_in_effect == 1 and session.threads_decode == 1
     ids = np.stack(prompt_ids(tokenizer, 1))
     reference = torch_logits(hf, ids)
@@ -300,16 +307,17 @@ def test_llamacpp_f32_matches_pytorch(family, converter, llama_dir, gpt2_tokeniz
 
 
 def test_llamacpp_generates_pytorch_tokens_and_quantises(converter, llama_dir, gpt2_tokenizer):
-    from lmship.generation import same_text, torch_generate
-    from lmship.peer_llamacpp import convert, generate, open_forward, quantize
+    from lmship.generation import same_text
+    from lmship.gguf import convert, quantize
+    from lmship.runtimes import llamacpp, pytorch
 
     hf = make_family("llama", llama_dir / "llama_hf", gpt2_tokenizer)
     f32 = llama_dir / "llama-f32.gguf"
     if not f32.is_file():
         convert(hf, f32, outtype="f32", converter=converter)
     prompts = prompt_ids(gpt2_tokenizer, 2)
-    reference = torch_generate(hf, prompts, 12, SEQ + 12, threads=1, warmup=False)
-    result = generate(f32, prompts, 12, threads=1)
+    reference = pytorch.generate(hf, prompts, 12, SEQ + 12, threads=1, warmup=False)
+    result = llamacpp.generate(f32, prompts, 12, threads=1)
     assert result.threads_in_effect == (1, 1)
     checks = [same_text(r, g) for r, g in zip(reference.tokens, result.tokens, strict=True)]
     assert result.tokens == reference.tokens, f"F32 GGUF vs PyTorch greedy tokens: {checks}"
@@ -321,7 +329,7 @@ def test_llamacpp_generates_pytorch_tokens_and_quantises(converter, llama_dir, g
     for qtype in ("q8_0", "q4_k_m"):
         metrics = quantize(f32, llama_dir / f"llama-{qtype}.gguf", qtype)
         sizes[qtype] = metrics["size_mb"]
-        logits = open_forward(llama_dir / f"llama-{qtype}.gguf", threads=2, n_ctx=64).run(ids)
+        logits = llamacpp.open(llama_dir / f"llama-{qtype}.gguf", threads=2, n_ctx=64).run(ids)
         top1, kld = agreement(ref_logits, logits)
         assert np.isfinite(logits).all() and kld < 0.5, f"{qtype}: top-1 {top1:.1f}%, KLD {kld:.3f}"
     assert sizes["q4_k_m"] < sizes["q8_0"] < f32.stat().st_size / 1e6
@@ -330,7 +338,7 @@ def test_llamacpp_generates_pytorch_tokens_and_quantises(converter, llama_dir, g
 def test_llamacpp_refuses_a_foreign_vocabulary(converter, llama_dir, gpt2_tokenizer):
     """A GGUF whose token list is not the HF folder's is refused before any logit is compared."""
     from lmship import StageError
-    from lmship.peer_llamacpp import check_vocabulary, convert
+    from lmship.gguf import check_vocabulary, convert
     from lmship.sources import train_tokenizer
 
     hf = make_family("llama", llama_dir / "llama_hf", gpt2_tokenizer)

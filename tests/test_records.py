@@ -160,8 +160,19 @@ def test_the_run_names_every_failure_once_and_forgets_the_records(tmp_path):
     assert failures(results, ["m"]) == [] and failure_lines([]) == []
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.tflite", "model.xml"])
+@pytest.mark.parametrize("name", ["model.onnx", "model.tflite", "model.xml", "model.gguf"])
 def test_artifact_in_finds_the_file_a_runtime_opens(tmp_path, name):
     (tmp_path / name).write_bytes(b"x")
     (tmp_path / "metrics.json").write_text("{}")
     assert artifact_in(tmp_path) == tmp_path / name
+
+
+def test_artifact_of_gives_a_folder_runtime_its_folder(tmp_path):
+    """Bug: ONNX Runtime GenAI handed the builder's model.onnx instead of its folder (genai_config.json beside it)."""
+    from lmship.runtimes import artifact_of
+
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    (tmp_path / "genai_config.json").write_text("{}")
+    assert artifact_of("onnxruntime", tmp_path) == tmp_path / "model.onnx"
+    assert artifact_of("ort_genai", tmp_path) == tmp_path
+    assert artifact_of("openvino_genai", tmp_path) == tmp_path

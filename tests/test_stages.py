@@ -224,7 +224,7 @@ def test_quantize_onnx_int8(simplified, eval_set, chain_dir, variant):
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
     assert m["size_mb"] < read_json(chain_dir / "simplify.json")["size_mb"]
-    check = validate_artifact("ort", out, eval_set["inputs"], eval_set["reference"], min_top1=0, stage="t")
+    check = validate_artifact("onnxruntime", out, eval_set["inputs"], eval_set["reference"], min_top1=0, stage="t")
     assert check["finite"]
 
 
@@ -233,7 +233,9 @@ def test_quantize_pytorch_round_trip(tiny_model, eval_set, tmp_path):
     from lmship.runtimes import open_backend
 
     m = quantize_pytorch(tiny_model, tmp_path / "q")
-    session = open_backend("pytorch_int8", tmp_path / "q", threads=1)
+    session = open_backend("pytorch", tmp_path / "q", threads=1)
+    # the pytorch runtime finds the quantised folder by its state file and runs the int8 modules
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in session.keepalive.modules())
     ids = np.load(eval_set["inputs"])["input_ids"][0]
     out = session.run(ids)
     ref = np.load(eval_set["reference"])[0]
@@ -244,7 +246,7 @@ def test_quantize_pytorch_round_trip(tiny_model, eval_set, tmp_path):
 
 @pytest.mark.parametrize(
     ("runtime", "artifact"),
-    [("pytorch", "hf"), ("ort", "onnx_simplified.onnx"), ("tflite", "tflite_fp32.tflite")],
+    [("pytorch", "hf"), ("onnxruntime", "onnx_simplified.onnx"), ("litert", "tflite_fp32.tflite")],
 )
 def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_path):
     from lmship.timing import FIELDS, timing
@@ -295,7 +297,7 @@ def test_evaluate_places_the_backend_in_its_tier(simplified, eval_set, tmp_path)
 
     def run(tiers: dict) -> dict:
         return evaluate(
-            "ort",
+            "onnxruntime",
             simplified,
             eval_set["inputs"],
             eval_set["reference"],
@@ -337,7 +339,7 @@ def test_evaluate_takes_the_gates_figures_only_from_the_same_runtime_and_set(sim
     stage_json = tmp_path / "simplify.json"
     stage_json.write_text(json.dumps(planted))
 
-    def run(runtime="ort", reference=eval_set["reference"]) -> dict:
+    def run(runtime="onnxruntime", reference=eval_set["reference"]) -> dict:
         return evaluate(
             runtime,
             artifact,
@@ -429,7 +431,7 @@ def test_cli_defaults_are_the_config_defaults(simplified, eval_set, tmp_path):
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     out = tmp_path / "a.json"
-    cmd = [sys.executable, "-m", "lmship", "evaluate", "--runtime", "ort", "--backend", "onnx_simplified"]
+    cmd = [sys.executable, "-m", "lmship", "evaluate", "--runtime", "onnxruntime", "--backend", "onnx_simplified"]
     cmd += ["--artifact", str(simplified), "--inputs", str(eval_set["inputs"])]
     cmd += ["--reference", str(eval_set["reference"]), "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=REPO / "workflow", capture_output=True)

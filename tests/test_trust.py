@@ -71,7 +71,7 @@ def _fake_timing(monkeypatch, eval_set, tmp_path, *, warmup=1, repeats=4, thread
     import lmship.timing
 
     session = _FakeSession(warmup, threads_in_effect)
-    monkeypatch.setattr(lmship.timing, "open_backend", lambda runtime, artifact, threads: session)
+    monkeypatch.setattr(lmship.timing, "open_backend", lambda runtime, artifact, threads, **options: session)
     (tmp_path / "artifact").write_bytes(b"x")
     out = lmship.timing.timing(
         "fake",
@@ -158,7 +158,7 @@ def test_attention_flops_match_the_exported_graph(simplified):
 
 @pytest.mark.parametrize(
     ("runtime", "artifact"),
-    [("pytorch", "hf"), ("ort", "onnx_simplified.onnx"), ("tflite", "tflite_fp32.tflite")],
+    [("pytorch", "hf"), ("onnxruntime", "onnx_simplified.onnx"), ("litert", "tflite_fp32.tflite")],
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_threads_in_effect_in_a_fresh_timing_process(
@@ -186,7 +186,7 @@ def test_threads_in_effect_in_a_fresh_timing_process(
 def test_tflite_threads_in_effect_other_precisions(chain_dir, tflite_models, precision):
     from lmship.runtimes import open_backend
 
-    assert open_backend("tflite", chain_dir / f"tflite_{precision}.tflite", 2).threads_in_effect == 2
+    assert open_backend("litert", chain_dir / f"tflite_{precision}.tflite", 2).threads_in_effect == 2
 
 
 def test_timing_fails_when_the_runtime_runs_other_threads(monkeypatch, eval_set, tmp_path):
@@ -231,7 +231,7 @@ def test_ort_int8_is_accurate(simplified, eval_set, tmp_path, variant):
 
     out = tmp_path / f"onnx_{variant}.onnx"
     quantize_onnx(simplified, out, variant=variant)
-    session = open_backend("ort", out, threads=1)
+    session = open_backend("onnxruntime", out, threads=1)
     ids = np.load(eval_set["inputs"])["input_ids"]
     logits = np.stack([session.run(s) for s in ids])
     top1, rel = _accuracy(logits, np.load(eval_set["reference"]))
@@ -245,7 +245,7 @@ def test_pytorch_int8_is_accurate(tiny_model, eval_set, tmp_path):
     from lmship.runtimes import open_backend
 
     quantize_pytorch(tiny_model, tmp_path / "q")
-    session = open_backend("pytorch_int8", tmp_path / "q", threads=1)
+    session = open_backend("pytorch", tmp_path / "q", threads=1)
     ids = np.load(eval_set["inputs"])["input_ids"]
     logits = np.stack([session.run(s) for s in ids])
     top1, rel = _accuracy(logits, np.load(eval_set["reference"]))
@@ -285,8 +285,9 @@ def spy_runs(monkeypatch):
     import lmship.runtimes as rt
 
     seen: dict[str, list[np.ndarray]] = {}
-    for name in ("_torch", "_ort", "_tflite"):
-        opener = getattr(rt, name)
+    for name in ("pytorch", "onnxruntime", "litert"):
+        module = rt.get(name)
+        opener = module.open
 
         def spying(*args, _opener=opener, **kwargs):
             session = _opener(*args, **kwargs)
@@ -300,13 +301,13 @@ def spy_runs(monkeypatch):
             session.run = run
             return session
 
-        monkeypatch.setattr(rt, name, spying)
+        monkeypatch.setattr(module, "open", spying)
     return seen
 
 
 @pytest.mark.parametrize(
     ("runtime", "artifact"),
-    [("pytorch", "hf"), ("ort", "onnx_simplified.onnx"), ("tflite", "tflite_fp32.tflite")],
+    [("pytorch", "hf"), ("onnxruntime", "onnx_simplified.onnx"), ("litert", "tflite_fp32.tflite")],
 )
 def test_every_backend_gets_the_evaluation_ids(
     chain_dir, eval_set, simplified, tflite_models, spy_runs, runtime, artifact, tmp_path

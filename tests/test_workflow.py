@@ -88,10 +88,10 @@ def test_every_artifact_is_built(full_run):
 
 
 def generating(backends: list[str]) -> list[str]:
-    """The backends that generate text (see lmship.decode_graph.generates)."""
-    from lmship.decode_graph import generates
+    """The backends that generate text (their ``generates`` in lmship.backends.BACKENDS)."""
+    from lmship.backends import BACKENDS
 
-    return [b for b in backends if generates(b)]
+    return [b for b in backends if BACKENDS[b].generates]
 
 
 def test_generation_graphs_and_rounds(full_run):
@@ -122,7 +122,7 @@ def test_generation_graphs_and_rounds(full_run):
             assert firsts[0] != firsts[1]
             assert (raw["new_tokens"] == gen["new_tokens"]).all() and (raw["threads"] == threads).all()
             assert (raw["ttft_ms"] > 0).all() and (raw["decode_ms_median"] > 0).all()
-            tflite = raw[raw["runtime"] == "tflite"]
+            tflite = raw[raw["runtime"] == "litert"]
             assert set(tflite["prompt_via"]) == {"decode steps"}
             lossless = raw[raw["backend"].isin(["onnx", "onnx_simplified", "tflite_fp32"])]
             assert lossless["identical"].all()

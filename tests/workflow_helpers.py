@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from lmship.backends import BACKENDS
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
@@ -22,9 +24,15 @@ TINY_ARCH = {
 }
 
 
+#: The peers' rows (vendors' converters: llama.cpp, ORT GenAI's builder, transformers' OpenVINO exporter):
+#: tests/test_peer_rows.py runs them through the workflow; the other workflow tests leave them out.
+PEERS = [b for b, x in BACKENDS.items() if x.made_by != "lmship"]
+
+
 def tiny_config(**overrides) -> dict:
     config = {
         "models": {"tiny": {"source": "random", "seed": 0, "architecture": TINY_ARCH}},
+        "backends": [b for b in BACKENDS if b not in PEERS],
         "seq_lens": [16],
         "eval": {"text_samples": 2, "random_samples": 1, "seed": 0},
         "benchmark": {"threads": [1, 2], "rounds": 2, "warmup": 1, "repeats": 3, "min_seconds": 0},

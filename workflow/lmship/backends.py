@@ -149,7 +149,7 @@ def _genai(variant: str, precision: str, label: str, note: str, arithmetic: str)
         "artifact",
         label,
         note,
-        {"variant": variant},
+        {"genai": variant},
         arithmetic=arithmetic,
         made_by="onnxruntime-genai builder",
     )

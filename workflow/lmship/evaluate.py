@@ -103,16 +103,18 @@ def evaluate(
     tiers: dict[str, dict],
     threads: int = 0,
     stage_json: Path | None = None,
+    options: dict | None = None,
 ) -> dict:
     """Run ``artifact`` on the evaluation set with ``threads`` (0: the runtime's default); write its
     quality figures and tier to ``out_json``.
 
     ``stage_json``: the metrics JSON of the stage that wrote ``artifact``. When that stage's gate
     already ran the whole evaluation set through the same runtime (:func:`gate_figures`), its
-    figures are taken, not measured again; ``measured_in`` says which.
+    figures are taken, not measured again; ``measured_in`` says which. ``options``: what the runtime
+    opens the artifact with (the backend's, e.g. a bf16 precision hint).
     """
     started = time.monotonic()
-    session = open_backend(runtime, artifact, threads=threads)
+    session = open_backend(runtime, artifact, threads=threads, **(options or {}))
     metrics = gate_figures(stage_json, session, artifact, inputs_npz, reference_npy)
     measured_in = str(stage_json) if metrics is not None else "evaluate"
     if metrics is None:
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--stage-json", type=Path, help="metrics JSON of the stage that wrote the artifact")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the runtime's default)")
+    p.add_argument("--options", default="{}", help="JSON object of runtime options (the backend's)")
     p.add_argument("--tiers", help="JSON object of quality tiers, strictest first (default: config quality_tiers)")
     p.add_argument("--log", type=Path)
     args = p.parse_args(argv)
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             tiers=tiers,
             threads=args.threads,
             stage_json=args.stage_json,
+            options=json.loads(args.options),
         )
 
 

@@ -125,7 +125,8 @@ def generation_summary(
             table.append({**head, "status": FAILED, **{k: one_line(failed[k].iloc[0]) for k in FAILURE_FIELDS}})
             continue
         spec = next(b for b in backends[model] if b["backend"] == backend)
-        read = weight_bytes(spec) + cache_bytes(host_npzs[model])
+        # a model refused the graphs has no host tables: its cache size, and so its roofline, is unknown
+        read = weight_bytes(spec) + (cache_bytes(host_npzs[model]) if model in host_npzs else float("nan"))
         figures = _figures(g, read, bandwidth.get(int(threads), float("nan")), max_round_spread_pct, max_p90_ratio)
         table.append({**head, "status": OK, **figures})
     summary = pd.DataFrame(table, columns=COLUMNS)

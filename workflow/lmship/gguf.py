@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import ctypes
+import fcntl
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from . import StageError
 from .files import atomic_output, size_bytes, write_json
-from .runtimes.llamacpp import DISTRIBUTION, _llama_cpp, not_applicable, version
+from .runtimes.llamacpp import DISTRIBUTION, _llama_cpp, not_applicable, system_info, version
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,18 @@ def converter_dir(cache: Path | None = None, sdist: Path | None = None) -> Path:
     if (target / "convert_hf_to_gguf.py").is_file():
         return target
     sdist = sdist or (Path(os.environ["LMSHIP_LLAMA_CPP_SDIST"]) if os.environ.get("LMSHIP_LLAMA_CPP_SDIST") else None)
-    with tempfile.TemporaryDirectory(prefix="lmship-llama-sdist-") as tmp:
-        archive = Path(sdist) if sdist else _download_sdist(wanted, Path(tmp))
-        if not archive.is_file():
-            raise StageError(f"llama-cpp-python source distribution {archive} does not exist")
-        with atomic_output(target) as out:
-            _unpack_converter(archive, wanted, out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # several jobs may want the converter at once: one unpacks it, the others wait and use it
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "convert_hf_to_gguf.py").is_file():
+            return target
+        with tempfile.TemporaryDirectory(prefix="lmship-llama-sdist-") as tmp:
+            archive = Path(sdist) if sdist else _download_sdist(wanted, Path(tmp))
+            if not archive.is_file():
+                raise StageError(f"llama-cpp-python source distribution {archive} does not exist")
+            with atomic_output(target) as out:
+                _unpack_converter(archive, wanted, out)
     return target
 
 
@@ -182,11 +189,17 @@ def convert(
         raise StageError(f"llama.cpp for {hf_dir}: {reason}")
     started = time.monotonic()
     with atomic_output(out_gguf) as tmp, tempfile.TemporaryDirectory(prefix="lmship-convert-") as work:
-        source = converter_input(hf_dir, Path(work) / "input")
+        source = converter_input(hf_dir.absolute(), Path(work) / "input")
         cmd = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(source)]
-        cmd += ["--outfile", str(tmp), "--outtype", outtype]
+        cmd += ["--outfile", str(tmp.absolute()), "--outtype", outtype]  # it runs in the converter's folder
         log.info("running %s", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=converter)
+        if "BPE pre-tokenizer was not recognized" in proc.stdout + proc.stderr:
+            raise StageError(
+                f"llama.cpp's converter ({DISTRIBUTION} {version()}) does not know the BPE pre-tokenizer of "
+                f"{hf_dir}'s tokenizer (it converts only tokenizers whose pre-tokenizer hash it lists); "
+                "the llama.cpp rows need a tokenizer llama.cpp supports"
+            )
         if proc.returncode != 0 or not tmp.is_file():
             raise StageError(
                 f"llama.cpp's convert_hf_to_gguf.py ({DISTRIBUTION} {version()}) failed on {hf_dir} "
@@ -325,6 +338,8 @@ def gguf(hf_dir: Path, out_dir: Path, *, quant: str, spec: dict | None = None, t
         "quant": quant,
         "vocabulary": vocabulary,
         "llama_cpp_python": version(),
+        # the CPU features this build of llama.cpp was compiled for and uses (GGML_NATIVE: the installing machine's)
+        "system_info": system_info(),
         "size_mb": round(size_bytes(target) / 1e6, 1),
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -28,12 +28,13 @@ graphs compute the LM head for the last position only, as greedy generation need
 :func:`generate` runs a folder's graphs greedily (ONNX Runtime through IOBinding with two cache
 buffer sets that swap roles every step, so no cache is copied on the host; OpenVINO through one
 infer request whose state is reset per prompt) and returns a :class:`ExportedGenerationResult`
-(the fields of :class:`lmship.generation.GenerationResult`, plus ``made_by``).
+(the fields of :class:`lmship.runtimes.GenerationResult`, plus ``made_by``).
 :mod:`lmship.runtimes.openvino_genai` runs the OpenVINO folder in OpenVINO GenAI's ``LLMPipeline``.
 :func:`check_against_pytorch` is the gate: the graphs must generate PyTorch's greedy tokens
-(transformers with its own KV cache, :func:`lmship.generation.torch_generate`) and, fed PyTorch's
-tokens, match its logits (largest absolute difference relative to the largest reference logit,
-mean KL divergence, top-1 agreement); otherwise it raises :class:`lmship.StageError`.
+(transformers with its own KV cache, :func:`lmship.runtimes.pytorch.generate`) and, fed PyTorch's
+tokens, match its logits (largest absolute difference relative to the standard deviation of
+PyTorch's logits, mean KL divergence, top-1 agreement: :func:`lmship.quality.logit_failures`);
+otherwise it raises :class:`lmship.StageError`.
 
 What the exporters cannot make is refused by name with a :class:`lmship.StageError`: a model that
 is not a causal LM, a multimodal model, a static (ORT) cache longer than a sliding-window layer's
@@ -74,7 +75,7 @@ _CACHE_INPUT = re.compile(r"^(?:input\.|output\.)?past_key_values\.layers\.(\d+)
 
 @dataclass
 class ExportedGenerationResult(GenerationResult):
-    """:class:`lmship.generation.GenerationResult` of an exported folder, with the path that made its graphs."""
+    """:class:`lmship.runtimes.GenerationResult` of an exported folder, with the path that made its graphs."""
 
     made_by: str = MADE_BY
 
@@ -471,19 +472,11 @@ class _OrtSteps:
     def __init__(self, folder: Path, manifest: dict, threads: int):
         import onnxruntime as ort
 
-        from .runtimes import ort_session_options
+        from .runtimes.onnxruntime import session
 
         self.folder = folder
         self.prompt_len, self.max_len = int(manifest["prompt_len"]), int(manifest["max_len"])
-        sessions = {}
-        for name in ("prefill", "decode"):
-            path = folder / manifest["components"][name]
-            try:
-                sessions[name] = ort.InferenceSession(
-                    str(path), ort_session_options(threads), providers=["CPUExecutionProvider"]
-                )
-            except Exception as exc:
-                raise StageError(f"ONNX Runtime cannot load {path}: {type(exc).__name__}: {exc}") from exc
+        sessions = {name: session(folder / manifest["components"][name], threads) for name in ("prefill", "decode")}
         self.prefill, self.decode = sessions["prefill"], sessions["decode"]
         options = self.decode.get_session_options()
         self.threads_in_effect = int(options.intra_op_num_threads) or None
@@ -676,9 +669,6 @@ def generate(
     return result
 
 
-# --------------------------------------------------------------------------- OpenVINO GenAI
-
-
 # --------------------------------------------------------------------------- the gate
 
 
@@ -714,7 +704,8 @@ def check_against_pytorch(
         folder, prompts, new_tokens=new_tokens, threads=threads, warmup=False, collect_logits=True, forced=ref.tokens
     )
     metrics = compare_logits([x for per in ref.logits for x in per], [x for per in forced.logits for x in per])
-    failures = logit_failures(metrics, max_rel_diff=max_rel_diff, max_mean_kld=max_mean_kld)
+    off = logit_failures(metrics, max_rel_diff=max_rel_diff, max_mean_kld=max_mean_kld)
+    failures = [f"differs from PyTorch's logits ({', '.join(off)})"] if off else []
     metrics.update(
         made_by=free.made_by,
         identical_prompts=sum(t["identical"] for t in texts),
@@ -742,11 +733,20 @@ def check_against_pytorch(
 # --------------------------------------------------------------------------- command line
 
 
+def _prompts_from_text(hf_dir: Path, text: str, *, count: int, length: int) -> list[np.ndarray]:
+    """Cut ``count`` prompts of ``length`` tokens from ``text`` (consecutive, non-overlapping)."""
+    from transformers import AutoTokenizer
+
+    ids = np.asarray(AutoTokenizer.from_pretrained(hf_dir)(text)["input_ids"], dtype=np.int64)
+    if ids.size < count * length:
+        raise StageError(f"the text has {ids.size} tokens; {count} prompts of {length} need {count * length}")
+    return [ids[i * length : (i + 1) * length] for i in range(count)]
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m lmship.hf_export export|check ...``: export a model's generation graphs, or gate a folder."""
     from .cli import parser
     from .files import write_json
-    from .generation import prompts_from_text
     from .logs import log_to
     from .text import bundled_text
 
@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.hf, args.out, max_len=args.max_len, last_logits_only=not args.all_logits, tokenizer=args.tokenizer
             )
         else:
-            prompts = prompts_from_text(args.hf, bundled_text(), count=args.prompts, length=args.prompt_tokens)
+            prompts = _prompts_from_text(args.hf, bundled_text(), count=args.prompts, length=args.prompt_tokens)
             metrics = check_against_pytorch(args.folder, args.hf, prompts, new_tokens=args.new_tokens)
             if args.metrics is not None:
                 write_json(args.metrics, metrics)

@@ -16,6 +16,7 @@ another candidate beats on both speed and file size.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import socket
@@ -124,7 +125,8 @@ def time_in_rounds(
             f"(snakemake caps a job's threads at --cores): rerun with --cores {threads} or more, "
             f"or drop {threads} from benchmark.threads; a figure measured on fewer cores would be mislabelled"
         )
-    from .records import artifact_in, failure
+    from .records import failure
+    from .runtimes import artifact_of
 
     run_id = new_run_id()
     node = socket.gethostname()
@@ -147,7 +149,8 @@ def time_in_rounds(
                     "-c",
                     "import sys; from lmship.timing import main; main(sys.argv[1:])",
                     "--runtime", b["runtime"],
-                    "--artifact", str(artifact_in(b["artifact"])),
+                    "--artifact", str(artifact_of(b["runtime"], b["artifact"])),
+                    "--options", json.dumps(b.get("options") or {}),
                     "--inputs", str(inputs_npz),
                     "--out", str(part),
                     "--model", model,

@@ -32,8 +32,10 @@ def stateful_ir(
 ) -> dict:
     """Export ``hf_dir`` as a stateful IR for OpenVINO GenAI into ``out_dir`` and gate it against PyTorch."""
     started = time.monotonic()
-    export_openvino(Path(hf_dir), Path(out_dir), max_len=max_len, tokenizer=True)
     prompts = graph_prompts(Path(prompts_npz), GATE_PROMPTS)
+    # the cache holds a generation of max_len tokens and the gate's prompts with their new tokens
+    max_len = max(max_len, max(len(p) for p in prompts) + GATE_TOKENS)
+    export_openvino(Path(hf_dir), Path(out_dir), max_len=max_len, tokenizer=True)
     check = check_against_pytorch(
         Path(out_dir),
         Path(hf_dir),

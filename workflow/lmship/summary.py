@@ -59,6 +59,7 @@ COLUMNS = [
     "batch",
     "backend",
     "label",
+    "made_by",
     "status",
     "precision",
     "runtime",
@@ -184,6 +185,7 @@ def build_summary(
     table = _with_throughput(table, machine_jsons, model_dirs)
     table = _with_ratios_to_reference(table)
     table = pd.concat([table, _not_applicable(table, skipped or {})], ignore_index=True)
+    table["made_by"] = table["backend"].map(lambda b: BACKENDS[b].made_by if b in BACKENDS else "")
     for col in COLUMNS:
         if col not in table:
             table[col] = np.nan

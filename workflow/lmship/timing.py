@@ -12,6 +12,7 @@ batch, sequence length, CPU model, load time and the process's peak RSS.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -81,6 +82,7 @@ def timing(
     warmup: int,
     repeats: int,
     min_seconds: float,
+    options: dict | None = None,
 ) -> Path:
     """Time ``artifact`` in ``runtime``; write one row per timed run to ``out_csv``."""
     if threads < 1 or repeats < 1 or warmup < 0:
@@ -90,7 +92,7 @@ def timing(
     sample = np.ascontiguousarray(input_ids[0])
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    session = open_backend(runtime, artifact, threads)
+    session = open_backend(runtime, artifact, threads, **(options or {}))
     load_s = time.perf_counter() - t0
     in_effect = session.threads_in_effect
     if in_effect is None:
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=config_default("benchmark", "warmup"))
     parser.add_argument("--repeats", type=int, default=config_default("benchmark", "repeats"))
     parser.add_argument("--min-seconds", type=float, default=config_default("benchmark", "min_seconds"))
+    parser.add_argument("--options", default="{}", help="JSON object of runtime options (the backend's)")
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     with log_to(args.log):
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             warmup=args.warmup,
             repeats=args.repeats,
             min_seconds=args.min_seconds,
+            options=json.loads(args.options),
         )
 
 

@@ -30,7 +30,7 @@ from lmship.checks import (
 )  # noqa: E402
 from lmship.configcheck import check_config  # noqa: E402
 from lmship.decode_graph import GRAPH_FAMILIES  # noqa: E402
-from lmship.families import FAMILIES, generation_refusal  # noqa: E402
+from lmship.families import REGISTRY, generation_refusal  # noqa: E402
 from lmship.gguf import QUANTS  # noqa: E402
 from lmship.genai_model import VARIANTS as GENAI_VARIANTS  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
@@ -264,7 +264,7 @@ def known_config(model):
         prepared = expand(rules.prepare_model.output.model, model=model)[0]
         known = model_config(config["models"][model], Path(prepared))
         if known is not None and not known.get("architectures"):
-            family = FAMILIES.get(known.get("model_type"))
+            family = REGISTRY.get(known.get("model_type"))
             if family is not None:
                 known = {**known, "architectures": list(family.architectures[:1])}
         _CONFIGS[model] = known
@@ -392,6 +392,9 @@ RULE_DEFAULTS = {
     "evaluate": (5000, 15),
     "timing": (3000, 60),
     "generation": (3000, 90),
+    "gguf": (4000, 20),
+    "genai_model": (6000, 20),
+    "stateful_ir": (6000, 20),
 }
 
 
@@ -447,7 +450,9 @@ def conversion_targets():
     artifacts = [
         b.name
         for b in BACKENDS.values()
-        if b.precision in ("fp32", "fp16") and b.name != REFERENCE
+        if b.precision in ("fp32", "fp16")
+        and b.name != REFERENCE
+        and b.name in BACKEND_NAMES
     ]
     budget = memory_budget()
     return [

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from lmship.evaluate import evaluate, failed_evaluation
 from lmship.logs import log_to
-from lmship.records import artifact_in, attempt, failure, metrics_of
+from lmship.records import attempt, failure, metrics_of
+from lmship.runtimes import artifact_of
 
 smk = snakemake  # noqa: F821
 folder = Path(smk.input.artifact)
@@ -19,13 +20,14 @@ facts = {
 def work(_: Path) -> None:
     evaluate(
         smk.params.backend["runtime"],
-        artifact_in(folder),
+        artifact_of(smk.params.backend["runtime"], folder),
         Path(smk.input.inputs),
         Path(smk.input.reference),
         Path(smk.output.json),
         tiers=dict(smk.params.tiers),
         threads=smk.threads,
         stage_json=metrics_of(folder),
+        options=dict(smk.params.backend.get("options") or {}),
         **facts,
     )
 

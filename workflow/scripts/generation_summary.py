@@ -12,7 +12,7 @@ with log_to(smk.log[0]):
         [Path(p) for p in smk.input.bandwidth],
         [Path(p) for p in smk.input.tiers],
         {m: Path(p) for m, p in zip(smk.params.models, smk.input.models, strict=True)},
-        {m: Path(p) for m, p in zip(smk.params.models, smk.input.host, strict=True)},
+        {m: Path(p) for m, p in zip(smk.params.host_models, smk.input.host, strict=True)},
         {m: [dict(b) for b in smk.params.backends[m]] for m in smk.params.models},
         Path(smk.output.csv),
         Path(smk.output.md),

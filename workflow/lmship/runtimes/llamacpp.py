@@ -166,5 +166,3 @@ def generate(
         result.decode_ms.append(steps)
         result.prompt_lens.append(int(np.asarray(prompt).size))
     return result
-
-

@@ -14,8 +14,6 @@ this process that were on the CPU for a tenth of the generation's wall time.
 
 from __future__ import annotations
 
-import itertools
-
 import contextlib
 import json
 import os
@@ -209,9 +207,9 @@ def generate(
         raw = out.perf_metrics.raw_metrics
         result.tokens.append([int(t) for t in out.tokens[0]])
         result.ttft_ms.append(float(raw.m_times_to_first_token[0]) / 1000.0)
-        # the gaps between consecutive new tokens (µs on the pipeline's clock): one per decode step
-        times = [float(t) for t in raw.m_new_token_times]
-        result.decode_ms.append([(b - a) / 1000.0 for a, b in itertools.pairwise(times)])
+        # the pipeline's gaps between consecutive new tokens (µs): one per decode step (this release keeps
+        # no entry for the first token; take the last new_tokens - 1 should a release add one)
+        result.decode_ms.append([float(d) / 1000.0 for d in raw.m_durations][-(len(result.tokens[-1]) - 1) :])
         result.prompt_lens.append(int(np.asarray(prompt).size))
     wall_ms = (time.perf_counter() - wall) * 1000.0
     after = _task_cpu_ms()
@@ -220,5 +218,3 @@ def generate(
     result.cpu_per_wall = round(sum(used.values()) / wall_ms, 2) if wall_ms > 0 else None
     result.runtime_version = openvino_genai.__version__
     return result
-
-
