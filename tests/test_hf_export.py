@@ -101,8 +101,6 @@ def test_exported_graphs_generate_pytorchs_tokens_and_pass_the_gate(exported, mo
     reference = pytorch.generate(models[family], prompts, NEW_TOKENS, MAX_LEN, warmup=False)
     assert result.tokens == reference.tokens
     assert [len(s) for s in result.decode_ms] == [NEW_TOKENS - 1] * len(prompts)
-    # milliseconds: no OpenVINO inference of a decode step takes under 20 µs (a unit slip gives 1000x less)
-    assert min(t for s in result.decode_ms for t in s) > 0.02
     assert len(result.ttft_ms) == len(prompts) and all(t > 0 for t in result.ttft_ms)
     assert result.prompt_lens == [p.size for p in prompts]
     assert result.threads_in_effect == 1
