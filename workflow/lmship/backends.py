@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .host import BF16_FLAGS
 from .runtimes import NAMES
 
 #: The registered runtimes (lmship.runtimes): a backend runs in one of them.
@@ -33,8 +34,6 @@ RUNTIMES = NAMES
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 #: What a backend's matmuls compute in: selects the machine limit its speed is set against.
 ARITHMETIC = ("fp32", "bf16", "int8")
-#: CPU flags (/proc/cpuinfo) of which a bf16 backend needs one: AVX-512 BF16 or AMX.
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REFERENCE = "pytorch"
 #: Model sources whose weights come from a GGUF file (and may sit on its quantisation grid).
 GGUF_SOURCES = ("pypi_gguf", "gguf")

@@ -152,3 +152,16 @@ def load_onnx(path: Path):
             f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); it may be truncated. "
             "Delete it and rerun the workflow to rebuild it."
         ) from exc
+
+
+def linked_copy(hf_dir: Path, folder: Path, config: dict) -> Path:
+    """``folder`` holding links to every file of the Hugging Face folder ``hf_dir`` but its
+    ``config.json``, which is ``config`` instead: a vendor's tool reads the model with a config it
+    understands, and the prepared folder stays as it is."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in Path(hf_dir).iterdir():
+        if item.name != "config.json" and item.is_file():
+            (folder / item.name).symlink_to(item.resolve())
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder

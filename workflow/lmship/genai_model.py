@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .files import atomic_output, size_bytes, write_json
+from .files import atomic_output, linked_copy, size_bytes, write_json
 from .runtimes.ort_genai import DISTRIBUTION, not_applicable, version
 
 log = logging.getLogger(__name__)
@@ -55,19 +55,13 @@ def builder_input(hf_dir: Path, folder: Path) -> Path:
     not have (the base lives in ``rope_parameters``); its one other spelling,
     ``rope_embedding_base``, is an unknown key to transformers and so stays an attribute.
     """
-    hf_dir, folder = Path(hf_dir), Path(folder)
-    config = json.loads((hf_dir / "config.json").read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in hf_dir.iterdir():
-        if item.name != "config.json" and item.is_file():
-            (folder / item.name).symlink_to(item.resolve())
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
     rope = config.get("rope_parameters") or {}
     if "rope_theta" in rope and "rope_theta" not in config:
         config["rope_embedding_base"] = rope["rope_theta"]
     if "partial_rotary_factor" in rope and "partial_rotary_factor" not in config:
         config["partial_rotary_factor"] = rope["partial_rotary_factor"]
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return folder
+    return linked_copy(hf_dir, folder, config)
 
 
 def fix_genai_config(model_dir: Path) -> dict:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from . import StageError
-from .files import atomic_output, size_bytes, write_json
+from .files import atomic_output, linked_copy, size_bytes, write_json
 from .runtimes.llamacpp import DISTRIBUTION, _llama_cpp, not_applicable, system_info, version
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,11 @@ LEGACY_CONFIG_KEYS = {"gpt2": {"n_ctx": "n_positions"}}
 def converter_input(hf_dir: Path, folder: Path) -> Path:
     """``hf_dir`` as the converter reads it: its files linked, config.json with the legacy keys of
     :data:`LEGACY_CONFIG_KEYS` added (e.g. GPT-2's ``n_ctx``, which transformers 5 saves as ``n_positions``)."""
-    hf_dir, folder = Path(hf_dir), Path(folder)
-    config = json.loads((hf_dir / "config.json").read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in hf_dir.iterdir():
-        if item.name != "config.json" and item.is_file():
-            (folder / item.name).symlink_to(item.resolve())
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
     for old, new in LEGACY_CONFIG_KEYS.get(config.get("model_type"), {}).items():
         if old not in config and new in config:
             config[old] = config[new]
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return folder
+    return linked_copy(hf_dir, folder, config)
 
 
 def convert(

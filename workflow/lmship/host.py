@@ -26,6 +26,10 @@ def cpu_model() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+#: CPU flags (/proc/cpuinfo) of which a bf16 run needs one: AVX-512 BF16 or AMX.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 def cpu_flags() -> list[str]:
     """Vector-extension flags that matter for the kernels (AVX2, AVX-512, VNNI, ...)."""
     have = set((_cpuinfo_field("flags") or "").split())

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BF16_FLAGS
 from .cli import config_default, parser
 from .files import write_json
-from .host import cpu_flags, cpu_model, limit_threads_env
+from .host import BF16_FLAGS, cpu_flags, cpu_model, limit_threads_env
 from .logs import log_to
 from .runtimes.onnxruntime import session_options
 from .timing import timed_runs

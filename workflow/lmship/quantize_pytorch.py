@@ -14,17 +14,9 @@ from pathlib import Path
 from .cli import parser
 from .files import atomic_output, stage_metrics
 from .logs import log_to
+from .runtimes.pytorch import STATE_FILE, int8_linear
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "model_int8.pt"
-
-
-def _quantize(model):
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def quantize_pytorch(hf_dir: Path, out_dir: Path, metrics_json: Path | None = None) -> dict:
@@ -34,7 +26,7 @@ def quantize_pytorch(hf_dir: Path, out_dir: Path, metrics_json: Path | None = No
 
     started = time.monotonic()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    qmodel = _quantize(model)
+    qmodel = int8_linear(model)
     with atomic_output(Path(out_dir)) as tmp:
         tmp.mkdir(parents=True)
         qmodel.config.save_pretrained(tmp)
@@ -47,18 +39,6 @@ def quantize_pytorch(hf_dir: Path, out_dir: Path, metrics_json: Path | None = No
         method="torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8)",
         torch_version=torch.__version__,
     )
-
-
-def load_quantized(folder: Path):
-    """Rebuild the quantised model saved by :func:`quantize_pytorch`."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(folder)
-    model = _quantize(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval())
-    state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,6 +87,35 @@ class GenerationResult:
         }
 
 
+def greedy_over(
+    runtime: str,
+    prompts: list[np.ndarray],
+    new_tokens: int,
+    one: Callable[[np.ndarray, int], tuple[list[int], float, list[float]]],
+    *,
+    threads: int,
+    threads_in_effect: int | None,
+    load_s: float,
+    warmup: bool,
+) -> GenerationResult:
+    """The result of an own-loop runtime's greedy generation: ``one(prompt, count)`` generates ``count``
+    tokens from a fresh cache and returns (tokens, time to first token in ms, ms of each later token);
+    ``warmup`` runs it once on the first prompt first (2 tokens, not recorded)."""
+    import numpy as np
+
+    if warmup:
+        one(np.asarray(prompts[0]), 2)
+    result = GenerationResult(runtime, threads, [], [], [], load_s, [])
+    result.threads_in_effect = threads_in_effect
+    for prompt in prompts:
+        tokens, ttft, steps = one(np.asarray(prompt), new_tokens)
+        result.tokens.append(tokens)
+        result.ttft_ms.append(ttft)
+        result.decode_ms.append(steps)
+        result.prompt_lens.append(int(np.asarray(prompt).size))
+    return result
+
+
 def get(name: str) -> ModuleType:
     """The module of runtime ``name``."""
     if name not in NAMES:
@@ -134,8 +163,7 @@ def not_applicable(runtime: str, config: dict) -> str | None:
 
 def require_bf16(what: str) -> None:
     """Refuse a bf16 run on a CPU without bf16 instructions (AVX-512 BF16 or AMX), saying so."""
-    from ..backends import BF16_FLAGS
-    from ..host import cpu_flags
+    from ..host import BF16_FLAGS, cpu_flags
 
     if not set(BF16_FLAGS) & set(cpu_flags()):
         raise StageError(

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import StageError
-from . import GenerationResult, Session, os_threads
+from . import GenerationResult, Session, greedy_over, os_threads
 
 NAME = "ort_genai"
 GENERATES = "own"
@@ -184,14 +184,6 @@ def generate(
             steps.append((time.perf_counter() - t0) * 1000.0)
         return tokens, ttft, steps
 
-    if warmup:
-        one(np.asarray(prompts[0]), 2)
-    result = GenerationResult(NAME, threads, [], [], [], load_s, [])
-    result.threads_in_effect = in_effect
-    for prompt in prompts:
-        tokens, ttft, steps = one(np.asarray(prompt), new_tokens)
-        result.tokens.append(tokens)
-        result.ttft_ms.append(ttft)
-        result.decode_ms.append(steps)
-        result.prompt_lens.append(int(np.asarray(prompt).size))
-    return result
+    return greedy_over(
+        NAME, prompts, new_tokens, one, threads=threads, threads_in_effect=in_effect, load_s=load_s, warmup=warmup
+    )

@@ -41,12 +41,34 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+#: The state dict of a quantised folder (lmship.quantize_pytorch writes it beside the model's config).
+STATE_FILE = "model_int8.pt"
+
+
+def int8_linear(model):
+    """``model`` with every ``nn.Linear`` dynamically quantised to int8 (``quantize_dynamic``, qint8)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_quantized(folder: Path):
+    """Rebuild the quantised model of a folder that :func:`lmship.quantize_pytorch.quantize_pytorch` wrote."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    model = int8_linear(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval())
+    state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load(hf_dir: Path, threads: int = 0):
     """The fp32 model of an HF folder (or the int8 one of a quantised folder), in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from ..quantize_pytorch import STATE_FILE, load_quantized
 
     set_threads(threads)
     if (Path(hf_dir) / STATE_FILE).is_file():
