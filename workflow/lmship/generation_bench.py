@@ -226,6 +226,7 @@ def generation_in_rounds(
     if reference not in [b["backend"] for b in backends]:
         raise StageError(f"the generation backends {[b['backend'] for b in backends]} lack the reference {reference}")
     from .records import first_failure
+    from .runtimes import generation_kind
 
     run_id, node = new_run_id(), socket.gethostname()
     env = child_env()
@@ -244,7 +245,7 @@ def generation_in_rounds(
                 if b["backend"] in failed:
                     continue
                 part = Path(tmp) / f"r{r}_{b['backend']}.csv"
-                own = b.get("kind") == "own" or b["runtime"] == reference
+                own = generation_kind(b["runtime"]) == "own"
                 cmd = [
                     sys.executable, "-c", "import sys; from lmship.generation_bench import main; main(sys.argv[1:])",
                     "--runtime", b["runtime"], "--decode", str(b["decode"]),

@@ -525,9 +525,7 @@ _REFUSED = {}
 def generation_refused(model):
     """Why ``model`` gets no generation graphs (its family or config; None: it gets them), logged once."""
     if model not in _REFUSED:
-        spec = config["models"][model]
-        prepared = expand(rules.prepare_model.output.model, model=model)[0]
-        known = model_config(spec, Path(prepared))
+        known = known_config(model)
         why = known and generation_refusal(known, max_len=GEN["max_len"])
         _REFUSED[model] = why or None
         if why and workflow.is_main_process:
@@ -538,6 +536,11 @@ def generation_refused(model):
 def generating_models():
     """The models with a generation benchmark (the reference generates for every model)."""
     return MODELS
+
+
+def graph_models():
+    """The generating models that get the workflow's generation graphs (and so host tables)."""
+    return [m for m in generating_models() if not generation_refused(m)]
 
 
 def generation_backends(model):
@@ -571,7 +574,6 @@ def generation_backends(model):
                 "runtime": spec.runtime,
                 "precision": spec.precision,
                 "options": spec.options,
-                "kind": kind,
                 "decode": decode,
                 "prefill": prefill,
             }

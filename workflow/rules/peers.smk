@@ -50,7 +50,7 @@ rule stateful_ir:
         prompts=lambda wildcards: expand(
             rules.eval_inputs.output.inputs,
             model=wildcards.model,
-            seq=config["seq_lens"][0],
+            seq=SEQ_LENS[0],
         ),
     output:
         artifact=directory("results/{model}/openvino_genai"),
@@ -65,7 +65,7 @@ rule stateful_ir:
         mem_mb=need_mb("stateful_ir"),
         runtime=need_min("stateful_ir"),
     params:
-        max_len=max(config["generation"]["max_len"], *SEQ_LENS),
+        max_len=max(GEN["max_len"], *SEQ_LENS),
         max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
         max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:

@@ -109,7 +109,7 @@ rule generation_summary:
         bandwidth=bandwidth_jsons(),
         tiers=[t for m in generating_models() for t in generation_tiers(m)],
         models=expand(rules.prepare_model.output.model, model=generating_models()),
-        host=[host_npz(m) for m in generating_models() if not generation_refused(m)],
+        host=[host_npz(m) for m in graph_models()],
     output:
         csv=report(
             "results/generation.csv",
@@ -129,7 +129,7 @@ rule generation_summary:
         runtime=5,
     params:
         models=generating_models(),
-        host_models=[m for m in generating_models() if not generation_refused(m)],
+        host_models=graph_models(),
         backends={m: generation_backends(m) for m in generating_models()},
         max_round_spread_pct=config["benchmark"]["max_round_spread_pct"],
         max_p90_ratio=config["benchmark"]["max_p90_ratio"],
