@@ -273,15 +273,17 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
     greedy tokens exactly."""
     import onnx
 
+    from lmship.export_onnx import export_onnx
     from lmship.generation import generate, validate_graph
-    from lmship.generation_stages import export_generation
 
     m = made(model_type)
     assert min(len(set(t)) for t in m.tokens) > NEW // 3, m.tokens  # text that depends on the cache
     graphs = {}
     for graph, length in (("prefill", P), ("decode", L)):
         out = m.root / f"{graph}.onnx"
-        metrics = export_generation(graph, m.hf, m.prompts_npz, m.host, out, length=length, opset=18, **fp32_gate())
+        metrics = export_onnx(
+            m.hf, m.prompts_npz, None, out, graph=graph, host_npz=m.host, length=length, opset=18, **fp32_gate()
+        )
         _within_gate(metrics["vs_pytorch"])
         graphs[graph] = out
         proto = onnx.load(str(out))
@@ -295,7 +297,7 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
     _within_gate(validate_graph("decode", "onnxruntime", graphs["decode"], m.host, m.hf, prompts))
     if model_type not in OPENVINO_FAMILIES:
         return
-    from lmship.generation_stages import openvino_generation
+    from lmship.openvino import openvino_ir
     from lmship.records import artifact_in, run_stage
 
     # in a child, as the workflow runs it: OpenVINO 2026.4.1 crashes (SIGSEGV) compiling GPT-2's
@@ -304,8 +306,14 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
         graph: run_stage(
             "openvino_ir",
             m.root / f"openvino_{graph}",
-            lambda out, graph=graph, path=path: openvino_generation(
-                graph, path, m.hf, m.prompts_npz, m.host, out / "model.xml", **fp32_gate()
+            lambda out, graph=graph, path=path: openvino_ir(
+                path,
+                out / "model.xml",
+                graph=graph,
+                inputs_npz=m.prompts_npz,
+                hf_dir=m.hf,
+                host_npz=m.host,
+                **fp32_gate(),
             ),
         )
         for graph, path in graphs.items()
@@ -356,8 +364,10 @@ def test_ring_cache_keeps_the_last_slots():
 def test_tflite_generation_graphs_reproduce_pytorch(model_type, made, prompts):
     """onnxsim -> onnx2tf SavedModel -> TFLite fp32 of both graphs, each gated on its logits; TFLite generates
     PyTorch's text."""
+    from lmship.export_onnx import export_onnx
     from lmship.generation import generate
-    from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
+    from lmship.savedmodel import savedmodel
+    from lmship.simplify_onnx import simplify_onnx
     from lmship.tflite import tflite
 
     m = made(model_type)
@@ -366,16 +376,17 @@ def test_tflite_generation_graphs_reproduce_pytorch(model_type, made, prompts):
     for graph, length in (("prefill", P), ("decode", L)):
         d = m.root / f"tflite-{graph}"
         d.mkdir(exist_ok=True)
-        export_generation(graph, m.hf, m.prompts_npz, m.host, d / "onnx.onnx", length=length, opset=18, **gate)
-        simplify_generation(graph, d / "onnx.onnx", m.hf, m.prompts_npz, m.host, d / "sim.onnx", **gate)
-        saved = savedmodel_generation(
-            graph, d / "sim.onnx", m.hf, m.prompts_npz, m.host, d / "savedmodel", **gate,
+        of = {"graph": graph, "host_npz": m.host, **gate}
+        export_onnx(m.hf, m.prompts_npz, None, d / "onnx.onnx", length=length, opset=18, **of)
+        simplify_onnx(d / "onnx.onnx", m.prompts_npz, None, d / "sim.onnx", hf_dir=m.hf, **of)
+        saved = savedmodel(
+            d / "sim.onnx", m.prompts_npz, None, d / "savedmodel", hf_dir=m.hf, **of,
             onnx2tf_options={"disable_strict_mode": True},
         )  # fmt: skip
         _within_gate(saved["vs_pytorch"])
         metrics = tflite(
             d / "savedmodel", d / "fp32.tflite", precision="fp32", census_json=d / "ops.json",
-            gate=tflite_gate(graph, m.hf, m.prompts_npz, m.host, precision="fp32", **gate),
+            inputs_npz=m.prompts_npz, hf_dir=m.hf, **of,
         )  # fmt: skip
         _within_gate(metrics["vs_pytorch"])
         made_tflite[graph] = d / "fp32.tflite"
@@ -437,14 +448,14 @@ def test_a_graph_that_drops_a_mechanism_fails_the_fp32_gate(case, made, monkeypa
     """A family whose traits leave a mechanism out exports a wrong graph; its fp32 gate fails, naming the
     graph, the file and the figures, and nothing is written."""
     from lmship import StageError, families
-    from lmship.generation_stages import export_generation
+    from lmship.export_onnx import export_onnx
 
     model_type, change = PLANTED[case]
     m = made(model_type)
     monkeypatch.setitem(families.REGISTRY, model_type, dataclasses.replace(families.REGISTRY[model_type], **change))
     out = m.root / "planted.onnx"
     with pytest.raises(StageError, match=r"export_onnx: decode graph .*planted.*std\(reference logits\)"):
-        export_generation("decode", m.hf, m.prompts_npz, m.host, out, length=L, opset=18, **fp32_gate())
+        export_onnx(m.hf, m.prompts_npz, None, out, graph="decode", host_npz=m.host, length=L, opset=18, **fp32_gate())
     assert not out.exists()
 
 

@@ -96,8 +96,10 @@ def _snap_to_q8_0(weight):
 def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_too: bool = True) -> dict:
     """Every generation-graph artifact of ``hf`` made by the workflow's stage functions (with their gates)."""
     from lmship.cli import config_default
-    from lmship.generation_stages import export_generation, savedmodel_generation, simplify_generation, tflite_gate
+    from lmship.export_onnx import export_onnx
     from lmship.quantize_onnx import quantize_onnx
+    from lmship.savedmodel import savedmodel
+    from lmship.simplify_onnx import simplify_onnx
     from lmship.tflite import tflite
 
     fp32 = {  # the fp32 stages' logit bounds of the default config
@@ -109,35 +111,29 @@ def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_
         d = root / f"{graph}{length}"
         d.mkdir(parents=True, exist_ok=True)
         made = out.setdefault(graph, {})
-        export_generation(graph, hf, prompts_npz, host, d / "onnx.onnx", length=length, opset=18, min_top1=99.0, **fp32)
+        graph_of = {"graph": graph, "host_npz": host, "min_top1": 99.0, **fp32}
+        export_onnx(hf, prompts_npz, None, d / "onnx.onnx", length=length, opset=18, **graph_of)
         made["onnx"] = d / "onnx.onnx"
-        simplify_generation(
-            graph, made["onnx"], hf, prompts_npz, host, d / "onnx_simplified.onnx", min_top1=99.0, **fp32
-        )
+        simplify_onnx(made["onnx"], prompts_npz, None, d / "onnx_simplified.onnx", hf_dir=hf, **graph_of)
         made["onnx_simplified"] = d / "onnx_simplified.onnx"
         if not tflite_too:
             continue
         for variant in ("int8_dynamic", "int8_block"):
             quantize_onnx(made["onnx_simplified"], d / f"onnx_{variant}.onnx", variant=variant)
             made[f"onnx_{variant}"] = d / f"onnx_{variant}.onnx"
-        savedmodel_generation(
-            graph, made["onnx_simplified"], hf, prompts_npz, host, d / "savedmodel", min_top1=99.0, **fp32
-        )
+        savedmodel(made["onnx_simplified"], prompts_npz, None, d / "savedmodel", hf_dir=hf, **graph_of)
         for precision, gate in (("fp32", 99.0), ("fp16", 50.0), ("int8", 20.0)):
             tflite(
                 d / "savedmodel",
                 d / f"tflite_{precision}.tflite",
                 precision=precision,
                 census_json=d / f"tflite_{precision}.ops.json",
-                gate=tflite_gate(
-                    graph,
-                    hf,
-                    prompts_npz,
-                    host,
-                    precision=precision,
-                    min_top1=gate,
-                    **(fp32 if precision == "fp32" else {}),
-                ),
+                graph=graph,
+                inputs_npz=prompts_npz,
+                hf_dir=hf,
+                host_npz=host,
+                min_top1=gate,
+                **(fp32 if precision == "fp32" else {}),
             )
             made[f"tflite_{precision}"] = d / f"tflite_{precision}.tflite"
     return out
@@ -477,15 +473,14 @@ def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded_chain, g
 def openvino_graphs(gridded, gridded_chain) -> dict[str, dict[str, Path]]:
     """The gridded model's OpenVINO generation IRs: fp32 (gated against PyTorch) and the exact grid."""
     pytest.importorskip("openvino")
-    from lmship.generation_stages import openvino_generation
-    from lmship.openvino import compress_openvino
+    from lmship.openvino import compress_openvino, openvino_ir
 
     out: dict[str, dict[str, Path]] = {}
     for graph in ("prefill", "decode"):
         onnx_file = gridded_chain["made"][graph]["onnx"]
-        ir = openvino_generation(
-            graph, onnx_file, gridded, gridded_chain["npz"], gridded_chain["host"],
-            onnx_file.with_name("openvino.xml"), min_top1=99.0,
+        ir = openvino_ir(
+            onnx_file, onnx_file.with_name("openvino.xml"), graph=graph, inputs_npz=gridded_chain["npz"],
+            hf_dir=gridded, host_npz=gridded_chain["host"], min_top1=99.0,
         )  # fmt: skip
         exact = compress_openvino(
             ir, ir.with_name("openvino_q4_exact.xml"), "q4_exact", metrics_json=ir.with_name("q4_exact.json")

@@ -136,7 +136,7 @@ def test_simplify_records_node_counts(simplified, chain_dir):
 def test_savedmodel(saved_model, chain_dir):
     assert (saved_model / "saved_model.pb").is_file()
     m = read_json(chain_dir / "savedmodel.json")
-    assert m["input"] == {"shape": [1, SEQ], "dtype": "int64"}
+    assert m["inputs"] == [{"name": "input_ids", "shape": [1, SEQ], "dtype": "int64"}]
     assert m["vs_pytorch"]["top1_agreement_pct"] == 100.0
     assert not list(chain_dir.glob(".savedmodel.partial*"))
 

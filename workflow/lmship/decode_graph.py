@@ -35,10 +35,9 @@ Grouped-query attention stacks the query heads that share a KV head as rows
 ([group*rows, head_dim] against K^T), so no KV head is repeated (no Expand/Tile) and no 4-D
 tensor appears.
 
-The module also holds the conversion steps that differ for these multi-input graphs
-(onnxsim without the forward check, Gemm -> MatMul before the ONNX Runtime quantisers,
-onnx2tf SavedModel with named inputs and outputs); :mod:`lmship.generation_stages`
-wraps them as the workflow's stages with their checks against PyTorch.
+The conversion stages take these graphs like the forward graph, as their ``graph`` parameter,
+and check them against PyTorch's generation (:mod:`lmship.gate`); the one step that differs
+here, Gemm -> MatMul before the ONNX Runtime quantisers, is :func:`gemm_to_matmul`.
 """
 
 from __future__ import annotations
@@ -62,11 +61,9 @@ log = logging.getLogger(__name__)
 GRAPHS = ("prefill", "decode")
 #: The {graph} wildcard of the conversion rules: the forward pass (``seq``) and the generation graphs.
 GRAPH_FAMILIES = ("seq", *GRAPHS)
-#: Runtimes that generate text (PyTorch with its own KV cache; ORT, TFLite and OpenVINO with these graphs).
 
 
 MASK_NEG = -1e4  # additive mask for empty cache slots and masked prompt positions
-SIGNATURE = "serving_default"
 #: The host's rows of each rotary kind (``global``: full-attention layers, or every layer of a
 #: family with one base; ``local``: sliding layers with their own base) and of learned positions.
 ROTARY_TABLES = {"global": ("cos", "sin"), "local": ("cos_local", "sin_local")}
@@ -708,25 +705,6 @@ def write_host_tables(hf_dir: Path, out_npz: Path, *, prompt_len: int, max_len: 
     return Path(out_npz)
 
 
-def simplify_graph(in_onnx: Path, out_onnx: Path) -> Path:
-    """onnxsim on a generation graph (check it afterwards with ``validate_graph``)."""
-    import onnx
-    import onnxsim
-
-    from .files import load_onnx
-
-    model = load_onnx(in_onnx)
-    try:
-        simplified, ok = onnxsim.simplify(model, check_n=0)
-    except Exception as exc:
-        raise StageError(f"onnxsim failed on {in_onnx}: {type(exc).__name__}: {exc}") from exc
-    if not ok:
-        raise StageError(f"onnxsim could not validate the simplified model of {in_onnx}")
-    with atomic_output(Path(out_onnx)) as tmp:
-        onnx.save(simplified, str(tmp))
-    return Path(out_onnx)
-
-
 def gemm_to_matmul(in_onnx: Path, out_onnx: Path) -> int:
     """Rewrite ``Gemm`` by a constant weight into ``MatMul`` (+ ``Add`` for a bias).
 
@@ -783,81 +761,6 @@ def gemm_to_matmul(in_onnx: Path, out_onnx: Path) -> int:
         onnx.save(model, str(tmp))
     log.info("%s: %d Gemm -> MatMul", out_onnx, rewritten)
     return rewritten
-
-
-def graph_to_savedmodel(
-    in_onnx: Path,
-    out_dir: Path,
-    *,
-    onnx2tf_options: dict | None = None,
-    fast_weight_matmul: bool = True,
-    check=None,
-) -> dict | None:
-    """onnx2tf Keras model of a multi-input graph, saved with named inputs and named outputs.
-
-    The ``serving_default`` signature takes the ONNX input names and returns a
-    dict keyed by the ONNX output names, so TFLite's signature runner maps both
-    by name (``get_input_details()`` order is scrambled and every cache has the same shape).
-    ``check(run)``, given ``run(feeds) -> outputs`` of the Keras model (by name), is called
-    before anything is saved and its result returned; it raises to fail the stage.
-    """
-    import tensorflow as tf
-    import tf_keras
-
-    from .files import load_onnx
-    from .savedmodel import _keras_model
-
-    proto = load_onnx(in_onnx)
-    in_names = [i.name for i in proto.graph.input]
-    in_shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
-    out_names = [o.name for o in proto.graph.output]
-    del proto
-    options = {"not_use_onnxsim": True, "verbosity": "warn", **(onnx2tf_options or {})}
-    with atomic_output(Path(out_dir)) as tmp:
-        work = tmp.with_name(tmp.name + "-onnx2tf")
-        model = _keras_model(in_onnx, work, options, fast_weight_matmul)
-        if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
-            raise StageError(
-                f"onnx2tf made {len(model.inputs)} inputs / {len(model.outputs)} outputs of {in_onnx}; "
-                f"the ONNX graph has {len(in_names)} / {len(out_names)}"
-            )
-        specs = [tf.TensorSpec(t.shape, t.dtype, name) for name, t in zip(in_names, model.inputs, strict=True)]
-        if [list(s.shape) for s in specs] != in_shapes:
-            raise StageError(
-                f"onnx2tf changed the input shapes of {in_onnx}: {[list(s.shape) for s in specs][:5]}... "
-                f"instead of {in_shapes[:5]}..."
-            )
-        checked = check(_keras_runner(model, specs, out_names)) if check is not None else None
-
-        def serve(*xs):
-            outs = model(list(xs))
-            outs = outs if isinstance(outs, list | tuple) else [outs]
-            return {name: tf.identity(o, name=name) for name, o in zip(out_names, outs, strict=True)}
-
-        archive = tf_keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=specs)
-        archive.write_out(str(tmp))
-        if not (tmp / "saved_model.pb").is_file():
-            raise StageError(f"the SavedModel at {tmp} has no saved_model.pb")
-    return checked
-
-
-def _keras_runner(model, specs: list, out_names: list[str]):
-    """``run(feeds) -> outputs`` (by name) of the Keras model, traced once for ``specs``."""
-    import tensorflow as tf
-
-    @tf.function(input_signature=specs)
-    def serve(*xs):
-        return model(list(xs))
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [tf.constant(np.asarray(feeds[s.name]).astype(s.dtype.as_numpy_dtype)) for s in specs]
-        outs = serve(*args)
-        outs = outs if isinstance(outs, list | tuple) else [outs]
-        return {name: np.asarray(o) for name, o in zip(out_names, outs, strict=True)}
-
-    return run
 
 
 def main_host_tables(argv: list[str] | None = None) -> None:

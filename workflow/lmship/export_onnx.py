@@ -18,10 +18,11 @@ import numpy as np
 
 from . import StageError, dynamo_export
 from .cli import add_checked_stage_arguments, config_default, parser
+from .decode_graph import export_generation_graph
 from .evalset import load_inputs
-from .files import atomic_onnx, external_data_needed, stage_metrics
+from .files import atomic_onnx, atomic_output, external_data_needed, load_onnx, stage_metrics
+from .gate import FORWARD, Gate, gate_for, lengths
 from .logs import log_to
-from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,43 @@ log = logging.getLogger(__name__)
 def export_onnx(
     hf_dir: Path,
     inputs_npz: Path,
-    reference_npy: Path,
+    reference_npy: Path | None,
     out_onnx: Path,
     *,
+    graph: str = FORWARD,
+    host_npz: Path | None = None,
+    length: int | None = None,
     opset: int,
     min_top1: float,
     max_rel_diff: float | None = None,
     max_mean_kld: float | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
-    """Export ``hf_dir`` to a single-file ONNX model at ``out_onnx``; return its metrics."""
+    """Export the ``graph`` of ``hf_dir`` to an ONNX model at ``out_onnx``, checked in ONNX Runtime against
+    PyTorch (:func:`lmship.gate.gate_for`); return its metrics.
+
+    ``seq``: the forward pass over the evaluation windows (torch's dynamo exporter; external data above
+    2 GB). ``prefill`` / ``decode``: the generation graph of :mod:`lmship.decode_graph` whose length
+    (``length``: the prompt, or the cache slots) must match the host tables ``host_npz``.
+    """
     import onnx
     import torch
     from transformers import AutoModelForCausalLM
+
+    gate = gate_for(
+        graph,
+        inputs_npz=inputs_npz,
+        reference_npy=reference_npy,
+        hf_dir=hf_dir,
+        host_npz=host_npz,
+        min_top1=min_top1,
+        max_rel_diff=max_rel_diff,
+        max_mean_kld=max_mean_kld,
+    )
+    if graph != FORWARD:
+        return _export_generation_graph(
+            graph, hf_dir, host_npz, out_onnx, gate, length=length, opset=opset, metrics_json=metrics_json
+        )
 
     input_ids, _ = load_inputs(inputs_npz)
     example = torch.from_numpy(input_ids[0])
@@ -73,24 +98,16 @@ def export_onnx(
         del program
         onnx.checker.check_model(str(tmp), full_check=False)
         export_s = time.monotonic() - started
-        graph = onnx.load(str(tmp), load_external_data=False)
-        nodes = len(graph.graph.node)
-        opset_used = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
-        del graph
-        check = validate_artifact(
-            "onnxruntime",
-            tmp,
-            inputs_npz,
-            reference_npy,
-            min_top1=min_top1,
-            stage="export_onnx",
-            max_rel_diff=max_rel_diff,
-            max_mean_kld=max_mean_kld,
-        )
+        proto = onnx.load(str(tmp), load_external_data=False)
+        nodes = len(proto.graph.node)
+        opset_used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        del proto
+        check = gate("onnxruntime", tmp, stage="export_onnx") if gate is not None else None
     return stage_metrics(
         metrics_json,
         out_onnx,
         started,
+        graph=graph,
         nodes=nodes,
         opset=opset_used,
         input_shape=list(np.shape(input_ids[0])),
@@ -98,6 +115,38 @@ def export_onnx(
         external_data=external,
         vs_pytorch=check,
         torch_version=torch.__version__,
+    )
+
+
+def _export_generation_graph(
+    graph: str,
+    hf_dir: Path,
+    host_npz: Path,
+    out_onnx: Path,
+    gate: Gate,
+    *,
+    length: int | None,
+    opset: int,
+    metrics_json: Path | None,
+) -> dict:
+    """The prefill or decode graph of ``hf_dir`` at ``out_onnx``, checked by ``gate`` before it is kept."""
+    if length is None:
+        raise StageError(f"the {graph} graph's export needs its length (the prompt tokens, or the cache slots)")
+    prompt_len, max_len = lengths(graph, length, host_npz)
+    started = time.monotonic()
+    with atomic_output(Path(out_onnx)) as tmp:
+        export_generation_graph(hf_dir, tmp, graph=graph, prompt_len=prompt_len, max_len=max_len, opset=opset)
+        check = gate("onnxruntime", tmp, stage="export_onnx")
+        nodes = len(load_onnx(tmp).graph.node)
+    return stage_metrics(
+        metrics_json,
+        out_onnx,
+        started,
+        graph=graph,
+        prompt_len=prompt_len,
+        max_len=max_len,
+        nodes=nodes,
+        vs_pytorch=check,
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from . import StageError
 from .cli import add_checked_stage_arguments, config_default, parser
 from .files import atomic_output, size_bytes, write_json
+from .gate import FORWARD, gate_for
 from .logs import log_to, peak_rss_mb
 from .runtimes.openvino import core as _core
 
@@ -109,43 +110,38 @@ def openvino_ir(
     *,
     inputs_npz: Path | None = None,
     reference_npy: Path | None = None,
+    graph: str = FORWARD,
+    hf_dir: Path | None = None,
+    host_npz: Path | None = None,
     min_top1: float = 0.0,
     max_rel_diff: float | None = None,
     max_mean_kld: float | None = None,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
-    gate=None,
 ) -> Path:
-    """Convert ``onnx_path`` to an fp32 OpenVINO IR at ``out_xml`` (+ ``.bin``); write its census.
+    """Convert ``onnx_path`` (the ``graph``) to an fp32 OpenVINO IR at ``out_xml`` (+ ``.bin``); write its census.
 
-    With ``inputs_npz`` and ``reference_npy`` the IR is run at f32 on the
-    evaluation inputs first and refused (nothing written) if its top-1
-    agreement with PyTorch is below ``min_top1`` % or its logits exceed ``max_rel_diff`` /
-    ``max_mean_kld`` (:func:`lmship.validate.check_gate`). ``gate(xml) -> metrics``
-    (raising to refuse the IR) replaces that check, e.g. for a generation graph.
+    The IR is run at f32 and refused (nothing written) if it misses its gate against PyTorch
+    (:func:`lmship.gate.gate_for`: the evaluation set for the forward graph, PyTorch's generation for
+    a prefill / decode graph; unchecked for a forward graph given no evaluation set).
     """
     import openvino as ov
 
-    from .validate import validate_artifact
-
+    gate = gate_for(
+        graph,
+        inputs_npz=inputs_npz,
+        reference_npy=reference_npy,
+        hf_dir=hf_dir,
+        host_npz=host_npz,
+        min_top1=min_top1,
+        max_rel_diff=max_rel_diff,
+        max_mean_kld=max_mean_kld,
+    )
     checked: dict = {}
 
     def check(xml: Path) -> None:
         if gate is not None:
-            checked.update(gate(xml))
-        elif inputs_npz is not None and reference_npy is not None:
-            checked.update(
-                validate_artifact(
-                    "openvino",
-                    xml,
-                    inputs_npz,
-                    reference_npy,
-                    min_top1=min_top1,
-                    stage="openvino_ir",
-                    max_rel_diff=max_rel_diff,
-                    max_mean_kld=max_mean_kld,
-                )
-            )
+            checked.update(gate("openvino", xml, stage="openvino_ir"))
 
     if not Path(onnx_path).is_file():
         raise StageError(f"{onnx_path} does not exist; run the export stage first")
@@ -160,7 +156,10 @@ def openvino_ir(
     if census_json is not None:
         write_json(census_json, info)
     if metrics_json is not None:
-        write_json(metrics_json, _metrics(out_xml, seconds, info, openvino_version=ov.__version__, vs_pytorch=checked))
+        write_json(
+            metrics_json,
+            _metrics(out_xml, seconds, info, graph=graph, openvino_version=ov.__version__, vs_pytorch=checked),
+        )
     return Path(out_xml)
 
 

@@ -23,10 +23,9 @@ import numpy as np
 
 from . import StageError
 from .cli import add_checked_stage_arguments, config_default, parser
-from .evaluate import compare_with_reference
 from .files import atomic_output, load_onnx, stage_metrics
+from .gate import FORWARD, gate_for
 from .logs import captured_stderr, first_error_line, log_to
-from .validate import check_gate
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +81,12 @@ def _rank(tensor) -> int:
 def savedmodel(
     in_onnx: Path,
     inputs_npz: Path,
-    reference_npy: Path,
+    reference_npy: Path | None,
     out_dir: Path,
     *,
+    graph: str = FORWARD,
+    hf_dir: Path | None = None,
+    host_npz: Path | None = None,
     min_top1: float,
     max_rel_diff: float | None = None,
     max_mean_kld: float | None = None,
@@ -92,15 +94,33 @@ def savedmodel(
     fast_weight_matmul: bool = True,
     metrics_json: Path | None = None,
 ) -> dict:
-    """Build the Keras model with onnx2tf, check it against PyTorch, save it as a SavedModel at ``out_dir``.
+    """Build the Keras model of ``graph`` with onnx2tf, check it against PyTorch (:func:`lmship.gate.gate_for`),
+    save it as a SavedModel at ``out_dir`` with one ``serving_default`` signature.
 
+    The forward graph takes ``input_ids``; a generation graph's signature takes the ONNX input
+    names and returns a dict keyed by its output names, so TFLite's signature runner maps both
+    by name (``get_input_details()`` order is scrambled and every cache has the same shape).
     ``fast_weight_matmul`` skips onnx2tf's layout search for weight MatMuls
     (see :func:`_weight_matmul_validation_skipped`).
     """
     import onnx2tf
     import tensorflow as tf
 
-    load_onnx(in_onnx)  # a clear error for a truncated / corrupt file, before onnx2tf's own
+    gate = gate_for(
+        graph,
+        inputs_npz=inputs_npz,
+        reference_npy=reference_npy,
+        hf_dir=hf_dir,
+        host_npz=host_npz,
+        min_top1=min_top1,
+        max_rel_diff=max_rel_diff,
+        max_mean_kld=max_mean_kld,
+    )
+    proto = load_onnx(in_onnx)  # a clear error for a truncated / corrupt file, before onnx2tf's own
+    in_names = [i.name for i in proto.graph.input]
+    in_shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
+    out_names = [o.name for o in proto.graph.output]
+    del proto
     options = {
         "not_use_onnxsim": True,  # the input is already simplified (simplify_onnx)
         "verbosity": "warn",
@@ -110,30 +130,59 @@ def savedmodel(
     with atomic_output(Path(out_dir)) as tmp:
         model = _keras_model(in_onnx, tmp.with_name(tmp.name + "-onnx2tf"), options, fast_weight_matmul)
         convert_s = time.monotonic() - started
-        specs = [tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs]
-        if len(specs) != 1:
-            raise StageError(f"expected one model input (input_ids), onnx2tf produced {len(specs)}")
-        check = check_gate(
-            compare_with_reference(_runner(model, specs[0]), inputs_npz, reference_npy),
-            min_top1=min_top1,
-            stage="savedmodel",
-            artifact=out_dir,
-            max_rel_diff=max_rel_diff,
-            max_mean_kld=max_mean_kld,
-        )
-        _write_savedmodel(model, specs, tmp)
+        if graph == FORWARD:
+            specs = [tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs]
+            if len(specs) != 1:
+                raise StageError(f"expected one model input (input_ids), onnx2tf produced {len(specs)}")
+            run, serve = _runner(model, specs[0]), lambda x: model(x)
+        else:
+            specs = _named_specs(model, in_onnx, in_names, in_shapes, out_names)
+            run, serve = _keras_runner(model, specs, out_names), _named_outputs(model, out_names)
+        check = gate("keras", out_dir, stage="savedmodel", run=run) if gate is not None else None
+        _write_savedmodel(model, specs, serve, tmp)
     return stage_metrics(
         metrics_json,
         out_dir,
         started,
+        graph=graph,
         onnx2tf_seconds=round(convert_s, 1),
         onnx2tf_version=onnx2tf.__version__,
         tensorflow_version=tf.__version__,
         onnx2tf_options=options,
         fast_weight_matmul=fast_weight_matmul,
-        input={"shape": [int(d) for d in specs[0].shape], "dtype": specs[0].dtype.name},
+        inputs=[{"name": s.name, "shape": [int(d) for d in s.shape], "dtype": s.dtype.name} for s in specs],
         vs_pytorch=check,
     )
+
+
+def _named_specs(model, in_onnx: Path, in_names: list[str], in_shapes: list[list[int]], out_names: list[str]):
+    """The Keras model's input specs under the ONNX input names, checked against the ONNX graph."""
+    import tensorflow as tf
+
+    if len(model.inputs) != len(in_names) or len(model.outputs) != len(out_names):
+        raise StageError(
+            f"onnx2tf made {len(model.inputs)} inputs / {len(model.outputs)} outputs of {in_onnx}; "
+            f"the ONNX graph has {len(in_names)} / {len(out_names)}"
+        )
+    specs = [tf.TensorSpec(t.shape, t.dtype, name) for name, t in zip(in_names, model.inputs, strict=True)]
+    if [list(s.shape) for s in specs] != in_shapes:
+        raise StageError(
+            f"onnx2tf changed the input shapes of {in_onnx}: {[list(s.shape) for s in specs][:5]}... "
+            f"instead of {in_shapes[:5]}..."
+        )
+    return specs
+
+
+def _named_outputs(model, out_names: list[str]):
+    """The serving function of a multi-output graph: a dict keyed by the ONNX output names."""
+    import tensorflow as tf
+
+    def serve(*xs):
+        outs = model(list(xs))
+        outs = outs if isinstance(outs, list | tuple) else [outs]
+        return {name: tf.identity(o, name=name) for name, o in zip(out_names, outs, strict=True)}
+
+    return serve
 
 
 def _keras_model(in_onnx: Path, work: Path, options: dict, fast_weight_matmul: bool):
@@ -182,16 +231,33 @@ def _runner(model, spec):
     return run
 
 
-def _write_savedmodel(model, specs: list, folder: Path) -> None:
+def _write_savedmodel(model, specs: list, serve, folder: Path) -> None:
     """Save ``model`` at ``folder`` with a Keras export archive and one ``serving_default`` signature."""
     import tf_keras
 
     archive = tf_keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name=SIGNATURE, fn=lambda x: model(x), input_signature=specs)
+    archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=specs)
     archive.write_out(str(folder))
     if not (folder / "saved_model.pb").is_file():
         raise StageError(f"the SavedModel at {folder} has no saved_model.pb")
+
+
+def _keras_runner(model, specs: list, out_names: list[str]):
+    """``run(feeds) -> outputs`` (by name) of the Keras model, traced once for ``specs``."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=specs)
+    def serve(*xs):
+        return model(list(xs))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [tf.constant(np.asarray(feeds[s.name]).astype(s.dtype.as_numpy_dtype)) for s in specs]
+        outs = serve(*args)
+        outs = outs if isinstance(outs, list | tuple) else [outs]
+        return {name: np.asarray(o) for name, o in zip(out_names, outs, strict=True)}
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from . import StageError
 from .cli import add_checked_stage_arguments, parser
 from .files import atomic_output, load_onnx, size_bytes, stage_metrics
+from .gate import FORWARD, gate_for
 from .logs import log_to
-from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +27,32 @@ def op_counts(model) -> dict[str, int]:
 def simplify_onnx(
     in_onnx: Path,
     inputs_npz: Path,
-    reference_npy: Path,
+    reference_npy: Path | None,
     out_onnx: Path,
     *,
+    graph: str = FORWARD,
+    hf_dir: Path | None = None,
+    host_npz: Path | None = None,
     min_top1: float,
     max_rel_diff: float | None = None,
     max_mean_kld: float | None = None,
     metrics_json: Path | None = None,
 ) -> dict:
-    """Run onnxsim on ``in_onnx`` and write the result to ``out_onnx``; return metrics."""
+    """Run onnxsim on ``in_onnx`` (the ``graph``) and write the result to ``out_onnx``, checked in ONNX Runtime
+    against PyTorch (:func:`lmship.gate.gate_for`); return metrics."""
     import onnx
     import onnxsim
 
+    gate = gate_for(
+        graph,
+        inputs_npz=inputs_npz,
+        reference_npy=reference_npy,
+        hf_dir=hf_dir,
+        host_npz=host_npz,
+        min_top1=min_top1,
+        max_rel_diff=max_rel_diff,
+        max_mean_kld=max_mean_kld,
+    )
     started = time.monotonic()
     model = load_onnx(in_onnx)
     before = op_counts(model)
@@ -55,21 +69,13 @@ def simplify_onnx(
     with atomic_output(Path(out_onnx)) as tmp:
         onnx.save(simplified, str(tmp))
         del simplified
-        check = validate_artifact(
-            "onnxruntime",
-            tmp,
-            inputs_npz,
-            reference_npy,
-            min_top1=min_top1,
-            stage="simplify_onnx",
-            max_rel_diff=max_rel_diff,
-            max_mean_kld=max_mean_kld,
-        )
+        check = gate("onnxruntime", tmp, stage="simplify_onnx") if gate is not None else None
     log.info("onnxsim: %d -> %d nodes", sum(before.values()), sum(after.values()))
     return stage_metrics(
         metrics_json,
         out_onnx,
         started,
+        graph=graph,
         size_mb_before=round(size_bytes(in_onnx) / 1e6, 1),
         nodes_before=sum(before.values()),
         nodes_after=sum(after.values()),

@@ -19,15 +19,14 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 from . import StageError
 from .cli import add_logit_gate_arguments, conversion_gate
 from .cli import parser as parser_for
 from .files import atomic_output, stage_metrics, write_json
+from .gate import FORWARD, gate_for
 from .logs import captured_stderr, log_to
-from .validate import validate_artifact
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +42,34 @@ def tflite(
     precision: str,
     inputs_npz: Path | None = None,
     reference_npy: Path | None = None,
+    graph: str = FORWARD,
+    hf_dir: Path | None = None,
+    host_npz: Path | None = None,
     min_top1: float = 0.0,
     max_rel_diff: float | None = None,
     max_mean_kld: float | None = None,
     census_json: Path | None = None,
     metrics_json: Path | None = None,
-    gate: Callable[[Path], dict] | None = None,
 ) -> dict:
     """Convert ``saved_model`` to ``out_tflite`` at ``precision`` with builtin ops only.
 
-    ``gate(tflite_file) -> metrics`` replaces the check on the evaluation set (``inputs_npz``);
-    ``max_rel_diff`` and ``max_mean_kld`` bound its logits (give them for fp32 only: fp16 and int8
-    are judged by their quality tier).
+    The file is checked against PyTorch as a conversion of ``graph`` (:func:`lmship.gate.gate_for`;
+    unchecked for a forward graph given no evaluation set); ``max_rel_diff`` and ``max_mean_kld``
+    bound its logits (give them for fp32 only: fp16 and int8 are judged by their quality tier).
     """
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # the converter reports its op count at INFO level
     import tensorflow as tf
 
+    gate = gate_for(
+        graph,
+        inputs_npz=inputs_npz,
+        reference_npy=reference_npy,
+        hf_dir=hf_dir,
+        host_npz=host_npz,
+        min_top1=min_top1,
+        max_rel_diff=max_rel_diff,
+        max_mean_kld=max_mean_kld,
+    )
     if precision not in PRECISIONS:
         raise StageError(f"unknown TFLite precision {precision!r}; expected one of {PRECISIONS}")
     if not (Path(saved_model) / "saved_model.pb").is_file():
@@ -92,24 +103,12 @@ def tflite(
     with atomic_output(Path(out_tflite)) as tmp:
         tmp.write_bytes(flatbuffer)
         del flatbuffer
-        check = None
-        if gate is not None:  # a graph with its own check (the generation graphs)
-            check = gate(tmp)
-        elif inputs_npz is not None and reference_npy is not None:
-            check = validate_artifact(
-                "litert",
-                tmp,
-                inputs_npz,
-                reference_npy,
-                min_top1=min_top1,
-                stage=f"tflite_{precision}",
-                max_rel_diff=max_rel_diff,
-                max_mean_kld=max_mean_kld,
-            )
+        check = gate("litert", tmp, stage=f"tflite_{precision}") if gate is not None else None
     return stage_metrics(
         metrics_json,
         out_tflite,
         started,
+        graph=graph,
         precision=precision,
         convert_seconds=round(seconds, 1),
         converter_arithmetic_ops=converter_ops,

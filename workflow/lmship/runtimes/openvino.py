@@ -19,6 +19,11 @@ from . import Session, require_bf16
 NAME = "openvino"
 GENERATES = "graphs"
 PRECISION_HINTS = ("f32", "bf16")
+#: OpenVINO releases whose CPU plugin dies of SIGFPE in ``compile_model`` when asked for a language model
+#: in bf16 on one thread of a CPU with AMX (seen with 2026.4.1 on an Intel Xeon with AMX: every model IR,
+#: with or without NUM_STREAMS, pinning or taskset; 2 threads and the default compile; a lone bf16 MatMul
+#: compiles). :func:`open` and :func:`open_graph` refuse it with a reason instead of crashing.
+BF16_ONE_THREAD_SIGFPE = ("2026.4.",)
 
 
 def version() -> str:
@@ -65,6 +70,18 @@ def compile_ir(
         raise StageError(f"OpenVINO cannot compile {artifact} for the CPU: {type(exc).__name__}: {exc}") from exc
 
 
+def _refuse_known_crash(precision_hint: str, threads: int) -> None:
+    """Refuse the bf16 compile that kills this OpenVINO release (:data:`BF16_ONE_THREAD_SIGFPE`)."""
+    from ..host import cpu_flags
+
+    affected = version().startswith(BF16_ONE_THREAD_SIGFPE) and "amx_bf16" in cpu_flags()
+    if precision_hint == "bf16" and threads == 1 and affected:
+        raise StageError(
+            f"OpenVINO {version().split('-')[0]} crashes (SIGFPE in compile_model) compiling a bf16 model for one "
+            "thread on a CPU with AMX; its bf16 rows are measured at 2 threads and more on this machine"
+        )
+
+
 def threads_of(compiled) -> int:
     import openvino.properties as props
 
@@ -74,6 +91,7 @@ def threads_of(compiled) -> int:
 def open(
     artifact: Path, threads: int, *, precision_hint: str = "f32", dynamic_quantization: int | None = None
 ) -> Session:
+    _refuse_known_crash(precision_hint, threads)
     compiled = compile_ir(artifact, threads, precision_hint=precision_hint, dynamic_quantization=dynamic_quantization)
     request = compiled.create_infer_request()
     first = compiled.inputs[0].get_partial_shape()
@@ -91,6 +109,7 @@ def open(
 
 def open_graph(path: Path, threads: int, *, precision_hint: str = "f32"):
     """A generation graph compiled for the CPU; inputs are shared with the host's arrays, not copied."""
+    _refuse_known_crash(precision_hint, threads)
     compiled = compile_ir(path, threads, precision_hint=precision_hint)
     request = compiled.create_infer_request()
     outs = [(o, o.get_any_name()) for o in compiled.outputs]
