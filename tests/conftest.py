@@ -59,21 +59,22 @@ def chain_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(chain_dir) -> Path:
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     return prepare_model(TINY_SPEC, chain_dir / "hf")
 
 
 @pytest.fixture(scope="session")
 def eval_text(chain_dir) -> Path:
-    from lmship.evalset import eval_text
+    from lmship.eval_text import eval_text
 
     return eval_text(chain_dir / "eval_text.txt")
 
 
 @pytest.fixture(scope="session")
 def eval_set(tiny_model, eval_text, chain_dir) -> dict[str, Path]:
-    from lmship.evalset import eval_inputs, reference_logits
+    from lmship.eval_inputs import eval_inputs
+    from lmship.reference_logits import reference_logits
 
     inputs = eval_inputs(
         tiny_model,

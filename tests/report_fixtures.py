@@ -14,7 +14,7 @@ import pandas as pd
 
 from lmship.backends import BACKENDS
 from lmship.files import write_json
-from lmship.generation_bench import FIELDS as GENERATION_FIELDS
+from lmship.generation import FIELDS as GENERATION_FIELDS
 from lmship.rounds import ROUND_FIELDS
 from lmship.timing import FIELDS as TIMING_FIELDS
 
@@ -293,7 +293,7 @@ def readme_like_generation(folder: Path) -> Path:
     whose text differs and a conversion killed for memory, and a model whose every converted format failed and
     two formats do not apply."""
     from lmship.backends import BACKENDS
-    from lmship.generation_report import COLUMNS
+    from lmship.generation_summary import COLUMNS
 
     folder.mkdir(parents=True, exist_ok=True)
     failures = {"onnx_q4_exact": Failure("generation", "text differs from PyTorch's at token 7 of prompt 2")}

@@ -148,7 +148,7 @@ def test_hub_check_unit(monkeypatch, tmp_path):
 
 
 def test_truncated_safetensors_is_named(tmp_path):
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     folder = prepare_model({"source": "random", "seed": 1}, tmp_path / "src")
     weights = folder / "model.safetensors"

@@ -91,7 +91,7 @@ def container_config() -> dict:
 
 def _prose_on_host(workdir: Path) -> None:
     """Run the eval_text stage on the host (it downloads a wheel from the package index)."""
-    from lmship.evalset import eval_text
+    from lmship.eval_text import eval_text
 
     target = eval_text(workdir / "results" / "eval_text.txt")
     os.chown(target, USER, USER)

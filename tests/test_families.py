@@ -102,10 +102,11 @@ class Made:
     """One family's tiny model and what its graphs are checked with (made once per module)."""
 
     def __init__(self, root: Path, model_type: str, eval_text: Path, prompts: list[np.ndarray]):
-        from lmship.decode_graph import write_host_tables
-        from lmship.evalset import eval_inputs, reference_logits
+        from lmship.eval_inputs import eval_inputs
+        from lmship.host_tables import host_tables
+        from lmship.prepare_model import prepare_model
+        from lmship.reference_logits import reference_logits
         from lmship.runtimes import pytorch
-        from lmship.sources import prepare_model
 
         extra, embed_std = FAMILIES[model_type]
         self.root = root
@@ -113,7 +114,7 @@ class Made:
             {"source": "random", "seed": 0, "architecture": {**SIZES, **extra, "model_type": model_type}}, root / "raw"
         )
         self.hf = _liven(self.raw, root / "lively", embed_std=embed_std, seed=LIVELY_SEED.get(model_type, 1))
-        self.host = write_host_tables(self.hf, root / "host.npz", prompt_len=P, max_len=L)
+        self.host = host_tables(self.hf, root / "host.npz", prompt_len=P, max_len=L)
         self.prompts_npz = eval_inputs(
             self.hf, eval_text, root / "prompts.npz", seq_len=P, batch_size=1, text_samples=2, random_samples=0, seed=0
         )
@@ -256,7 +257,7 @@ def test_random_source_builds_the_named_model_type(made):
 
 def test_random_source_names_a_bad_model_type(tmp_path):
     from lmship import StageError
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     with pytest.raises(StageError, match="cannot build a random 'no_such_type' causal LM"):
         prepare_model({"source": "random", "architecture": {"model_type": "no_such_type"}}, tmp_path / "x")
@@ -274,7 +275,7 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
     import onnx
 
     from lmship.export_onnx import export_onnx
-    from lmship.generation import generate, validate_graph
+    from lmship.generate import generate, validate_graph
 
     m = made(model_type)
     assert min(len(set(t)) for t in m.tokens) > NEW // 3, m.tokens  # text that depends on the cache
@@ -297,7 +298,7 @@ def test_generation_graphs_of_every_family_reproduce_pytorch(model_type, made, p
     _within_gate(validate_graph("decode", "onnxruntime", graphs["decode"], m.host, m.hf, prompts))
     if model_type not in OPENVINO_FAMILIES:
         return
-    from lmship.openvino import openvino_ir
+    from lmship.openvino_ir import openvino_ir
     from lmship.records import artifact_in, run_stage
 
     # in a child, as the workflow runs it: OpenVINO 2026.4.1 crashes (SIGSEGV) compiling GPT-2's
@@ -331,7 +332,7 @@ def test_sliding_layers_keep_a_ring_of_window_minus_one_slots(made):
     caches have 5 slots and their own mask; Gemma 3's full layer keeps L slots and rotates with its own base."""
     import numpy as np
 
-    from lmship.generation import load_host_tables
+    from lmship.generate import load_host_tables
 
     mistral = load_host_tables(made("mistral").host)
     assert list(mistral["slots"]) == [5, 5] and list(mistral["io_masks"]) == ["mask_local"]
@@ -346,7 +347,7 @@ def test_sliding_layers_keep_a_ring_of_window_minus_one_slots(made):
 
 
 def test_ring_cache_keeps_the_last_slots():
-    from lmship.generation import write_positions, write_prefill_kv
+    from lmship.generate import write_positions, write_prefill_kv
 
     kv, d, slots = 2, 3, 4
     cache = np.zeros((kv * slots, d), np.float32)
@@ -365,7 +366,7 @@ def test_tflite_generation_graphs_reproduce_pytorch(model_type, made, prompts):
     """onnxsim -> onnx2tf SavedModel -> TFLite fp32 of both graphs, each gated on its logits; TFLite generates
     PyTorch's text."""
     from lmship.export_onnx import export_onnx
-    from lmship.generation import generate
+    from lmship.generate import generate
     from lmship.savedmodel import savedmodel
     from lmship.simplify_onnx import simplify_onnx
     from lmship.tflite import tflite
@@ -402,7 +403,7 @@ def test_forward_export_of_every_family_keeps_the_logits(model_type, made):
     """The forward graph's fp32 ONNX and OpenVINO IR pass the logit gate; for TFLITE_FAMILIES also
     onnxsim, the onnx2tf SavedModel and TFLite fp32."""
     from lmship.export_onnx import export_onnx
-    from lmship.openvino import openvino_ir
+    from lmship.openvino_ir import openvino_ir
 
     m = made(model_type)
     d = m.root / "forward"
@@ -464,7 +465,7 @@ def test_top1_alone_forgives_the_missing_qk_norm_on_a_tiny_model(made, monkeypat
     every teacher-forced top-1 token: only the logit bounds fail it."""
     from lmship import StageError, families
     from lmship.decode_graph import export_generation_graph
-    from lmship.generation import validate_graph
+    from lmship.generate import validate_graph
 
     m = made("qwen3")
     family = families.REGISTRY["qwen3"]

@@ -60,7 +60,7 @@ def test_sigkill_during_onnx2tf_reruns_that_stage_and_nothing_before(tmp_path):
 
 def test_failed_stage_logs_its_cause_and_other_branches_finish(tmp_path):
     """One model's weights are truncated: its branch fails with the file named; the other model completes."""
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     broken = prepare_model({"source": "random", "seed": 3}, tmp_path / "user" / "broken_model")
     weights = broken / "model.safetensors"

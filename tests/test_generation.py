@@ -43,9 +43,10 @@ def lively(tiny_model, gen_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def graphs(lively, gen_dir) -> dict[str, Path]:
-    from lmship.decode_graph import export_generation_graph, write_host_tables
+    from lmship.decode_graph import export_generation_graph
+    from lmship.host_tables import host_tables
 
-    paths = {"host": write_host_tables(lively, gen_dir / "host.npz", prompt_len=P, max_len=L)}
+    paths = {"host": host_tables(lively, gen_dir / "host.npz", prompt_len=P, max_len=L)}
     for graph in ("prefill", "decode"):
         paths[graph] = export_generation_graph(lively, gen_dir / f"{graph}.onnx", graph=graph, prompt_len=P, max_len=L)
     return paths
@@ -141,7 +142,7 @@ def _stage_chain(hf: Path, host: Path, prompts_npz: Path, root: Path, *, tflite_
 
 @pytest.fixture(scope="module")
 def prompts_npz(lively, eval_text, gen_dir) -> Path:
-    from lmship.evalset import eval_inputs
+    from lmship.eval_inputs import eval_inputs
 
     return eval_inputs(
         lively, eval_text, gen_dir / "prompts.npz", seq_len=P, batch_size=1, text_samples=3, random_samples=1, seed=0
@@ -203,7 +204,7 @@ def test_graphs_are_static_rank2_without_scatter(graphs):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "pytorch"])
 def test_decode_graphs_reproduce_pytorch_tokens(runtime, graphs, lively, prompts, reference):
-    from lmship.generation import generate, same_text
+    from lmship.generate import generate, same_text
 
     if runtime == "pytorch":
         artifacts = (lively, lively)
@@ -219,7 +220,7 @@ def test_decode_graphs_reproduce_pytorch_tokens(runtime, graphs, lively, prompts
 
 def test_decode_graph_alone_takes_the_whole_prompt(graphs, lively, prompts, reference):
     """Without a prefill graph every prompt token goes through a decode step; the text is the same."""
-    from lmship.generation import generate
+    from lmship.generate import generate
     from lmship.runtimes import pytorch
 
     result = generate("onnxruntime", None, graphs["decode"], graphs["host"], prompts, new_tokens=NEW)
@@ -231,7 +232,7 @@ def test_decode_graph_alone_takes_the_whole_prompt(graphs, lively, prompts, refe
 
 def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, prompts, reference, gen_dir):
     from lmship.files import read_json
-    from lmship.generation import generate, validate_graph
+    from lmship.generate import generate, validate_graph
 
     census = read_json(gen_dir / "staged" / f"decode{L}" / "tflite_fp32.ops.json")
     assert census["counts"]["flex"] == 0 and census["counts"]["custom"] == 0
@@ -248,7 +249,7 @@ def test_tflite_decode_graph_reproduces_pytorch_tokens(tflite_graphs, graphs, pr
 
 @pytest.mark.parametrize("graph", ["prefill", "decode"])
 def test_graph_logits_match_pytorch(graph, graphs, lively, prompts):
-    from lmship.generation import validate_graph
+    from lmship.generate import validate_graph
 
     metrics = validate_graph(graph, "onnxruntime", graphs[graph], graphs["host"], lively, prompts, max_abs_diff=1e-3)
     assert metrics["top1_agreement_pct"] == 100.0
@@ -257,7 +258,7 @@ def test_graph_logits_match_pytorch(graph, graphs, lively, prompts):
 
 def test_cache_layout_matches_pytorch(graphs, reference, prompts):
     """The prefill's k/v rows and a decode step's new k/v land where PyTorch's cache has them."""
-    from lmship.generation import _Graphs, load_host_tables, write_kv, write_prefill_kv
+    from lmship.generate import _Graphs, load_host_tables, write_kv, write_prefill_kv
 
     host = load_host_tables(graphs["host"])
     kv, d = int(host["kv_heads"]), int(host["head_dim"])
@@ -293,7 +294,7 @@ def test_bound_ort_runner_reads_the_cache_in_place(graphs):
     and its outputs equal ``session.run``'s on the same feeds."""
     import onnxruntime as ort
 
-    from lmship.generation import load_host_tables
+    from lmship.generate import load_host_tables
     from lmship.runtimes import open_graph
 
     host = load_host_tables(graphs["host"])
@@ -347,7 +348,7 @@ def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monke
 
 def test_prompt_lengths_are_checked(graphs, lively):
     from lmship import StageError
-    from lmship.generation import generate
+    from lmship.generate import generate
     from lmship.runtimes import pytorch
 
     rng = np.random.default_rng(1)
@@ -374,7 +375,7 @@ def test_export_refuses_bad_lengths_and_graphs(lively, tmp_path):
 
 
 def test_same_text_reports_first_divergence_and_share():
-    from lmship.generation import same_text
+    from lmship.generate import same_text
 
     assert same_text([1, 2, 3, 4], [1, 2, 3, 4]) == {"identical": True, "first_divergence": None, "matched_pct": 100.0}
     assert same_text([1, 2, 3, 4], [1, 2, 9, 4]) == {"identical": False, "first_divergence": 2, "matched_pct": 75.0}
@@ -386,7 +387,7 @@ def test_gemm_rewrite_feeds_matmulnbits(graphs, lively, prompts, gen_dir):
     import onnx
 
     from lmship.decode_graph import gemm_to_matmul
-    from lmship.generation import validate_graph
+    from lmship.generate import validate_graph
     from lmship.quantize_onnx import quantize_onnx
 
     before = onnx.load(str(graphs["decode"]))
@@ -414,7 +415,7 @@ def test_every_format_generates_and_the_lossless_ones_reproduce_pytorch(
     most teacher-forced top-1 tokens (their text may differ: that is what the table reports).
     """
     from lmship.backends import BACKENDS
-    from lmship.generation import generate, same_text, validate_graph
+    from lmship.generate import generate, same_text, validate_graph
 
     runtime = BACKENDS[backend].runtime
     made = {graph: staged[graph][backend] for graph in ("prefill", "decode")}
@@ -431,11 +432,11 @@ def test_every_format_generates_and_the_lossless_ones_reproduce_pytorch(
 @pytest.fixture(scope="module")
 def gridded_chain(gridded, gen_dir, eval_text) -> dict:
     """The gridded model's host tables, prompts and ONNX generation graphs made by the stage functions."""
-    from lmship.decode_graph import write_host_tables
-    from lmship.evalset import eval_inputs
+    from lmship.eval_inputs import eval_inputs
+    from lmship.host_tables import host_tables
 
     root = gen_dir / "gridded-chain"
-    host = write_host_tables(gridded, root / "host.npz", prompt_len=P, max_len=L)
+    host = host_tables(gridded, root / "host.npz", prompt_len=P, max_len=L)
     npz = eval_inputs(gridded, eval_text, root / "prompts.npz", seq_len=P, batch_size=1, text_samples=2,
                       random_samples=0, seed=0)  # fmt: skip
     return {"root": root, "host": host, "npz": npz, "made": _stage_chain(gridded, host, npz, root, tflite_too=False)}
@@ -454,7 +455,7 @@ def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded_chain, g
     """On weights that sit on a Q4_1 grid the 4-bit exact-grid graphs (rank 2, Gemm rewritten) lose nothing."""
     import onnx
 
-    from lmship.generation import generate
+    from lmship.generate import generate
     from lmship.quantize_onnx import quantize_onnx
 
     made, host = gridded_chain["made"], gridded_chain["host"]
@@ -473,7 +474,8 @@ def test_q4_exact_decode_graph_generates_pytorch_tokens_exactly(gridded_chain, g
 def openvino_graphs(gridded, gridded_chain) -> dict[str, dict[str, Path]]:
     """The gridded model's OpenVINO generation IRs: fp32 (gated against PyTorch) and the exact grid."""
     pytest.importorskip("openvino")
-    from lmship.openvino import compress_openvino, openvino_ir
+    from lmship.compress_openvino import compress_openvino
+    from lmship.openvino_ir import openvino_ir
 
     out: dict[str, dict[str, Path]] = {}
     for graph in ("prefill", "decode"):
@@ -494,7 +496,7 @@ def test_openvino_generation_reproduces_pytorch_tokens(
     backend, openvino_graphs, gridded_chain, gridded_tokens, prompts
 ):
     """OpenVINO runs the prefill and decode IRs with the host's cache: fp32 and the exact grid give PyTorch's text."""
-    from lmship.generation import generate
+    from lmship.generate import generate
 
     made = {graph: openvino_graphs[graph][backend] for graph in ("prefill", "decode")}
     result = generate("openvino", made["prefill"], made["decode"], gridded_chain["host"], prompts, new_tokens=NEW)
@@ -533,7 +535,7 @@ def test_openvino_exact_grid_catches_a_wrong_code(openvino_graphs):
     from openvino import opset13 as ops
 
     from lmship import StageError
-    from lmship.openvino import _constant_values, verify_exact_grid
+    from lmship.compress_openvino import _constant_values, verify_exact_grid
 
     core = ov.Core()
     original = core.read_model(str(openvino_graphs["decode"]["openvino"]))
@@ -554,7 +556,8 @@ def test_openvino_exact_grid_is_not_applicable_off_the_grid(graphs, gen_dir):
     """The lively model's weights sit on no GGUF grid: the stage refuses to write a 4-bit name over fp32."""
     pytest.importorskip("openvino")
     from lmship import StageError
-    from lmship.openvino import compress_openvino, openvino_ir
+    from lmship.compress_openvino import compress_openvino
+    from lmship.openvino_ir import openvino_ir
 
     ir = openvino_ir(graphs["decode"], gen_dir / "lively-ov" / "openvino.xml")
     out = gen_dir / "lively-ov" / "openvino_q4_exact.xml"
@@ -566,7 +569,7 @@ def test_openvino_exact_grid_is_not_applicable_off_the_grid(graphs, gen_dir):
 def test_lossless_format_with_other_text_fails_the_generation_stage():
     """The stage's same-text check: a lossless format that diverges fails; a lossy one is reported."""
     from lmship import StageError
-    from lmship.generation_bench import same_text_columns
+    from lmship.generation import same_text_columns
 
     def rows():
         return [
@@ -593,7 +596,7 @@ def test_lossless_format_with_other_text_fails_the_generation_stage():
 
 def test_exact_text_is_required_of_lossless_formats_with_pytorchs_weights(tmp_path):
     from lmship.files import write_json
-    from lmship.generation_bench import lossless_backends
+    from lmship.generation import lossless_backends
 
     tiers = {"onnx": "lossless", "tflite_fp16": "lossless", "onnx_q4_exact": "lossless", "tflite_fp32": "8-bit"}
     paths = [write_json(tmp_path / f"{b}.json", {"backend": b, "tier": t}) for b, t in tiers.items()]

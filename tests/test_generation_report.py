@@ -10,7 +10,7 @@ import pytest
 from report_fixtures import OOM, Failure, Generated, write_accuracy, write_generation
 
 from lmship.files import write_json
-from lmship.generation_report import generation_summary
+from lmship.generation_summary import generation_summary
 
 TEXT_DIFFERS = Failure("generation", "text differs from PyTorch's at token 7 of prompt 2")
 
@@ -18,7 +18,7 @@ TEXT_DIFFERS = Failure("generation", "text differs from PyTorch's at token 7 of 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """A folder with a tokenizer (the continuations are decoded with the model's own)."""
-    from lmship.sources import train_tokenizer
+    from lmship.prepare_model import train_tokenizer
 
     folder = tmp_path_factory.mktemp("hf")
     train_tokenizer(300).save_pretrained(folder)

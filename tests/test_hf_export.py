@@ -236,8 +236,8 @@ def test_openvino_folder_is_laid_out_for_openvino_genai(exported):
 def test_openvino_genai_generates_pytorchs_tokens(models, tmp_path):
     pytest.importorskip("openvino_genai", reason="OpenVINO GenAI is installed apart from the lock (its own folder)")
     from lmship.hf_export import export_openvino
+    from lmship.prepare_model import train_tokenizer
     from lmship.runtimes import get, pytorch
-    from lmship.sources import train_tokenizer
 
     hf_dir = models["llama"]
     train_tokenizer(DIMS["vocab_size"]).save_pretrained(hf_dir)
@@ -255,13 +255,13 @@ def test_openvino_genai_generates_pytorchs_tokens(models, tmp_path):
 
 def test_the_command_line_exports_and_gates_a_folder(models, tmp_path):
     """Bug: the command line imports what moved elsewhere (it once imported ``prompts_from_text``
-    from lmship.generation, which no longer has it) and fails before it parses its arguments."""
+    from the generation loop's module, which no longer has it) and fails before it parses its arguments."""
     import subprocess
     import sys
 
     from conftest import REPO
     from lmship.files import read_json
-    from lmship.sources import train_tokenizer
+    from lmship.prepare_model import train_tokenizer
 
     hf_dir = tmp_path / "llama"
     shutil.copytree(models["llama"], hf_dir)

@@ -25,7 +25,7 @@ def _agreement(session, eval_set) -> dict:
 
 @pytest.fixture(scope="module")
 def ir(onnx_model, chain_dir, eval_set):
-    from lmship.openvino import openvino_ir
+    from lmship.openvino_ir import openvino_ir
 
     return openvino_ir(
         onnx_model,
@@ -86,7 +86,7 @@ def test_census_counts_ops_and_fp32_weights(ir, onnx_model, chain_dir):
 
 def test_ir_below_the_gate_is_refused_and_not_written(onnx_model, eval_set, tmp_path, monkeypatch):
     from lmship import validate
-    from lmship.openvino import openvino_ir
+    from lmship.openvino_ir import openvino_ir
 
     real = validate.compare_with_reference
 
@@ -103,7 +103,7 @@ def test_ir_below_the_gate_is_refused_and_not_written(onnx_model, eval_set, tmp_
 
 
 def test_calibration_windows_avoid_the_evaluated_articles(tiny_model, eval_set, eval_text):
-    from lmship.openvino import calibration_windows
+    from lmship.compress_openvino import calibration_windows
 
     with np.load(eval_set["inputs"]) as data:
         evaluated = data["input_ids"][data["is_text"]]
@@ -120,7 +120,7 @@ def test_calibration_windows_avoid_the_evaluated_articles(tiny_model, eval_set, 
     [("int8_asym", "u8"), ("int8_asym_fp32_head", "u8"), ("int4_asym_g32", "u4"), ("int4_asym_g32_awq", "u4")],
 )
 def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir, variant, element):
-    from lmship.openvino import compress_openvino
+    from lmship.compress_openvino import compress_openvino
     from lmship.runtimes import open_backend
 
     input_ids, is_text = load_inputs(eval_set["inputs"])
@@ -142,14 +142,14 @@ def test_compression_changes_weight_types_and_still_runs(ir, eval_set, chain_dir
 
 
 def test_data_aware_variant_needs_calibration(ir, chain_dir):
-    from lmship.openvino import compress_openvino
+    from lmship.compress_openvino import compress_openvino
 
     with pytest.raises(StageError, match="calibration"):
         compress_openvino(ir, chain_dir / "ov" / "nocal.xml", "int4_asym_g32_awq", None)
 
 
 def test_unknown_mode_is_a_clear_error(ir, chain_dir):
-    from lmship.openvino import compress_ir
+    from lmship.compress_openvino import compress_ir
 
     with pytest.raises(StageError, match="unknown NNCF weight-compression mode 'int5'"):
         compress_ir(ir, chain_dir / "ov" / "bad.xml", mode="int5")
@@ -243,7 +243,7 @@ def test_machine_limit_takes_the_best_kernel_per_arithmetic(tmp_path):
 
 @pytest.mark.parametrize("group", [0, 64])
 def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
-    from lmship.openvino import compress_openvino
+    from lmship.compress_openvino import compress_openvino
     from lmship.runtimes import open_backend
 
     out = compress_openvino(ir, chain_dir / "ov" / "model.dq.xml", "int8_asym")
@@ -254,7 +254,7 @@ def test_dynamic_quantization_setting_is_applied(ir, chain_dir, group):
 def test_keep_head_leaves_embedding_and_lm_head_fp32(ir, chain_dir):
     import openvino as ov
 
-    from lmship.openvino import compress_openvino, head_and_embedding
+    from lmship.compress_openvino import compress_openvino, head_and_embedding
 
     model = ov.Core().read_model(str(ir))
     kept = head_and_embedding(model)

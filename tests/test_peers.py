@@ -136,7 +136,7 @@ def test_ort_genai_refuses_families_its_builder_lacks():
 
 @pytest.fixture(scope="module")
 def bpe_tokenizer():
-    from lmship.sources import train_tokenizer
+    from lmship.prepare_model import train_tokenizer
 
     return train_tokenizer(384)
 
@@ -307,7 +307,7 @@ def test_llamacpp_f32_matches_pytorch(family, converter, llama_dir, gpt2_tokeniz
 
 
 def test_llamacpp_generates_pytorch_tokens_and_quantises(converter, llama_dir, gpt2_tokenizer):
-    from lmship.generation import same_text
+    from lmship.generate import same_text
     from lmship.gguf import convert, quantize
     from lmship.runtimes import llamacpp, pytorch
 
@@ -339,7 +339,7 @@ def test_llamacpp_refuses_a_foreign_vocabulary(converter, llama_dir, gpt2_tokeni
     """A GGUF whose token list is not the HF folder's is refused before any logit is compared."""
     from lmship import StageError
     from lmship.gguf import check_vocabulary, convert
-    from lmship.sources import train_tokenizer
+    from lmship.prepare_model import train_tokenizer
 
     hf = make_family("llama", llama_dir / "llama_hf", gpt2_tokenizer)
     gguf = llama_dir / "llama-f32.gguf"

@@ -22,7 +22,7 @@ from matplotlib.text import Text
 from report_fixtures import TIER_LIMITS, TIERS, readme_like_generation, readme_like_summary
 
 from lmship.figures import FAILED_COLOR, save_png
-from lmship.generation_report import generation_figure
+from lmship.generation_plot import generation_figure
 from lmship.plot import plot_figure, quality_figure
 from lmship.ship_plot import ship_figure
 

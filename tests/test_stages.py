@@ -27,7 +27,7 @@ def test_prepare_random_is_a_plain_hf_folder(tiny_model):
 def test_prepare_random_is_seeded(tiny_model, tmp_path):
     from safetensors.numpy import load_file
 
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     again = prepare_model(TINY_SPEC, tmp_path / "again")
     a, b = load_file(tiny_model / "model.safetensors"), load_file(again / "model.safetensors")
@@ -40,7 +40,7 @@ def test_prepare_local_folder_round_trip(tiny_model, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     out = prepare_model({"source": "local", "path": str(tiny_model)}, tmp_path / "local")
     ids = torch.arange(10).reshape(1, 10)
@@ -54,7 +54,8 @@ def test_eval_inputs_are_deterministic_text_then_random(tiny_model, eval_set, tm
     from transformers import AutoTokenizer
 
     from lmship.corpus import read_documents
-    from lmship.evalset import eval_inputs, load_inputs
+    from lmship.eval_inputs import eval_inputs
+    from lmship.evalset import load_inputs
 
     ids, is_text = load_inputs(eval_set["inputs"])
     assert ids.shape == (6, 1, SEQ) and ids.dtype == np.int64
@@ -80,7 +81,7 @@ def test_eval_inputs_are_deterministic_text_then_random(tiny_model, eval_set, tm
 
 
 def test_eval_set_larger_than_the_prose_is_refused(tiny_model, eval_set, tmp_path):
-    from lmship.evalset import eval_inputs
+    from lmship.eval_inputs import eval_inputs
 
     with pytest.raises(StageError, match=r"only .* articles of at least 100000 tokens"):
         eval_inputs(
@@ -249,9 +250,9 @@ def test_quantize_pytorch_round_trip(tiny_model, eval_set, tmp_path):
     [("pytorch", "hf"), ("onnxruntime", "onnx_simplified.onnx"), ("litert", "tflite_fp32.tflite")],
 )
 def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_path):
-    from lmship.timing import FIELDS, timing
+    from lmship.timing import FIELDS, time_once
 
-    out = timing(
+    out = time_once(
         runtime,
         chain_dir / artifact,
         eval_set["inputs"],
@@ -274,10 +275,10 @@ def test_timing_csv(chain_dir, eval_set, tflite_models, runtime, artifact, tmp_p
 
 
 def test_timing_rejects_zero_threads(chain_dir, eval_set, tmp_path):
-    from lmship.timing import timing
+    from lmship.timing import time_once
 
     with pytest.raises(StageError, match="threads"):
-        timing(
+        time_once(
             "pytorch",
             chain_dir / "hf",
             eval_set["inputs"],

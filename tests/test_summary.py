@@ -191,7 +191,7 @@ def test_every_format_failed_in_timing_including_the_reference(tmp_path):
 
 
 def test_the_accuracy_table_keeps_a_failed_record(tmp_path):
-    from lmship.summary import accuracy_table
+    from lmship.accuracy_table import accuracy_table
 
     jsons = [write_accuracy(tmp_path, "onnx", ("lossless", 1e-9, 100.0)), write_accuracy(tmp_path, "tflite_fp16",
              Failure("tflite", OOM + "\nTraceback ..."))]  # fmt: skip

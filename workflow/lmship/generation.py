@@ -1,368 +1,371 @@
-"""Greedy generation with the prefill / decode-step graphs, in every runtime, and its checks.
+"""The generation benchmark: every backend generates the same text, timed in interleaved rounds.
 
-``generate(runtime, prefill, decode, host_npz, prompts, ...)`` runs the same
-host loop over any runtime that runs graphs (:mod:`lmship.runtimes`: ONNX Runtime,
-LiteRT through its signature runner, OpenVINO; inputs and outputs by name) or the
-graphs' own PyTorch modules (``pytorch``, artifacts = the HF folder): prefill the
-first P prompt tokens, feed any further prompt tokens through decode steps,
-then decode greedily. The host owns the fixed-size K/V cache of ``max_len``
-slots per layer and writes each step's new K/V into its slot
-(:func:`write_kv`). The reference is transformers' model with its own KV cache
-(:func:`lmship.runtimes.pytorch.generate`). :func:`same_text` compares token ids,
-:func:`validate_graph` checks a converted graph's logits against PyTorch.
+:func:`generate_once` runs one backend in this process: greedy ``new_tokens``
+from each prompt (the first prose windows of the evaluation set), one CSV row
+per generated sequence with time to first token, decode latency per token
+(median and p90), prompt and generated tokens/s, load time, peak RSS and the
+token ids. PyTorch eager with its own KV cache (transformers) is the reference;
+ONNX Runtime and TFLite run the prefill and decode graphs with the host's cache.
+
+:func:`generation` runs every backend at one thread count in the
+discipline of :func:`lmship.timing.timing`: each backend in a fresh
+process per round, the order rotating, rows tagged with run id, round and host.
+It then compares each sequence with PyTorch's (:func:`lmship.generate.same_text`):
+a backend of the lossless tier that computes with PyTorch's own weights (fp32, the
+exact 4-bit grid) and does not generate exactly PyTorch's tokens fails the stage;
+the others report the first divergence and the share matched.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import StageError
-from .decode_graph import GraphIO
-from .runtimes import GenerationResult, open_graph, pytorch
+from .cli import parser
+from .files import atomic_output, read_json
+from .host import limit_threads_env
+from .logs import log_to, peak_rss_mb
+from .rounds import child_env, child_failure, failed_row, new_run_id, rotated, where_failed, write_rows
 
 log = logging.getLogger(__name__)
 
-
-def same_text(reference_tokens: list[int], tokens: list[int]) -> dict:
-    """Where ``tokens`` first differs from ``reference_tokens`` and the share of positions that match.
-
-    ``first_divergence`` is None when the sequences are equal (same length, same ids).
-    """
-    ref, got = [int(t) for t in reference_tokens], [int(t) for t in tokens]
-    n = max(len(ref), len(got))
-    first = next((i for i in range(n) if i >= len(ref) or i >= len(got) or ref[i] != got[i]), None)
-    matched = sum(1 for a, b in zip(ref, got, strict=False) if a == b)
-    return {
-        "identical": first is None,
-        "first_divergence": first,
-        "matched_pct": round(100.0 * matched / len(ref), 2) if ref else 100.0,
-    }
-
-
-def write_kv(cache: np.ndarray, new: np.ndarray, slot: int, kv_heads: int) -> None:
-    """Write a step's new K or V ``[kv_heads, head_dim]`` into ``slot`` of ``cache`` [kv_heads*S, head_dim]
-    (the position itself for a full cache, the position modulo S for a sliding layer's ring)."""
-    cache.reshape(kv_heads, -1, cache.shape[-1])[:, slot, :] = new
+FIELDS = [
+    "model",
+    "backend",
+    "runtime",
+    "precision",
+    "threads",
+    "prompt",
+    "prompt_tokens",
+    "new_tokens",
+    "prompt_via",
+    "ttft_ms",
+    "decode_ms_median",
+    "decode_ms_p90",
+    "prompt_tok_s",
+    "generated_tok_s",
+    "load_s",
+    "peak_rss_mb",
+    "tokens",
+]
 
 
-def write_prefill_kv(cache: np.ndarray, block: np.ndarray, kv_heads: int) -> None:
-    """Write the prefill's K or V ``[kv_heads*P, head_dim]`` (positions 0..P-1) into ``cache``."""
-    p = block.shape[0] // kv_heads
-    write_positions(cache, block.reshape(kv_heads, p, cache.shape[-1]), kv_heads)
-
-
-def write_positions(cache: np.ndarray, block: np.ndarray, kv_heads: int) -> None:
-    """Write K or V of positions 0..n-1 (``block`` [kv_heads, n, head_dim]) into ``cache`` [kv_heads*S, head_dim]:
-    position p into slot p % S, so a ring of S < n slots keeps the last S positions."""
-    d, n = cache.shape[-1], block.shape[1]
-    slots = cache.shape[0] // kv_heads
-    first = max(0, n - slots)
-    cache.reshape(kv_heads, slots, d)[:, np.arange(first, n) % slots, :] = block[:, first:, :]
-
-
-# --------------------------------------------------------------------------- runners
-
-
-class _Graphs:
-    """Prefill and decode callables of one runtime: ``fn(dict name -> array) -> dict name -> array``.
-
-    ``runtime`` is one that runs graphs (:mod:`lmship.runtimes`), or ``pytorch``: the graphs' own
-    modules, eagerly (artifacts = the HF folder). ``options`` go to the runtime (a precision hint).
-    """
-
-    def __init__(
-        self, runtime: str, prefill: Path | None, decode: Path | None, host: dict, threads: int, run=None, **options
-    ):
-        self.runtime, self.threads, self.host = runtime, threads, host
-        self.layers = int(host["layers"])
-        if run is not None:  # an in-process graph (e.g. the Keras model before it is saved)
-            self.prefill = run if prefill is not None else None
-            self.decode = run if decode is not None else None
-        elif runtime == "pytorch":
-            self.prefill, self.decode = _torch_graphs(prefill or decode, threads, host)
-            if prefill is None:
-                self.prefill = None
-        else:
-            self.prefill = open_graph(runtime, prefill, threads, **options) if prefill else None
-            self.decode = open_graph(runtime, decode, threads, **options) if decode else None
-
-
-def _torch_graphs(hf_dir: Path, threads: int, host: dict):
-    """The graphs' own PyTorch modules (eager) for the lengths of ``host``."""
-    import torch
-
-    from .decode_graph import graph_modules
-
-    pytorch.set_threads(threads)
-    modules, io, model = graph_modules(Path(hf_dir), prompt_len=int(host["prompt_len"]), max_len=int(host["max_len"]))
-
-    def wrap(module, graph):
-        ins, outs = io.names(graph)
-
-        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            with torch.inference_mode():
-                got = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in ins])
-            return {n: t.numpy() for n, t in zip(outs, got, strict=True)}
-
-        run.input_names = ins
-        run.keepalive = model
-        return run
-
-    return wrap(modules["prefill"], "prefill"), wrap(modules["decode"], "decode")
-
-
-def load_host_tables(host_npz: Path) -> dict:
-    if not Path(host_npz).is_file():
-        raise StageError(f"host tables {host_npz} do not exist; write them with decode_graph.write_host_tables")
-    with np.load(host_npz) as z:
-        return {k: z[k] for k in z.files}
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-def _check_prompt(n: int, new_tokens: int, prompt_len: int, max_len: int, *, use_prefill: bool) -> None:
-    if use_prefill and n < prompt_len:
-        raise StageError(
-            f"a prompt of {n} tokens is shorter than the prefill graph's {prompt_len} tokens; "
-            "cut prompts of at least prompt_len tokens"
-        )
-    if n > max_len:
-        raise StageError(f"a prompt of {n} tokens is longer than the cache of max_len={max_len} slots")
-    if n + new_tokens - 1 > max_len:
-        raise StageError(
-            f"a prompt of {n} tokens + {new_tokens} new tokens needs {n + new_tokens - 1} cache slots; "
-            f"max_len is {max_len}"
-        )
-
-
-def _loop(
-    graphs: _Graphs,
-    prompt: np.ndarray,
-    new_tokens: int,
-    *,
-    forced: list[int] | None = None,
-    collect: bool = False,
-    prompt_cache: list[np.ndarray] | None = None,
-) -> tuple[list[int], float, list[float], list[np.ndarray]]:
-    """One prompt: greedy ids, time to first token (ms), per-step decode ms, logits (if ``collect``).
-
-    ``forced`` feeds those ids instead of the greedy ones (teacher forcing for the
-    logits check). ``prompt_cache`` (K/V per layer [kv_heads, n, head_dim], from
-    PyTorch) replaces the prefill graph: the decode graph is then checked alone.
-    """
-    host = graphs.host
-    io = GraphIO.from_host(host)
-    p_len, max_len, kv, d = (int(host[k]) for k in ("prompt_len", "max_len", "kv_heads", "head_dim"))
-    rows, neg = {name: host[name] for name in io.table_names}, np.float32(host["mask_neg"])
-    ids = np.asarray(prompt, dtype=np.int64).reshape(-1)
-    n = ids.size
-    use_prefill = prompt_cache is None and graphs.prefill is not None
-    _check_prompt(n, new_tokens, p_len, max_len, use_prefill=use_prefill)
-    names, slots = io.kv_names, io.kv_slots
-    caches = [np.zeros((kv * s, d), np.float32) for s in slots]
-    masks = {}
-    for name, s in io.masks:
-        masks[name] = np.full((1, s + 1), neg, np.float32)
-        masks[name][0, -1] = 0.0
-    logits_seen: list[np.ndarray] = []
-
-    def open_slots(pos: int) -> None:  # a step at ``pos`` sees the last min(pos, S) positions of each cache
-        for name, s in io.masks:
-            masks[name][0, : min(pos, s)] = 0.0
-
-    def step(token: int, pos: int) -> np.ndarray:
-        open_slots(pos)
-        feeds = {"token": np.array([[token]], np.int64)}
-        feeds.update({name: table[pos : pos + 1] for name, table in rows.items()})
-        feeds.update(masks)
-        feeds.update(zip(names, caches, strict=True))
-        out = graphs.decode(feeds)
-        for name, cache, s in zip(names, caches, slots, strict=True):
-            write_kv(cache, out["new_" + name], pos % s, kv)
-        return out["logits"]
-
-    started = time.perf_counter()
-    if use_prefill:
-        feeds = {"input_ids": ids[None, :p_len], **{name: table[:p_len] for name, table in rows.items()}}
-        out = graphs.prefill(feeds)
-        for name, cache in zip(names, caches, strict=True):
-            write_prefill_kv(cache, out[name], kv)
-        logits, pos = out["logits"], p_len
-    elif prompt_cache is None:  # no prefill graph: the whole prompt goes through decode steps
-        logits, pos = None, 0
-    else:  # PyTorch's K/V of the prompt but its last token, which a decode step recomputes
-        for cache, block in zip(caches, prompt_cache, strict=True):
-            write_positions(cache, block[:, : n - 1], kv)
-        pos = n - 1
-        logits = None
-    while pos < n:  # the rest of the prompt, one decode step each
-        logits = step(int(ids[pos]), pos)
-        pos += 1
-    token = int(np.argmax(logits[-1]))
-    ttft = (time.perf_counter() - started) * 1000.0
-    tokens = [token]
-    if collect:
-        logits_seen.append(np.array(logits[-1]))
-    decode_ms = []
-    for i in range(1, new_tokens):
-        feed = forced[i - 1] if forced is not None else token
-        t0 = time.perf_counter()
-        logits = step(int(feed), pos)
-        token = int(np.argmax(logits[-1]))
-        decode_ms.append((time.perf_counter() - t0) * 1000.0)
-        pos += 1
-        tokens.append(token)
-        if collect:
-            logits_seen.append(np.array(logits[-1]))
-    return tokens, ttft, decode_ms, logits_seen
-
-
-def generate(
+def generate_once(
     runtime: str,
-    prefill_artifact: Path | None,
-    decode_artifact: Path,
-    host_npz: Path,
-    prompts: list[np.ndarray],
+    decode: Path,
+    prefill: Path | None,
+    host_npz: Path | None,
+    inputs_npz: Path,
+    out_csv: Path,
     *,
+    model: str,
+    backend: str,
+    precision: str,
+    threads: int,
+    prompts: int,
     new_tokens: int,
-    threads: int = 1,
-    warmup: bool = True,
-    collect_logits: bool = False,
-    **options,
-) -> GenerationResult:
-    """Greedy ``new_tokens`` per prompt with the graphs in ``runtime`` (``options``: the runtime's, e.g.
-    OpenVINO's precision hint).
+    max_len: int,
+    options: dict | None = None,
+) -> Path:
+    """Greedy generation of ``backend`` from ``prompts`` prompts; one CSV row per sequence.
 
-    For ``pytorch`` both artifacts are the HF folder (the graphs' modules run eagerly).
-    Prompts must hold at least P tokens (the prefill length) and, with the new
-    tokens, fit into the ``max_len`` cache. With ``prefill_artifact=None`` the
-    whole prompt goes through decode steps (any length >= 1; time to first token
-    is then P decode steps, not one prefill). ``warmup`` runs one untimed prefill
-    and decode step first.
+    A runtime with its own cache and loop (:mod:`lmship.runtimes`: PyTorch, the peers) generates
+    from its artifact folder ``decode``; one that runs graphs runs the prefill and decode graphs
+    with the host tables ``host_npz`` (``prefill`` None: the prompt goes through decode steps).
+    ``options``: the runtime's (an OpenVINO precision hint).
     """
-    if new_tokens < 1:
-        raise StageError(f"new_tokens must be >= 1, got {new_tokens}")
-    host = load_host_tables(host_npz)
-    use_prefill = prefill_artifact is not None
-    for prompt in prompts:
-        _check_prompt(
-            np.asarray(prompt).size, new_tokens, int(host["prompt_len"]), int(host["max_len"]), use_prefill=use_prefill
-        )
+    limit_threads_env(threads)
+    from .generate import generate, graph_prompts
+    from .runtimes import artifact_of, generation_kind, get
+
+    cut = graph_prompts(inputs_npz, prompts)
     started = time.perf_counter()
-    prefill = Path(prefill_artifact) if use_prefill else None
-    graphs = _Graphs(runtime, prefill, Path(decode_artifact), host, threads, **options)
-    load_s = time.perf_counter() - started
-    if warmup:
-        _loop(graphs, np.asarray(prompts[0])[: int(host["prompt_len"])], 2)
-    result = GenerationResult(runtime, threads, [], [], [], load_s, [], [] if collect_logits else None)
-    for prompt in prompts:
-        tokens, ttft, steps, logits = _loop(graphs, np.asarray(prompt), new_tokens, collect=collect_logits)
-        result.tokens.append(tokens)
-        result.ttft_ms.append(ttft)
-        result.decode_ms.append(steps)
-        result.prompt_lens.append(int(np.asarray(prompt).size))
-        if collect_logits:
-            result.logits.append(logits)
-    return result
-
-
-# --------------------------------------------------------------------------- the conversion gate
-
-
-def validate_graph(
-    graph: str,
-    runtime: str,
-    artifact: Path,
-    host_npz: Path,
-    hf_dir: Path,
-    prompts: list[np.ndarray],
-    *,
-    steps: int = 8,
-    min_top1: float = 99.0,
-    max_abs_diff: float | None = None,
-    max_rel_diff: float | None = None,
-    max_mean_kld: float | None = None,
-    run=None,
-    stage: str | None = None,
-) -> dict:
-    """Check one converted generation graph against PyTorch (transformers, its own KV cache).
-
-    ``prefill``: logits of the last prompt position, on the first P tokens of each prompt.
-    ``decode``: the prompt's K/V from PyTorch are put into the cache, then ``steps``
-    decode steps are fed PyTorch's greedy tokens (teacher forcing), the host writing
-    each new K/V into the cache; every step's logits are compared. Raises
-    :class:`StageError` when top-1 agreement < ``min_top1`` %, the largest
-    absolute logit difference exceeds ``max_abs_diff``, the largest difference over
-    the reference logits' standard deviation exceeds ``max_rel_diff`` or the mean
-    KL divergence exceeds ``max_mean_kld`` (nats); returns the metrics.
-    ``run`` (``feeds -> outputs`` by name) replaces loading ``artifact`` in ``runtime``.
-    """
-    host = load_host_tables(host_npz)
-    p_len, max_len = int(host["prompt_len"]), int(host["max_len"])
-    artifact = Path(artifact)
-    if graph == "prefill":
-        cut = [np.asarray(p)[:p_len] for p in prompts]
-        for p in cut:
-            _check_prompt(p.size, 1, p_len, max_len, use_prefill=True)
-        ref = pytorch.generate(hf_dir, cut, 1, max_len, collect_logits=True, warmup=False)
-        graphs = _Graphs(runtime, artifact, None, host, threads=0, run=run)
-        got = [_loop(graphs, p, 1, collect=True)[3][0] for p in cut]
-        reference = [r[0] for r in ref.logits]
-    elif graph == "decode":
-        ref = pytorch.generate(
-            hf_dir, prompts, steps + 1, max_len, collect_logits=True, keep_prompt_cache=True, warmup=False
-        )
-        graphs = _Graphs(runtime, None, artifact, host, threads=0, run=run)
-        got, reference = [], []
-        for k, prompt in enumerate(prompts):
-            seen = _loop(
-                graphs,
-                np.asarray(prompt),
-                steps + 1,
-                forced=ref.tokens[k][:-1],
-                collect=True,
-                prompt_cache=ref.prompt_caches[k],
-            )[3]
-            got += seen
-            reference += ref.logits[k]
+    if generation_kind(runtime) == "own":
+        result = get(runtime).generate(artifact_of(runtime, decode), cut, new_tokens, max_len, threads=threads)
+        via = f"prefill ({runtime}'s own loop)"
     else:
-        raise StageError(f"unknown generation graph {graph!r}; expected 'prefill' or 'decode'")
-    from .quality import compare_logits, figures, logit_failures
-
-    metrics = compare_logits(reference, got)
-    log.info("%s graph %s (%s) vs PyTorch: %s", graph, artifact, runtime, metrics)
-    where = f"{stage + ': ' if stage else ''}{graph} graph {artifact} ({runtime})"
-    if not metrics["finite"]:
-        raise StageError(f"{where} produced NaN or infinite logits")
-    failures = []
-    if metrics["top1_agreement_pct"] < min_top1:
-        failures.append(
-            f"agrees with PyTorch on the top-1 token for only {metrics['top1_agreement_pct']:.2f}% of "
-            f"{metrics['positions']} positions (required >= {min_top1}%)"
+        graph = artifact_of(runtime, decode)
+        first = artifact_of(runtime, prefill) if prefill is not None else None
+        result = generate(
+            runtime, first, graph, host_npz, cut, new_tokens=new_tokens, threads=threads, **(options or {})
         )
-    failures += logit_failures(metrics, max_abs_diff=max_abs_diff, max_rel_diff=max_rel_diff, max_mean_kld=max_mean_kld)
-    if failures:
+        via = "prefill graph" if prefill is not None else "decode steps"
+    log.info("%s: %d prompts in %.1f s", backend, len(cut), time.perf_counter() - started)
+    rss = round(peak_rss_mb(), 1)
+    rows = []
+    for k, (tokens, ttft, steps, n) in enumerate(
+        zip(result.tokens, result.ttft_ms, result.decode_ms, result.prompt_lens, strict=True)
+    ):
+        steps = np.asarray(steps, dtype=np.float64)
+        median = float(np.median(steps)) if steps.size else float("nan")
+        rows.append(
+            {
+                "model": model,
+                "backend": backend,
+                "runtime": runtime,
+                "precision": precision,
+                "threads": threads,
+                "prompt": k,
+                "prompt_tokens": n,
+                "new_tokens": len(tokens),
+                "prompt_via": via,
+                "ttft_ms": round(ttft, 3),
+                "decode_ms_median": round(median, 3),
+                "decode_ms_p90": round(float(np.percentile(steps, 90)), 3) if steps.size else float("nan"),
+                "prompt_tok_s": round(n / (ttft / 1000.0), 2),
+                "generated_tok_s": round(steps.size / (steps.sum() / 1000.0), 2) if steps.size else float("nan"),
+                "load_s": round(result.load_s, 3),
+                "peak_rss_mb": rss,
+                "tokens": " ".join(str(int(t)) for t in tokens),
+            }
+        )
+    with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(out_csv)
+
+
+def exact_weights(backend: str) -> bool:
+    """Whether ``backend`` computes with PyTorch's own weight values: fp32, or the exact 4-bit grid
+    (whose stage proves every weight bit for bit). fp16 or int8 weights are rounded, so their text
+    may part from PyTorch's after a near-tie even when their tier is lossless."""
+    from .backends import BACKENDS
+
+    b = BACKENDS[backend]
+    return b.precision == "fp32" or b.wildcards.get("variant") == "q4_exact"
+
+
+def lossless_backends(accuracy_jsons: list[Path], tier: str) -> list[str]:
+    """The backends that must generate PyTorch's exact tokens: in ``tier`` (the strictest) with exact weights."""
+    return [
+        j["backend"]
+        for j in (read_json(p) for p in accuracy_jsons)
+        if j.get("tier") == tier and exact_weights(j["backend"])
+    ]
+
+
+def same_text_columns(rows: list[dict], reference: str) -> dict[str, list[str]]:
+    """Add ``identical``, ``first_divergence``, ``matched_pct`` to every row; return mismatches per backend.
+
+    PyTorch's tokens of the first round are the reference of each prompt; PyTorch
+    must repeat them exactly in every round.
+    """
+    from .generate import same_text
+
+    ref_rows = [r for r in rows if r["backend"] == reference]
+    if not ref_rows:
+        raise StageError(f"no {reference} rows: the reference generation is missing")
+    first_round = min(int(r["round"]) for r in ref_rows)
+    expected = {r["prompt"]: r["tokens"].split() for r in ref_rows if int(r["round"]) == first_round}
+    differs: dict[str, list[str]] = {}
+    for row in rows:
+        if row["prompt"] not in expected:
+            raise StageError(f"{row['backend']} generated from prompt {row['prompt']}, which PyTorch did not")
+        check = same_text(expected[row["prompt"]], row["tokens"].split())
+        row["identical"] = check["identical"]
+        row["first_divergence"] = "" if check["first_divergence"] is None else check["first_divergence"]
+        row["matched_pct"] = check["matched_pct"]
+        if not check["identical"]:
+            differs.setdefault(row["backend"], []).append(
+                f"prompt {row['prompt']} round {row['round']}: first divergence at token "
+                f"{check['first_divergence']}, {check['matched_pct']:.1f}% matched"
+            )
+    if reference in differs:
         raise StageError(
-            f"{where} {'; '.join(failures)}; {figures(metrics)}. The graph or its cache handling changed the "
-            "model's answers."
+            f"PyTorch's own greedy tokens differ between rounds ({'; '.join(differs[reference][:3])}): "
+            "the reference is not deterministic on this machine"
         )
-    return metrics
+    return differs
 
 
-def graph_prompts(inputs_npz: Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` prose windows of the evaluation set (``eval_inputs``) as prompts."""
-    from .evalset import load_inputs
+def generation(
+    backends: list[dict],
+    host_npz: Path | None,
+    inputs_npz: Path,
+    out_csv: Path,
+    *,
+    model: str,
+    threads: int,
+    rounds: int,
+    prompts: int,
+    new_tokens: int,
+    max_len: int,
+    lossless: list[str],
+    reference: str = "pytorch",
+    given_threads: int | None = None,
+    timeout_s: float = 3600.0,
+    log_path: Path | str | None = None,
+) -> Path:
+    """Generate with every backend in ``rounds`` interleaved rounds; one CSV row per sequence.
 
-    input_ids, is_text = load_inputs(inputs_npz)
-    text = [np.asarray(s).reshape(-1) for s, t in zip(input_ids, is_text, strict=True) if t]
-    if len(text) < count:
+    ``backends`` holds dicts with ``backend``, ``runtime``, ``precision``, ``options``,
+    ``decode`` and ``prefill`` (their artifact folders, :mod:`lmship.records`; None:
+    prompt through decode steps; both the same folder for a runtime with its own loop).
+    A backend named in ``lossless`` must generate exactly PyTorch's tokens, or it becomes
+    a failed row; so does a backend whose graph holds a failure record or whose process
+    fails (``log_path``: this job's log). Only the reference failing fails the stage.
+    """
+    if rounds < 1:
+        raise StageError(f"rounds ({rounds}) must be >= 1")
+    if given_threads is not None and given_threads != threads:
         raise StageError(
-            f"{inputs_npz} holds {len(text)} prose windows; {count} prompts need at least as many "
-            f"(raise eval.text_samples or lower generation.prompts)"
+            f"generation at {threads} thread(s) was given {given_threads} core(s) by the scheduler: "
+            f"rerun with --cores {threads} or more, or drop {threads} from benchmark.threads"
         )
-    return text[:count]
+    if reference not in [b["backend"] for b in backends]:
+        raise StageError(f"the generation backends {[b['backend'] for b in backends]} lack the reference {reference}")
+    from .records import first_failure
+    from .runtimes import generation_kind
+
+    run_id, node = new_run_id(), socket.gethostname()
+    env = child_env()
+    rows: list[dict] = []
+    failed: dict[str, dict] = {}
+    for b in backends:
+        record = first_failure([p for p in (b.get("prefill"), b["decode"]) if p])
+        if record is not None:
+            failed[b["backend"]] = record
+            log.warning("%s: does not generate, its graph failed at %s: %s", b["backend"], *where_failed(record))
+    if reference in failed:
+        raise StageError(f"the reference {reference} cannot generate: {failed[reference]}")
+    with tempfile.TemporaryDirectory(prefix="lmship-generation-") as tmp:
+        for r in range(rounds):
+            for b in rotated(backends, r):
+                if b["backend"] in failed:
+                    continue
+                part = Path(tmp) / f"r{r}_{b['backend']}.csv"
+                own = generation_kind(b["runtime"]) == "own"
+                cmd = [
+                    sys.executable, "-c",
+                    "import sys; from lmship.generation import main_once; main_once(sys.argv[1:])",
+                    "--runtime", b["runtime"], "--decode", str(b["decode"]),
+                    *(["--prefill", str(b["prefill"])] if b.get("prefill") and not own else []),
+                    *(["--host", str(host_npz)] if host_npz else []),
+                    "--options", json.dumps(b.get("options") or {}), "--max-len", str(max_len),
+                    "--inputs", str(inputs_npz), "--out", str(part),
+                    "--model", model, "--backend", b["backend"], "--precision", b["precision"],
+                    "--threads", str(threads), "--prompts", str(prompts), "--new-tokens", str(new_tokens),
+                ]  # fmt: skip
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+                if proc.returncode != 0:
+                    what = f"generation with {b['backend']} at {threads} thread(s), round {r + 1}/{rounds}"
+                    if b["backend"] == reference:
+                        raise StageError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                    log.error("%s failed (exit %d):\n%s", what, proc.returncode, proc.stderr[-3000:])
+                    failed[b["backend"]] = child_failure("generation", proc.stderr, proc.returncode, log_path)
+                    rows = [row for row in rows if row["backend"] != b["backend"]]
+                    continue
+                with open(part, newline="") as f:
+                    part_rows = [
+                        {"run_id": run_id, "round": r, "node": node, **row, "status": "ok"} for row in csv.DictReader(f)
+                    ]
+                rows.extend(part_rows)
+                log.info(
+                    "round %d/%d %s t%d: decode %s ms/token, TTFT %s ms",
+                    r + 1,
+                    rounds,
+                    b["backend"],
+                    threads,
+                    part_rows[0]["decode_ms_median"],
+                    part_rows[0]["ttft_ms"],
+                )
+    differs = same_text_columns(rows, reference)
+    for backend, where in differs.items():
+        log.info("%s does not generate PyTorch's text: %s", backend, "; ".join(where[:4]))
+        if backend in lossless:
+            log.error(
+                "%s is of the lossless tier and computes with PyTorch's own weights, yet its text differs: "
+                "a failed conversion",
+                backend,
+            )
+            reason = f"text differs from PyTorch's: {where[0]}"
+            failed[backend] = {"failed_at": "generation", "reason": reason, "log": str(log_path or "")}
+            rows = [row for row in rows if row["backend"] != backend]
+    for b in backends:
+        if b["backend"] in failed:
+            extra = {"model": model, "threads": threads}
+            rows.append({"run_id": run_id, "round": 0, "node": node, **extra, **failed_row(b, failed[b["backend"]])})
+    return write_rows(out_csv, rows)
+
+
+def main_once(argv: list[str] | None = None) -> None:
+    p = parser("generate_once", __doc__)
+    p.add_argument("--runtime", required=True)
+    p.add_argument("--decode", type=Path, required=True, help="decode graph (PyTorch: the HF folder)")
+    p.add_argument("--prefill", type=Path, help="prefill graph (absent: the prompt goes through decode steps)")
+    p.add_argument("--host", type=Path, help="host tables of the graphs (runtimes that run graphs)")
+    p.add_argument("--inputs", type=Path, required=True, help="eval_inputs of prompt_tokens tokens")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", default="model")
+    p.add_argument("--backend", required=True)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--prompts", type=int, required=True)
+    p.add_argument("--new-tokens", type=int, required=True)
+    p.add_argument("--max-len", type=int, required=True, help="positions a prompt and its new tokens may take")
+    p.add_argument("--options", default="{}", help="JSON object of the runtime's options")
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        generate_once(
+            args.runtime,
+            args.decode,
+            args.prefill,
+            args.host,
+            args.inputs,
+            args.out,
+            model=args.model,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            prompts=args.prompts,
+            new_tokens=args.new_tokens,
+            max_len=args.max_len,
+            options=json.loads(args.options),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("generation", "Every backend's generation at one thread count, in interleaved rounds.")
+    p.add_argument("--backends", required=True, help="JSON list of {backend, runtime, precision, decode, prefill}")
+    p.add_argument("--host", type=Path)
+    p.add_argument("--inputs", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", default="model")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--prompts", type=int, required=True)
+    p.add_argument("--new-tokens", type=int, required=True)
+    p.add_argument("--max-len", type=int, required=True)
+    p.add_argument("--lossless", nargs="*", default=[], help="backends that must generate PyTorch's exact tokens")
+    p.add_argument("--log", type=Path)
+    args = p.parse_args(argv)
+    with log_to(args.log):
+        generation(
+            json.loads(args.backends),
+            args.host,
+            args.inputs,
+            args.out,
+            model=args.model,
+            threads=args.threads,
+            rounds=args.rounds,
+            prompts=args.prompts,
+            new_tokens=args.new_tokens,
+            max_len=args.max_len,
+            lossless=args.lossless,
+        )
+
+
+if __name__ == "__main__":
+    main()

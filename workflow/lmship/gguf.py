@@ -4,7 +4,7 @@
 ``model.gguf`` and ``metrics.json``, for ``quant`` = ``f32`` (llama.cpp's own HF-to-GGUF converter
 on the prepared Hugging Face folder), ``q8_0`` / ``q4_k_m`` (``llama_model_quantize`` of that F32
 file) or ``original`` (the GGUF file a GGUF-sourced model was dequantised from, fetched again by
-:func:`lmship.sources.fetch_gguf`). Every file's vocabulary is checked to map ids as the HF
+:func:`lmship.prepare_model.fetch_gguf`). Every file's vocabulary is checked to map ids as the HF
 tokenizer does (:func:`check_vocabulary`): its logits are compared id by id.
 
 - :func:`converter_dir`: llama.cpp's ``vendor/llama.cpp/convert_hf_to_gguf.py`` with its
@@ -306,7 +306,7 @@ def gguf(hf_dir: Path, out_dir: Path, *, quant: str, spec: dict | None = None, t
 
     ``spec``: the model's config entry, for ``original`` (the GGUF file it was dequantised from).
     """
-    from .sources import fetch_gguf
+    from .prepare_model import fetch_gguf
 
     if quant not in QUANTS:
         raise StageError(f"unknown GGUF quantisation {quant!r}; expected one of {QUANTS}")

@@ -56,7 +56,7 @@ import numpy as np
 
 from . import StageError
 from .files import atomic_output, read_json, size_bytes
-from .generation import same_text
+from .generate import same_text
 from .logs import peak_rss_mb
 from .quality import compare_logits, logit_failures
 from .runtimes import GenerationResult, pytorch

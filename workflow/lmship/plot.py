@@ -425,25 +425,12 @@ def quality_figure(table: pd.DataFrame, tiers: dict[str, dict]) -> Figure:
     return fig
 
 
-def quality_plot(summary_csv: Path, out_png: Path, tiers: dict[str, dict]) -> Path:
-    """Draw ``results/quality.png``: speed-up vs mean KLD per format and thread count, tier bands shaded."""
-    return save_png(quality_figure(pd.read_csv(summary_csv, keep_default_na=True), tiers), out_png)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = parser("plot", __doc__)
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     plot(args.summary, args.out, list(config_default("quality_tiers")))
-
-
-def main_quality_plot(argv: list[str] | None = None) -> None:
-    p = parser("quality_plot", quality_plot.__doc__)
-    p.add_argument("--summary", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    quality_plot(args.summary, args.out, config_default("quality_tiers"))
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def _gguf_value(f, kind: int):
 
 
 def _random_config(arch: dict) -> dict:
-    from .sources import RANDOM_DEFAULTS  # standard library only at import
+    from .prepare_model import RANDOM_DEFAULTS  # standard library only at import
 
     return {**RANDOM_DEFAULTS, **arch}
 

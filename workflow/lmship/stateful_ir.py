@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .files import write_json
-from .generation import graph_prompts
+from .generate import graph_prompts
 from .hf_export import check_against_pytorch, export_openvino
 
 #: Prompts and greedy tokens of the gate.

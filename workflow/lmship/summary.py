@@ -21,7 +21,6 @@ failed reference is missing too.
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from pathlib import Path
@@ -125,33 +124,6 @@ def latency_stats(latencies: np.ndarray) -> dict[str, float]:
     }
 
 
-ACCURACY_COLUMNS = [
-    "model",
-    "seq_len",
-    "backend",
-    "precision",
-    "tier",
-    "top1_pct",
-    "top1_ci95_low",
-    "top1_ci95_high",
-    "kld_mean",
-    "kld_p99",
-    "kld_max",
-    "perplexity",
-    "perplexity_reference",
-    "ppl_change_pct",
-    "text_positions",
-    "top1_agreement_pct",
-    "top1_random_pct",
-    "kld_mean_random",
-    "max_abs_diff",
-    "cosine_similarity",
-    "tier_missed",
-    "status",
-    "failed_at",
-    "reason",
-    "log",
-]
 _RUN_COLUMNS = ["precision", "runtime", "runtime_version", "artifact_mb", "peak_rss_mb", "load_s", "cpu_model"]
 _KEYS = ["model", "seq_len", "batch", "backend", "threads"]
 _QUALITY = ["tier", "top1_pct", "top1_ci95_low", "top1_ci95_high", "kld_mean", "kld_p99", "kld_max", "perplexity"]
@@ -625,23 +597,6 @@ def summary(
     return table
 
 
-def accuracy_table(jsons: list[Path], out_csv: Path) -> Path:
-    """Gather per-backend accuracy JSONs into one CSV (a failed record: its stage, reason and log, no figures)."""
-    rows = []
-    for path in jsons:
-        r = read_json(path)
-        row = {k: r.get(k) for k in ACCURACY_COLUMNS}
-        row["status"] = r.get("status") or OK
-        row["reason"] = one_line(r.get("reason"))
-        row["tier_missed"] = "; ".join(f"{t}: {', '.join(v)}" for t, v in (r.get("tier_missed") or {}).items())
-        rows.append(row)
-    with atomic_output(Path(out_csv)) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(out_csv)
-
-
 def _model_seq(text: str) -> tuple[str, int]:
     model, seq = text.rsplit(":", 1)
     return model, int(seq)
@@ -673,14 +628,6 @@ def main(argv: list[str] | None = None) -> None:
             max_round_spread_pct=config_default("benchmark", "max_round_spread_pct"),
             max_p90_ratio=config_default("benchmark", "max_p90_ratio"),
         )
-
-
-def main_accuracy_table(argv: list[str] | None = None) -> None:
-    p = parser("accuracy_table", accuracy_table.__doc__)
-    p.add_argument("--accuracy", type=Path, nargs="+", required=True)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    accuracy_table(args.accuracy, args.out)
 
 
 if __name__ == "__main__":

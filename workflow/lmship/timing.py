@@ -14,6 +14,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,6 +32,7 @@ from .evalset import load_inputs
 from .files import atomic_output, size_bytes
 from .host import cpu_flags, cpu_model, limit_threads_env
 from .logs import log_to, peak_rss_mb
+from .rounds import child_env, child_failure, failed_row, new_run_id, rotated, where_failed, write_rows
 from .runtimes import open_backend
 
 log = logging.getLogger(__name__)
@@ -69,7 +74,7 @@ def timed_runs(fn: Callable[[], object], *, warmup: int, repeats: int, min_secon
     return latencies
 
 
-def timing(
+def time_once(
     runtime: str,
     artifact: Path,
     inputs_npz: Path,
@@ -140,7 +145,7 @@ def timing(
     return Path(out_csv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main_once(argv: list[str] | None = None) -> None:
     parser = parser_for("timing", __doc__)
     parser.add_argument("--runtime", required=True)
     parser.add_argument("--artifact", type=Path, required=True)
@@ -173,5 +178,103 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
+def timing(
+    backends: list[dict],
+    inputs_npz: Path,
+    out_csv: Path,
+    *,
+    model: str,
+    threads: int,
+    rounds: int,
+    warmup: int,
+    repeats: int,
+    min_seconds: float,
+    given_threads: int | None = None,
+    timeout_s: float = 1800.0,
+    log_path: Path | str | None = None,
+) -> Path:
+    """Time every backend in ``rounds`` interleaved rounds; one CSV row per timed forward pass.
+
+    ``backends`` holds dicts with ``backend``, ``runtime``, ``precision`` and
+    ``artifact`` (its folder, :mod:`lmship.records`). Each (round, backend) runs
+    :func:`time_once` in its own Python process with ``threads`` threads.
+    ``given_threads`` (the cores the scheduler gave this job) must equal ``threads``:
+    never oversubscribe. A backend whose artifact holds a failure record, or whose
+    process fails in any round, gets one row with status ``failed`` instead of timings
+    (``log_path``: this job's log, where the process's error output goes); the others
+    are timed as if it were not there.
+    """
+    if rounds < 1:
+        raise StageError(f"rounds ({rounds}) must be >= 1")
+    if given_threads is not None and given_threads != threads:
+        raise StageError(
+            f"timing at {threads} thread(s) was given {given_threads} core(s) by the scheduler "
+            f"(snakemake caps a job's threads at --cores): rerun with --cores {threads} or more, "
+            f"or drop {threads} from benchmark.threads; a figure measured on fewer cores would be mislabelled"
+        )
+    from .records import failure
+    from .runtimes import artifact_of
+
+    run_id = new_run_id()
+    node = socket.gethostname()
+    env = child_env()
+    rows: list[dict] = []
+    failed: dict[str, dict] = {}
+    for b in backends:
+        record = failure(b["artifact"])
+        if record is not None:
+            failed[b["backend"]] = record
+            log.warning("%s: not timed, its artifact failed at %s: %s", b["backend"], *where_failed(record))
+    with tempfile.TemporaryDirectory(prefix="lmship-rounds-") as tmp:
+        for r in range(rounds):
+            for b in rotated(backends, r):
+                if b["backend"] in failed:
+                    continue
+                part = Path(tmp) / f"r{r}_{b['backend']}.csv"
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    "import sys; from lmship.timing import main_once; main_once(sys.argv[1:])",
+                    "--runtime", b["runtime"],
+                    "--artifact", str(artifact_of(b["runtime"], b["artifact"])),
+                    "--options", json.dumps(b.get("options") or {}),
+                    "--inputs", str(inputs_npz),
+                    "--out", str(part),
+                    "--model", model,
+                    "--backend", b["backend"],
+                    "--precision", b["precision"],
+                    "--threads", str(threads),
+                    "--warmup", str(warmup),
+                    "--repeats", str(repeats),
+                    "--min-seconds", str(min_seconds),
+                ]  # fmt: skip
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+                if proc.returncode != 0:
+                    what = f"timing {b['backend']} at {threads} thread(s), round {r + 1}/{rounds}"
+                    log.error("%s failed (exit %d):\n%s", what, proc.returncode, proc.stderr[-3000:])
+                    failed[b["backend"]] = child_failure("timing", proc.stderr, proc.returncode, log_path)
+                    rows = [row for row in rows if row["backend"] != b["backend"]]
+                    continue
+                with open(part, newline="") as f:
+                    reader = csv.DictReader(f)
+                    part_rows = [{"run_id": run_id, "round": r, "node": node, **row, "status": "ok"} for row in reader]
+                rows.extend(part_rows)
+                median = float(np.median([float(x["latency_ms"]) for x in part_rows]))
+                log.info("round %d/%d %s t%d: median %.2f ms", r + 1, rounds, b["backend"], threads, median)
+    for b in backends:
+        if b["backend"] in failed:
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "round": 0,
+                    "node": node,
+                    "model": model,
+                    "threads": threads,
+                    **failed_row(b, failed[b["backend"]]),
+                }
+            )
+    return write_rows(out_csv, rows)
+
+
 if __name__ == "__main__":
-    main()
+    main_once()

@@ -1,8 +1,8 @@
-"""Snakemake adapter: lmship.summary.accuracy_table."""
+"""Snakemake adapter: lmship.accuracy_table.accuracy_table."""
 
 from pathlib import Path
 
-from lmship.summary import accuracy_table
+from lmship.accuracy_table import accuracy_table
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

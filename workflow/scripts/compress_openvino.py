@@ -1,9 +1,9 @@
-"""Snakemake adapter: lmship.openvino.compress_openvino, into the rule's artifact folder."""
+"""Snakemake adapter: lmship.compress_openvino.compress_openvino, into the rule's artifact folder."""
 
 from pathlib import Path
 
 from lmship import StageError
-from lmship.openvino import calibration_windows, compress_openvino, needs_calibration
+from lmship.compress_openvino import calibration_windows, compress_openvino, needs_calibration
 from lmship.records import METRICS, artifact_in, run_job
 
 smk = snakemake  # noqa: F821

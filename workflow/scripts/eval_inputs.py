@@ -1,8 +1,8 @@
-"""Snakemake adapter: lmship.evalset.eval_inputs."""
+"""Snakemake adapter: lmship.eval_inputs.eval_inputs."""
 
 from pathlib import Path
 
-from lmship.evalset import eval_inputs
+from lmship.eval_inputs import eval_inputs
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

@@ -1,8 +1,8 @@
-"""Snakemake adapter: lmship.evalset.eval_text."""
+"""Snakemake adapter: lmship.eval_text.eval_text."""
 
 from pathlib import Path
 
-from lmship.evalset import eval_text
+from lmship.eval_text import eval_text
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

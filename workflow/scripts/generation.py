@@ -1,13 +1,13 @@
-"""Snakemake adapter: lmship.generation_bench.generation_in_rounds."""
+"""Snakemake adapter: lmship.generation.generation."""
 
 from pathlib import Path
 
-from lmship.generation_bench import generation_in_rounds, lossless_backends
+from lmship.generation import generation, lossless_backends
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    generation_in_rounds(
+    generation(
         [dict(b) for b in smk.params.backends],
         Path(smk.input.host) if smk.input.host else None,
         Path(smk.input.inputs),

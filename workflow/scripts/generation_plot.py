@@ -1,8 +1,8 @@
-"""Snakemake adapter: lmship.generation_report.generation_plot."""
+"""Snakemake adapter: lmship.generation_plot.generation_plot."""
 
 from pathlib import Path
 
-from lmship.generation_report import generation_plot
+from lmship.generation_plot import generation_plot
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

@@ -1,8 +1,8 @@
-"""Snakemake adapter: lmship.generation_report.generation_summary."""
+"""Snakemake adapter: lmship.generation_summary.generation_summary."""
 
 from pathlib import Path
 
-from lmship.generation_report import generation_summary
+from lmship.generation_summary import generation_summary
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

@@ -1,13 +1,14 @@
-"""Snakemake adapter: lmship.decode_graph.write_host_tables."""
+"""Snakemake adapter: lmship.host_tables.host_tables."""
 
 from pathlib import Path
 
-from lmship.decode_graph import write_host_tables
+from lmship.host_tables import host_tables
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821
+
 with log_to(smk.log[0]):
-    write_host_tables(
+    host_tables(
         Path(smk.input.model),
         Path(smk.output.npz),
         prompt_len=smk.params.prompt_len,

@@ -1,9 +1,9 @@
-"""Snakemake adapter: lmship.openvino.openvino_ir of the rule's {graph}, into its artifact folder."""
+"""Snakemake adapter: lmship.openvino_ir.openvino_ir of the rule's {graph}, into its artifact folder."""
 
 from pathlib import Path
 
 from lmship.gate import gate_inputs
-from lmship.openvino import openvino_ir
+from lmship.openvino_ir import openvino_ir
 from lmship.records import METRICS, artifact_in, run_job
 
 smk = snakemake  # noqa: F821

@@ -1,9 +1,9 @@
-"""Snakemake adapter: lmship.sources.prepare_model."""
+"""Snakemake adapter: lmship.prepare_model.prepare_model."""
 
 from pathlib import Path
 
 from lmship.logs import log_to
-from lmship.sources import prepare_model
+from lmship.prepare_model import prepare_model
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):

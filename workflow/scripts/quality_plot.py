@@ -1,9 +1,9 @@
-"""Snakemake adapter: lmship.plot.quality_plot."""
+"""Snakemake adapter: lmship.quality_plot.quality_plot."""
 
 from pathlib import Path
 
 from lmship.logs import log_to
-from lmship.plot import quality_plot
+from lmship.quality_plot import quality_plot
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):

@@ -1,8 +1,8 @@
-"""Snakemake adapter: lmship.evalset.reference_logits."""
+"""Snakemake adapter: lmship.reference_logits.reference_logits."""
 
 from pathlib import Path
 
-from lmship.evalset import reference_logits
+from lmship.reference_logits import reference_logits
 from lmship.logs import log_to
 
 smk = snakemake  # noqa: F821

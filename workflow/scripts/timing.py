@@ -1,13 +1,13 @@
-"""Snakemake adapter: lmship.rounds.time_in_rounds (every backend, interleaved rounds)."""
+"""Snakemake adapter: lmship.timing.timing (every backend, interleaved rounds)."""
 
 from pathlib import Path
 
 from lmship.logs import log_to
-from lmship.rounds import time_in_rounds
+from lmship.timing import timing
 
 smk = snakemake  # noqa: F821
 with log_to(smk.log[0]):
-    time_in_rounds(
+    timing(
         smk.params.backends,
         Path(smk.input.inputs),
         Path(smk.output.csv),

@@ -4,7 +4,7 @@ A runtime module (``lmship/runtimes/<name>.py``) declares:
 
 ``NAME``        its one spelling (the ``runtime`` of a backend in :mod:`lmship.backends`)
 ``GENERATES``   how it generates text: ``"graphs"`` (the workflow's prefill / decode graphs, run by
-                the host loop of :mod:`lmship.generation`, which owns the K/V cache), ``"own"``
+                the host loop of :mod:`lmship.generate`, which owns the K/V cache), ``"own"``
                 (its own cache and loop: :func:`generate` of the module) or ``None``
 ``version()``   the installed runtime's version
 ``open(artifact, threads, **options) -> Session``

@@ -1,35 +1,31 @@
-"""OpenVINO backends: the IR made from the ONNX model, NNCF weight compression, bf16.
+"""NNCF weight compression of the OpenVINO IR (rule ``compress_openvino``, :data:`COMPRESSIONS`).
 
-* ``openvino_ir`` (stage): ONNX -> OpenVINO IR (``.xml`` + ``.bin``) with fp32 weights
-  (``compress_to_fp16=False``: the fp32 IR must be the fp32 model), plus an
-  op / precision census (op types and counts, weight element types and bytes).
-* ``compress_openvino`` (stage): NNCF ``compress_weights`` of that IR (:data:`COMPRESSIONS`):
-  int8 / int4 weights, per channel or in groups, data-free or data-aware
-  (AWQ + scale estimation on calibration token windows); or ``q4_exact``
-  (:func:`exact_grid_ir`): weights that already sit on the checkpoint's GGUF grid
-  stored on that grid (4-bit codes with a float zero point, the tied head's Q8_0
-  codes in 8 bits), for OpenVINO's compressed-weight kernels with fp32 activations.
-Running an IR is the runtime's part (:mod:`lmship.runtimes.openvino`).
+int8 / int4 weights, per channel or in groups, data-free or data-aware (AWQ + scale estimation on
+calibration token windows); or ``q4_exact`` (:func:`exact_grid_ir`): weights that already sit on the
+checkpoint's GGUF grid stored on that grid (4-bit codes with a float zero point, the tied head's Q8_0
+codes in 8 bits), for OpenVINO's compressed-weight kernels with fp32 activations.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from . import StageError
-from .cli import add_checked_stage_arguments, config_default, parser
-from .files import atomic_output, size_bytes, write_json
-from .gate import FORWARD, gate_for
-from .logs import log_to, peak_rss_mb
+from .cli import config_default, parser
+from .files import write_json
+from .logs import log_to
+from .openvino_ir import census, ir_metrics, save_ir
 from .runtimes.openvino import core as _core
 
 log = logging.getLogger(__name__)
+
+#: Largest error allowed between a weight rebuilt from its stored grid codes and the original,
+#: in units of the float32 spacing (ulp) of the largest magnitude of its block of 32.
+EXACT_GRID_MAX_ULPS = 4.0
 
 #: NNCF weight compressions (the ``compression`` wildcard): name -> ``compress_weights`` settings.
 #: ``group_size`` -1 means per output channel; ``data`` means a calibration set is needed.
@@ -48,131 +44,6 @@ COMPRESSIONS: dict[str, dict] = {
     # not NNCF: the checkpoint's own GGUF grid (lmship.exact_grid), activations kept fp32
     "q4_exact": {"exact_grid": True},
 }
-
-
-def _ir_files(xml: Path) -> tuple[Path, Path]:
-    xml = Path(xml)
-    return xml, xml.with_suffix(".bin")
-
-
-def _save_ir(model, out_xml: Path, *, compress_to_fp16: bool, check=None) -> Path:
-    """Save ``model`` as ``out_xml`` + ``.bin`` so that a crash never leaves a half-written pair.
-
-    ``check(xml)``, if given, runs on the written IR before it takes its place (it raises to refuse it).
-    """
-    import openvino as ov
-
-    out_xml, out_bin = _ir_files(out_xml)
-    out_xml.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_xml.parent, prefix=f".{out_xml.stem}.") as tmp_dir:
-        tmp_xml = Path(tmp_dir) / out_xml.name
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
-        if check is not None:
-            check(tmp_xml)
-        with atomic_output(out_xml) as tmp:  # the .xml appears last, after its .bin
-            tmp_xml.with_suffix(".bin").replace(out_bin)
-            tmp_xml.replace(tmp)
-    return out_xml
-
-
-def census(model) -> dict:
-    """Op types and counts of an OpenVINO model, and its weights (Constants) by element type."""
-    ops: Counter = Counter()
-    weight_count: Counter = Counter()
-    weight_bytes: Counter = Counter()
-    for op in model.get_ordered_ops():
-        kind = op.get_type_name()
-        ops[kind] += 1
-        if kind == "Constant":
-            elem = op.get_output_element_type(0).get_type_name()
-            weight_count[elem] += 1
-            weight_bytes[elem] += int(op.get_byte_size())
-    inputs = [
-        {"name": p.get_any_name(), "shape": str(p.get_partial_shape()), "type": p.get_element_type().get_type_name()}
-        for p in model.inputs
-    ]
-    outputs = [
-        {"shape": str(p.get_partial_shape()), "type": p.get_element_type().get_type_name()} for p in model.outputs
-    ]
-    return {
-        "total": sum(ops.values()),
-        "ops": dict(ops.most_common()),
-        "weights": {e: {"constants": weight_count[e], "bytes": weight_bytes[e]} for e, _ in weight_bytes.most_common()},
-        "weight_bytes": sum(weight_bytes.values()),
-        "inputs": inputs,
-        "outputs": outputs,
-    }
-
-
-def openvino_ir(
-    onnx_path: Path,
-    out_xml: Path,
-    *,
-    inputs_npz: Path | None = None,
-    reference_npy: Path | None = None,
-    graph: str = FORWARD,
-    hf_dir: Path | None = None,
-    host_npz: Path | None = None,
-    min_top1: float = 0.0,
-    max_rel_diff: float | None = None,
-    max_mean_kld: float | None = None,
-    census_json: Path | None = None,
-    metrics_json: Path | None = None,
-) -> Path:
-    """Convert ``onnx_path`` (the ``graph``) to an fp32 OpenVINO IR at ``out_xml`` (+ ``.bin``); write its census.
-
-    The IR is run at f32 and refused (nothing written) if it misses its gate against PyTorch
-    (:func:`lmship.gate.gate_for`: the evaluation set for the forward graph, PyTorch's generation for
-    a prefill / decode graph; unchecked for a forward graph given no evaluation set).
-    """
-    import openvino as ov
-
-    gate = gate_for(
-        graph,
-        inputs_npz=inputs_npz,
-        reference_npy=reference_npy,
-        hf_dir=hf_dir,
-        host_npz=host_npz,
-        min_top1=min_top1,
-        max_rel_diff=max_rel_diff,
-        max_mean_kld=max_mean_kld,
-    )
-    checked: dict = {}
-
-    def check(xml: Path) -> None:
-        if gate is not None:
-            checked.update(gate("openvino", xml, stage="openvino_ir"))
-
-    if not Path(onnx_path).is_file():
-        raise StageError(f"{onnx_path} does not exist; run the export stage first")
-    started = time.monotonic()
-    try:
-        model = ov.convert_model(str(onnx_path))
-    except Exception as exc:
-        raise StageError(f"OpenVINO {ov.__version__} cannot convert {onnx_path}: {type(exc).__name__}: {exc}") from exc
-    _save_ir(model, out_xml, compress_to_fp16=False, check=check)
-    seconds = time.monotonic() - started
-    info = census(model)
-    if census_json is not None:
-        write_json(census_json, info)
-    if metrics_json is not None:
-        write_json(
-            metrics_json,
-            _metrics(out_xml, seconds, info, graph=graph, openvino_version=ov.__version__, vs_pytorch=checked),
-        )
-    return Path(out_xml)
-
-
-def _metrics(out_xml: Path, seconds: float, info: dict, **extra) -> dict:
-    return {
-        "artifact": str(out_xml),
-        "size_mb": round(size_bytes(out_xml) / 1e6, 1),  # the .xml and its .bin
-        "seconds": round(seconds, 1),
-        "peak_rss_mb": round(peak_rss_mb()),
-        "ops_total": info["total"],
-        "weights": info["weights"],
-        **extra,
-    }
 
 
 def compress_ir(
@@ -226,7 +97,7 @@ def compress_ir(
             f"NNCF {nncf.__version__} compress_weights({mode}, group_size={group_size}, ratio={ratio}, "
             f"awq={awq}, scale_estimation={scale_estimation}) failed on {ir_xml}: {type(exc).__name__}: {exc}"
         ) from exc
-    _save_ir(compressed, out_xml, compress_to_fp16=False)
+    save_ir(compressed, out_xml, compress_to_fp16=False)
     seconds = time.monotonic() - started
     info = census(compressed)
     if census_json is not None:
@@ -237,7 +108,7 @@ def compress_ir(
             recipe["kept_uncompressed"] = list(kwargs["ignored_scope"].names)
         write_json(
             metrics_json,
-            _metrics(
+            ir_metrics(
                 out_xml,
                 seconds,
                 info,
@@ -378,11 +249,6 @@ def _constant_values(constant) -> np.ndarray:
     return data.reshape(shape)
 
 
-#: Largest error allowed between a weight rebuilt from its stored grid codes and the original,
-#: in units of the float32 spacing (ulp) of the largest magnitude of its block of 32.
-EXACT_GRID_MAX_ULPS = 4.0
-
-
 def verify_exact_grid(original, compressed) -> dict:
     """Rebuild each grid-stored weight of ``compressed`` from its codes and compare with ``original``.
 
@@ -448,7 +314,7 @@ def exact_grid_openvino(
     def check(xml: Path) -> None:
         proof.update(verify_exact_grid(core.read_model(str(ir_xml)), core.read_model(str(xml))))
 
-    _save_ir(model, out_xml, compress_to_fp16=False, check=check)
+    save_ir(model, out_xml, compress_to_fp16=False, check=check)
     seconds = time.monotonic() - started
     info = census(model)
     log.info("%s: %s; rebuilt weights vs the originals: %s", out_xml, stats, proof)
@@ -457,7 +323,7 @@ def exact_grid_openvino(
     if metrics_json is not None:
         write_json(
             metrics_json,
-            _metrics(out_xml, seconds, info, recipe=stats, verified=proof, openvino_version=ov.__version__),
+            ir_metrics(out_xml, seconds, info, recipe=stats, verified=proof, openvino_version=ov.__version__),
         )
     return Path(out_xml)
 
@@ -496,26 +362,7 @@ def needs_calibration(compression: str) -> bool:
     return bool(COMPRESSIONS[compression].get("data", False))
 
 
-def main_openvino_ir(argv: list[str] | None = None) -> None:
-    p = parser("openvino_ir", "ONNX -> fp32 OpenVINO IR (.xml + .bin), checked against PyTorch, and its census.")
-    add_checked_stage_arguments(p, "--onnx", "the ONNX model")
-    p.add_argument("--census", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        openvino_ir(
-            args.onnx,
-            args.out,
-            inputs_npz=args.inputs,
-            reference_npy=args.reference,
-            min_top1=args.min_top1,
-            max_rel_diff=args.max_rel_diff,
-            max_mean_kld=args.max_mean_kld,
-            census_json=args.census,
-            metrics_json=args.metrics,
-        )
-
-
-def main_compress_openvino(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = parser("compress_openvino", "NNCF weight compression of an OpenVINO IR.")
     p.add_argument("--ir", type=Path, required=True)
     p.add_argument("--compression", choices=tuple(COMPRESSIONS), required=True)
