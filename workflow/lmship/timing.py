@@ -162,7 +162,7 @@ def main_once(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
     with log_to(args.log):
-        timing(
+        time_once(
             args.runtime,
             args.artifact,
             args.inputs,

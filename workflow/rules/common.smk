@@ -34,7 +34,7 @@ from lmship.families import REGISTRY, generation_refusal  # noqa: E402
 from lmship.gguf import QUANTS  # noqa: E402
 from lmship.genai_model import VARIANTS as GENAI_VARIANTS  # noqa: E402
 from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
-from lmship.compress_openvino import COMPRESSIONS, needs_calibration# noqa: E402
+from lmship.compress_openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
 from lmship.records import failure_lines, failures, forget  # noqa: E402
 from lmship.sizes import model_size, size_limits, stage_need  # noqa: E402
