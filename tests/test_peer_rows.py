@@ -64,3 +64,34 @@ def test_every_generating_peer_generates_pytorchs_text(peer_run):
         assert len(rows) == 2 and set(rows["status"]) == {"ok"}, (backend, rows)
         assert (rows["same_text_pct"] == 100).all(), rows
         assert (rows["decode_ms_median"] > 0.02).all(), rows  # milliseconds, not a unit slip
+
+
+def test_a_runtime_not_installed_is_not_applicable_before_any_job(tmp_path):
+    """Bug: a peer configured without its runtime installed (the default config, installed from
+    envs/requirements.lock only) failed at job time, after its conversion. Now the dry run says
+    which package is missing and which lock installs it, and plans none of its jobs."""
+    import os
+    import subprocess
+    import sys
+
+    from workflow_helpers import SNAKEFILE
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import importlib.util as u\n"
+        "_find = u.find_spec\n"
+        "u.find_spec = lambda name, package=None: None if name.split('.')[0] == 'llama_cpp' else _find(name, package)\n"
+    )
+    workdir = tmp_path / "wd"
+    write_config(workdir, tiny_config(backends=["pytorch", *PEERS]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "-n"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    said = [line for line in out.splitlines() if "llama-cpp-python is not installed" in line]
+    named = {b for b in PEERS if b.startswith("llamacpp") and any(b in line for line in said)}
+    assert named >= {"llamacpp_f32", "llamacpp_q8_0", "llamacpp_q4_k_m"}, out[-3000:]
+    assert all("envs/peers.lock" in line for line in said), said
+    assert "rule gguf:" not in proc.stdout, proc.stdout[-3000:]

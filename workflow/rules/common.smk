@@ -8,6 +8,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 # The one place that makes the lmship package (workflow/lmship) importable: for this
@@ -41,6 +42,7 @@ from lmship.sizes import model_size, size_limits, stage_need  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
 from lmship.runtimes import generation_kind  # noqa: E402
 from lmship.runtimes import not_applicable as runtime_refusal  # noqa: E402
+from lmship.runtimes import not_installed  # noqa: E402
 from lmship.tflite import PRECISIONS  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -109,6 +111,20 @@ def finish_rules():
     if workflow.is_main_process:  # not again in every (cluster) job
         _check_sources()
         _announce_sizes()
+        _announce_missing_runtimes()
+
+
+def _announce_missing_runtimes():
+    """Before any job: the configured formats whose runtime is not installed here, and how to install it."""
+    if _CONDA:
+        return
+    missing = {}
+    for b in BACKEND_NAMES:
+        why = not_installed(BACKENDS[b].runtime)
+        if why is not None:
+            missing.setdefault(why, []).append(b)
+    for why, backends in missing.items():
+        logger.warning(f"{', '.join(backends)}: {why}")
 
 
 # Stages every format of a model needs: if one of them cannot fit, the model cannot run at all.
@@ -240,10 +256,17 @@ def backends_of(model, graph="seq"):
     return [b for b in BACKEND_NAMES if why_not(b, model, graph) is None]
 
 
+_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+
+
 def why_not(backend, model, graph="seq"):
     """Why ``backend`` does not apply to ``model`` (its source, this CPU, its family for its runtime,
     its size), or None."""
     reason = not_applicable(backend, config["models"][model]["source"], CPU_FLAGS)
+    if (
+        reason is None and not _CONDA
+    ):  # --sdm conda: each rule's own env brings its runtime
+        reason = not_installed(BACKENDS[backend].runtime)
     known = known_config(model)
     if reason is None and known is not None:
         reason = runtime_refusal(BACKENDS[backend].runtime, known)
@@ -471,6 +494,32 @@ def conversion_targets():
             if why_not(b, m) is None
         ),
     ]
+
+
+def published_generation():
+    """The generation table and figure that ``publish`` copies (none when generation is off)."""
+    if not generation_targets():
+        return []
+    return [rules.generation_summary.output.md, rules.generation_plot.output.png]
+
+
+def run_facts():
+    """What the published figures measured, in words (the configuration's size of the run)."""
+    b, e = config["benchmark"], config["eval"]
+    facts = {
+        "models": ", ".join(f"{m} ({config['models'][m]['source']})" for m in MODELS),
+        "formats": f"{len(BACKEND_NAMES)} configured",
+        "sequence lengths": ", ".join(map(str, SEQ_LENS)),
+        "threads": ", ".join(map(str, b["threads"])),
+        "timing": f"{b['rounds']} interleaved rounds, at least {b['repeats']} timed passes each",
+        "evaluation": f"{e['text_samples']} prose windows + {e['random_samples']} random",
+    }
+    if GEN["enabled"]:
+        facts["generation"] = (
+            f"{GEN['prompts']} prompts of {GEN['prompt_tokens']} tokens, "
+            f"{GEN['new_tokens']} greedy tokens"
+        )
+    return facts
 
 
 def all_targets():

@@ -182,3 +182,31 @@ rule ship_plot:
         tiers=list(config["quality_tiers"]),
     script:
         "../scripts/ship_plot.py"
+
+
+# Not part of `all`: `snakemake publish` after a run copies its answer to docs/results/,
+# which the README shows (commit the copies to change the front page).
+rule publish:
+    input:
+        rules.summary.output.md,
+        rules.ship_plot.output.png,
+        rules.plot.output.png,
+        rules.quality_plot.output.png,
+        published_generation(),
+    output:
+        folder=directory("docs/results"),
+    log:
+        "logs/publish.log",
+    benchmark:
+        "benchmarks/publish.tsv"
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        benchmarks="benchmarks",
+        facts=run_facts(),
+    script:
+        "../scripts/publish.py"

@@ -155,6 +155,20 @@ def generation_kind(runtime: str) -> str | None:
     return get(runtime).GENERATES
 
 
+def not_installed(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run in this Python environment (its package is not installed), or None."""
+    import importlib.util
+
+    module = get(runtime)
+    if importlib.util.find_spec(module.IMPORTS) is not None:
+        return None
+    lock = getattr(module, "LOCK", "envs/requirements.lock")
+    return (
+        f"not applicable: {module.DISTRIBUTION} is not installed in this environment; install {lock} "
+        "(the README's commands) or run with --sdm conda"
+    )
+
+
 def not_applicable(runtime: str, config: dict) -> str | None:
     """Why ``runtime`` cannot take a model of Hugging Face ``config`` (None when it can, or cannot tell)."""
     check = getattr(get(runtime), "not_applicable", None)

@@ -16,6 +16,9 @@ from .. import StageError
 from . import Session, dist_version, os_threads
 
 NAME = "litert"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+IMPORTS = "ai_edge_litert"
+DISTRIBUTION = "ai-edge-litert"
 GENERATES = "graphs"
 SIGNATURE = "serving_default"
 

@@ -19,6 +19,10 @@ from .. import StageError
 from . import GenerationResult, Session, greedy_over
 
 NAME = "llamacpp"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+#: The lock that installs it, apart from envs/requirements.lock.
+LOCK = "envs/peers.lock"
+IMPORTS = "llama_cpp"
 GENERATES = "own"
 DISTRIBUTION = "llama-cpp-python"
 #: Architectures converted and run through llama.cpp here (tests/test_peers.py, tiny random models).

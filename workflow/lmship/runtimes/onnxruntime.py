@@ -17,6 +17,9 @@ from .. import StageError
 from . import Session
 
 NAME = "onnxruntime"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+IMPORTS = "onnxruntime"
+DISTRIBUTION = "onnxruntime"
 GENERATES = "graphs"
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 

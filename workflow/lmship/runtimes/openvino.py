@@ -17,6 +17,9 @@ from .. import StageError
 from . import Session, require_bf16
 
 NAME = "openvino"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+IMPORTS = "openvino"
+DISTRIBUTION = "openvino"
 GENERATES = "graphs"
 PRECISION_HINTS = ("f32", "bf16")
 #: OpenVINO releases whose CPU plugin dies of SIGFPE in ``compile_model`` when asked for a language model

@@ -27,6 +27,11 @@ from .. import StageError
 from . import GenerationResult, Session
 
 NAME = "openvino_genai"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+#: The lock that installs it, apart from envs/requirements.lock.
+LOCK = "envs/peers.lock"
+IMPORTS = "openvino_genai"
+DISTRIBUTION = "openvino-genai"
 GENERATES = "own"
 #: The runtime opens the artifact folder (the IR, its tokenizers and the export's manifest).
 OPENS_FOLDER = True

@@ -22,6 +22,10 @@ from .. import StageError
 from . import GenerationResult, Session, greedy_over, os_threads
 
 NAME = "ort_genai"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+#: The lock that installs it, apart from envs/requirements.lock.
+LOCK = "envs/peers.lock"
+IMPORTS = "onnxruntime_genai"
 GENERATES = "own"
 #: The runtime opens the artifact folder (genai_config.json and its ONNX files), not one file.
 OPENS_FOLDER = True

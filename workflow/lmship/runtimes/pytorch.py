@@ -20,6 +20,9 @@ from .. import StageError
 from . import GenerationResult, Session, require_bf16
 
 NAME = "pytorch"
+#: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
+IMPORTS = "torch"
+DISTRIBUTION = "torch"
 GENERATES = "own"
 AUTOCAST = (None, "bf16")
 
