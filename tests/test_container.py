@@ -10,7 +10,7 @@ Apptainer from Debian unstable and runs the tiny workflow with
 `snakemake --sdm apptainer` and the Snakefile's own `container:` reference.
 Both check the outputs on the host and that every rule log was written inside
 this image (its interpreter and this build's LMSHIP_IMAGE). Everything is
-stopped and deleted again (tests/container_engine.py).
+stopped and deleted again (tests/support/container_engine.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from container_engine import (
+from support.container_engine import (
     ContainerHarnessError,
     Docker,
     build_base_image,
@@ -39,7 +39,7 @@ from container_engine import (
     local_docker,
     pip_sources,
 )
-from slurm_cluster import run_bounded
+from support.slurm_cluster import run_bounded
 from workflow_helpers import REPO, SNAKEFILE, tiny_config, write_config
 
 SEQ = 16

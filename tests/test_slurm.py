@@ -2,7 +2,7 @@
 
 Opt-in: set LMSHIP_SLURM_TEST=1 (CI does). Needs root on Debian: the test
 installs Debian's SLURM packages if missing, starts munged, slurmctld and
-slurmd, and stops them again (tests/slurm_cluster.py). Each rule must run as
+slurmd, and stops them again (tests/support/slurm_cluster.py). Each rule must run as
 its own SLURM job with the threads, memory and time limit the rule declared,
 checked from SLURM's own records.
 """
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from slurm_cluster import ClusterInfo, job_records, local_slurm, run_bounded
+from support.slurm_cluster import ClusterInfo, job_records, local_slurm, run_bounded
 from workflow_helpers import REPO, SNAKEFILE, snakemake, tiny_config, write_config
 
 SEQ = 16

@@ -35,7 +35,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from slurm_cluster import _start_reaper, ensure_debian_packages
+from .slurm_cluster import _start_reaper, ensure_debian_packages
 
 DEBIAN_PACKAGES = ("docker.io", "debootstrap", "patchelf")
 REQUIRED_BINARIES = ("dockerd", "docker", "debootstrap", "patchelf")

@@ -1,4 +1,5 @@
-"""Tests that can fail (issue 11, section 6 and the threads item of section 3).
+"""The timing stage (lmship.timing): exactly ``repeats`` timed passes, the threads each runtime
+really runs read back, and the same evaluation ids reaching every backend.
 
 Each test names the bug it catches; each was checked by introducing that bug.
 """
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SEQ, TINY_SPEC
+from conftest import REPO
 from lmship import StageError
 
 # -- 1. exactly `repeats` timed rows, warm-up untimed ---------------------------------------
@@ -98,61 +99,6 @@ def test_timing_writes_exactly_repeats_rows_without_warmup(monkeypatch, eval_set
     assert max(float(r["latency_ms"]) for r in rows) < 1000 * WARMUP_SLEEP / 2
 
 
-# -- 2. the attention term of the FLOP count, by hand ---------------------------------------
-
-
-def test_attention_flops_by_hand_tiny():
-    """Bug: attention term dropped (or seq instead of seq^2, kv heads instead of heads).
-
-    Dropping it changes the tiny model's total by < 10 %, so the converter comparison misses it.
-    """
-    from lmship.flops import forward_ops
-
-    arch = TINY_SPEC["architecture"]  # hidden 64, 4 heads (2 kv), 2 layers
-    ops = forward_ops(arch, 1, SEQ)
-    # per layer and head: QK^T is [24 x 16] @ [16 x 24], AV is [24 x 24] @ [24 x 16];
-    # each is 24 * 24 * 16 = 9216 multiply-adds = 18432 ops
-    per_head = 2 * (24 * 24 * 16) * 2
-    assert ops["attention"] == per_head * 4 * 2 == 294_912
-    assert ops["total"] == ops["linear"] + ops["attention"]
-    # batch 3 triples it, seq doubled quadruples it
-    assert forward_ops(arch, 3, SEQ)["attention"] == 3 * 294_912
-    assert forward_ops(arch, 1, 2 * SEQ)["attention"] == 4 * 294_912
-
-
-def test_attention_flops_by_hand_smollm_135m():
-    from conftest import SMOLLM2_135M_ARCH
-    from lmship.flops import forward_ops
-
-    cfg = SMOLLM2_135M_ARCH
-    # 30 layers x 9 query heads x (QK^T + AV) x 128 x 128 x 64 multiply-adds x 2 ops
-    assert forward_ops(cfg, 1, 128)["attention"] == 30 * 9 * 2 * 128 * 128 * 64 * 2 == 1_132_462_080
-
-
-def test_attention_flops_match_the_exported_graph(simplified):
-    """The attention term equals the ops of the graph's activation x activation MatMuls (shape inference)."""
-    import onnx
-
-    from lmship.flops import forward_ops
-
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(simplified)))
-    inits = {i.name for i in model.graph.initializer}
-    shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
-    }
-    ops = 0
-    matmuls = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and not ({node.input[0], node.input[1]} & inits):
-            a, b = shapes[node.input[0]], shapes[node.input[1]]
-            assert all(a) and all(b), f"{node.name}: shapes not static {a} {b}"
-            ops += 2 * int(np.prod(a)) * b[-1]
-            matmuls += 1
-    assert matmuls == 2 * TINY_SPEC["architecture"]["num_hidden_layers"]
-    assert ops == forward_ops(TINY_SPEC["architecture"], 1, SEQ)["attention"]
-
-
 # -- 3. the thread count really in effect in each runtime's timing process -------------------
 
 
@@ -199,81 +145,6 @@ def test_timing_fails_when_the_runtime_runs_other_threads(monkeypatch, eval_set,
 def test_timing_records_unknown_threads_as_empty(monkeypatch, eval_set, tmp_path):
     rows, _ = _fake_timing(monkeypatch, eval_set, tmp_path, threads_in_effect=None)
     assert {r["threads_in_effect"] for r in rows} == {""}
-
-
-# -- 4. int8 variants are accurate, not only finite -------------------------------------------
-
-
-def _accuracy(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement %, relative logit error ||logits - ref|| / ||ref||) over every position."""
-    top1 = 100.0 * float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
-    rel = float(np.linalg.norm(logits - reference) / np.linalg.norm(reference))
-    return top1, rel
-
-
-# Calibrated on the tiny random model (144 positions, vocab 384: chance is 0.26 % top-1). Measured
-# with onnxruntime 1.23.0 / torch of the lock: top-1 100 % for all three; relative logit error
-# int8_block 0.010, int8_dynamic 0.017, pytorch_int8 0.027. The bound is about twice the worst.
-# Top-1 is weak on this model (see test_accuracy_bounds_reject_a_broken_model); the relative error
-# carries the test: scales 25 % off give 0.30 (int8_dynamic, top-1 still 97.9 %), weights not
-# loaded into the PyTorch int8 model 1.34 (top-1 still 99.3 %).
-INT8_BOUNDS = {"min_top1_pct": 95.0, "max_rel_err": 0.06}
-# int8_dynamic's per-tensor activations go through ORT's MatMulInteger kernels, which differ by CPU: the same
-# file measured 0.017 here (AVX-512 VNNI) and 0.098 on a CI machine; scales 25 % off still give 0.30.
-DYNAMIC_MAX_REL_ERR = 0.15
-
-
-@pytest.mark.parametrize("variant", ["int8_dynamic", "int8_block"])
-def test_ort_int8_is_accurate(simplified, eval_set, tmp_path, variant):
-    """Bug: a quantiser that breaks the weights (wrong scale / zero point / bits) but keeps them finite."""
-    from lmship.quantize_onnx import quantize_onnx
-    from lmship.runtimes import open_backend
-
-    out = tmp_path / f"onnx_{variant}.onnx"
-    quantize_onnx(simplified, out, variant=variant)
-    session = open_backend("onnxruntime", out, threads=1)
-    ids = np.load(eval_set["inputs"])["input_ids"]
-    logits = np.stack([session.run(s) for s in ids])
-    top1, rel = _accuracy(logits, np.load(eval_set["reference"]))
-    print(f"{variant}: top-1 {top1:.2f} %, relative error {rel:.4f}")
-    assert top1 >= INT8_BOUNDS["min_top1_pct"]
-    assert rel <= (DYNAMIC_MAX_REL_ERR if variant == "int8_dynamic" else INT8_BOUNDS["max_rel_err"])
-
-
-def test_pytorch_int8_is_accurate(tiny_model, eval_set, tmp_path):
-    from lmship.quantize_pytorch import quantize_pytorch
-    from lmship.runtimes import open_backend
-
-    quantize_pytorch(tiny_model, tmp_path / "q")
-    session = open_backend("pytorch", tmp_path / "q", threads=1)
-    ids = np.load(eval_set["inputs"])["input_ids"]
-    logits = np.stack([session.run(s) for s in ids])
-    top1, rel = _accuracy(logits, np.load(eval_set["reference"]))
-    print(f"pytorch_int8: top-1 {top1:.2f} %, relative error {rel:.4f}")
-    assert top1 >= INT8_BOUNDS["min_top1_pct"]
-    assert rel <= INT8_BOUNDS["max_rel_err"]
-
-
-def _within_bounds(logits: np.ndarray, reference: np.ndarray) -> bool:
-    top1, rel = _accuracy(logits, reference)
-    return top1 >= INT8_BOUNDS["min_top1_pct"] and rel <= INT8_BOUNDS["max_rel_err"]
-
-
-def test_accuracy_bounds_reject_a_broken_model(eval_set):
-    """The bounds are not vacuous, and top-1 alone would be.
-
-    The tiny random model (tied embeddings, small weights) mostly predicts its input token:
-    the reference's top-1 is the input id at 99.3 % of positions. So a broken model that
-    only echoes its input passes any top-1 bound; the relative logit error catches it.
-    """
-    reference = np.load(eval_set["reference"])
-    ids = np.load(eval_set["inputs"])["input_ids"]
-    echo = 10.0 * np.eye(reference.shape[-1], dtype=np.float32)[ids]
-    assert _accuracy(echo, reference)[0] >= INT8_BOUNDS["min_top1_pct"]
-    assert not _within_bounds(echo, reference)
-    scrambled = reference[..., np.random.default_rng(0).permutation(reference.shape[-1])]
-    assert not _within_bounds(scrambled, reference)
-    assert _within_bounds(reference * 1.02, reference)
 
 
 # -- 5. identical inputs reach every backend ----------------------------------------------------
