@@ -152,6 +152,7 @@ def tflite_models(saved_model, eval_set, chain_dir) -> dict[str, dict]:
 
     Each conversion runs in its own process through the stage's CLI, as in the workflow.
     """
+    from lmship.cli import config_default
     from lmship.files import read_json
 
     metrics = {}
@@ -161,25 +162,28 @@ def tflite_models(saved_model, eval_set, chain_dir) -> dict[str, dict]:
             "-m",
             "lmship",
             "tflite",
-            "--savedmodel",
+            "--saved-model",
             str(saved_model),
-            "--out",
+            "--out-tflite",
             str(chain_dir / f"tflite_{precision}.tflite"),
             "--precision",
             precision,
-            "--inputs",
+            "--inputs-npz",
             str(eval_set["inputs"]),
-            "--reference",
+            "--reference-npy",
             str(eval_set["reference"]),
             "--min-top1",
             "95" if precision != "int8" else "0",
-            "--census",
+            "--census-json",
             str(chain_dir / f"tflite_{precision}.ops.json"),
-            "--metrics",
+            "--metrics-json",
             str(chain_dir / f"tflite_{precision}.json"),
             "--log",
             str(chain_dir / f"tflite_{precision}.log"),
         ]
+        if precision == "fp32":  # fp32 keeps PyTorch's logits too (the config's bounds)
+            cmd += ["--max-rel-diff", str(config_default("conversion_gate", "fp32_max_rel_logit_diff"))]
+            cmd += ["--max-mean-kld", str(config_default("conversion_gate", "fp32_max_mean_kld"))]
         subprocess.run(cmd, check=True, cwd=REPO / "workflow")
         metrics[precision] = read_json(chain_dir / f"tflite_{precision}.json")
     return metrics

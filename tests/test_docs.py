@@ -108,4 +108,3 @@ def test_the_readme_types_no_figure_by_hand():
     typed = [m.group(0) for m in FIGURE.finditer(text)]
     assert not typed, typed
     assert FIGURE.search("about 45 minutes on 2 cores") and FIGURE.search("the wheel (93 MB)")
-

@@ -69,3 +69,32 @@ def test_the_command_line_names_every_rule():
         if hasattr(module, "main"):
             assert rule in STAGES, rule
             assert STAGES[rule].split(":")[0] == rule, (rule, STAGES[rule])
+
+
+def test_every_command_line_answers_help_and_derived_ones_match_their_function(capsys):
+    """Bug: a hand-written parser restates a stage's parameters and drifts from them (an option the
+    function lost, a default that differs from the config's). The derived command lines have one
+    option per parameter of the stage function, no more, no less."""
+    import inspect
+
+    import pytest
+
+    from lmship.__main__ import STAGES
+
+    derived = []
+    for name, target in STAGES.items():
+        module_name, _, function = target.partition(":")
+        module = importlib.import_module(f"lmship.{module_name}")
+        main = getattr(module, function or "main")
+        with pytest.raises(SystemExit) as done:
+            main(["--help"])
+        assert done.value.code == 0, name
+        shown = capsys.readouterr().out
+        stage = getattr(main, "derived_from", None)
+        if stage is None:  # a hand-written command line (a child process's, or one with subcommands)
+            continue
+        derived.append(name)
+        options = {o for o in re.findall(r"--([a-z0-9-]+)", shown) if not o.startswith("no-")} - {"help", "log"}
+        expected = {p.replace("_", "-") for p in inspect.signature(stage).parameters}
+        assert options == expected, (name, options ^ expected)
+    assert len(derived) >= 20, derived

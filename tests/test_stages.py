@@ -383,11 +383,11 @@ def test_cli_runs_a_stage_alone(tiny_model, eval_set, tmp_path):
             "eval_inputs",
             "--seq-len",
             "16",
-            "--model",
+            "--hf-dir",
             str(tiny_model),
-            "--text",
+            "--text-txt",
             str(eval_set["text"]),
-            "--out",
+            "--out-npz",
             str(out),
         ],
         check=True,
@@ -433,8 +433,8 @@ def test_cli_defaults_are_the_config_defaults(simplified, eval_set, tmp_path):
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     out = tmp_path / "a.json"
     cmd = [sys.executable, "-m", "lmship", "evaluate", "--runtime", "onnxruntime", "--backend", "onnx_simplified"]
-    cmd += ["--artifact", str(simplified), "--inputs", str(eval_set["inputs"])]
-    cmd += ["--reference", str(eval_set["reference"]), "--out", str(out)]
+    cmd += ["--artifact", str(simplified), "--inputs-npz", str(eval_set["inputs"])]
+    cmd += ["--reference-npy", str(eval_set["reference"]), "--out-json", str(out)]
     subprocess.run(cmd, check=True, cwd=REPO / "workflow", capture_output=True)
     assert read_json(out)["tiers"] == schema["properties"]["quality_tiers"]["default"]
 

@@ -7,7 +7,7 @@ import csv
 import logging
 from pathlib import Path
 
-from .cli import parser
+from .cli import command
 from .files import atomic_output, read_json
 from .status import (
     OK,
@@ -62,9 +62,5 @@ def accuracy_table(jsons: list[Path], out_csv: Path) -> Path:
     return Path(out_csv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("accuracy_table", accuracy_table.__doc__)
-    p.add_argument("--accuracy", type=Path, nargs="+", required=True)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    accuracy_table(args.accuracy, args.out)
+#: ``python -m lmship accuracy_table``: its options are the function's parameters.
+main = command(accuracy_table)

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import parser
+from .cli import command
 from .files import write_json
 from .host import cpu_model, limit_threads_env
-from .logs import log_to
 from .timing import timed_runs
 
 log = logging.getLogger(__name__)
@@ -51,14 +50,8 @@ def bandwidth(out_json: Path, threads: int, *, size_mb: int = SIZE_MB) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("bandwidth", __doc__)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        bandwidth(args.out, args.threads)
+#: ``python -m lmship bandwidth``: its options are the function's parameters.
+main = command(bandwidth)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .cli import config_default, parser
+from .cli import command
 from .corpus import read_documents, text_windows
 from .files import atomic_output
-from .logs import log_to
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +62,13 @@ def eval_inputs(
     return Path(out_npz)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("eval_inputs", eval_inputs.__doc__)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--text", type=Path, required=True, help="the evaluation prose (the eval_text stage's output)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=config_default("batch_size"))
-    p.add_argument("--text-samples", type=int, default=config_default("eval", "text_samples"))
-    p.add_argument("--random-samples", type=int, default=config_default("eval", "random_samples"))
-    p.add_argument("--seed", type=int, default=config_default("eval", "seed"))
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        eval_inputs(
-            args.model,
-            args.text,
-            args.out,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            text_samples=args.text_samples,
-            random_samples=args.random_samples,
-            seed=args.seed,
-        )
+#: ``python -m lmship eval_inputs``: its options are the function's parameters.
+main = command(
+    eval_inputs,
+    config={
+        "batch_size": ("batch_size",),
+        "text_samples": ("eval", "text_samples"),
+        "random_samples": ("eval", "random_samples"),
+        "seed": ("eval", "seed"),
+    },
+)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import parser
+from .cli import command
 from .corpus import fetch_prose
-from .logs import log_to
 
 
 def eval_text(out_txt: Path) -> Path:
@@ -15,10 +14,5 @@ def eval_text(out_txt: Path) -> Path:
     return fetch_prose(out_txt)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("eval_text", eval_text.__doc__)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        eval_text(args.out)
+#: ``python -m lmship eval_text``: its options are the function's parameters.
+main = command(eval_text)

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import config_default, parser
+from .cli import command
 from .evalset import load_inputs
 from .files import stage_metrics, write_json
-from .logs import log_to
 from .quality import BROKEN, Agreement, tier
-from .runtimes import open_backend
+from .runtimes import NAMES, open_backend
 
 log = logging.getLogger(__name__)
 
@@ -177,38 +176,13 @@ def failed_evaluation(
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("evaluate", __doc__)
-    p.add_argument("--runtime", required=True)
-    p.add_argument("--artifact", type=Path, required=True)
-    p.add_argument("--inputs", type=Path, required=True)
-    p.add_argument("--reference", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--model", default="model")
-    p.add_argument("--backend", required=True)
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--stage-json", type=Path, help="metrics JSON of the stage that wrote the artifact")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: the runtime's default)")
-    p.add_argument("--options", default="{}", help="JSON object of runtime options (the backend's)")
-    p.add_argument("--tiers", help="JSON object of quality tiers, strictest first (default: config quality_tiers)")
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    tiers = json.loads(args.tiers) if args.tiers else config_default("quality_tiers")
-    with log_to(args.log):
-        evaluate(
-            args.runtime,
-            args.artifact,
-            args.inputs,
-            args.reference,
-            args.out,
-            model=args.model,
-            backend=args.backend,
-            precision=args.precision,
-            tiers=tiers,
-            threads=args.threads,
-            stage_json=args.stage_json,
-            options=json.loads(args.options),
-        )
+#: ``python -m lmship evaluate``: its options are the function's parameters.
+main = command(
+    evaluate,
+    config={"tiers": ("quality_tiers",)},
+    defaults={"model": "model", "precision": "fp32"},
+    choices={"runtime": NAMES},
+)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError, dynamo_export
-from .cli import add_checked_stage_arguments, config_default, parser
-from .decode_graph import export_generation_graph
+from .cli import FP32_GATE, command
+from .decode_graph import GRAPH_FAMILIES, export_generation_graph
 from .evalset import load_inputs
 from .files import atomic_onnx, atomic_output, external_data_needed, load_onnx, stage_metrics
 from .gate import FORWARD, Gate, gate_for, lengths
-from .logs import log_to
 
 log = logging.getLogger(__name__)
 
@@ -150,23 +149,15 @@ def _export_generation_graph(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("export_onnx", __doc__)
-    add_checked_stage_arguments(p, "--model", "prepared HF folder")
-    p.add_argument("--opset", type=int, default=config_default("export", "opset"))
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        export_onnx(
-            args.model,
-            args.inputs,
-            args.reference,
-            args.out,
-            opset=args.opset,
-            min_top1=args.min_top1,
-            max_rel_diff=args.max_rel_diff,
-            max_mean_kld=args.max_mean_kld,
-            metrics_json=args.metrics,
-        )
+#: ``python -m lmship export_onnx``: its options are the function's parameters.
+main = command(
+    export_onnx,
+    config={
+        "opset": ("export", "opset"),
+        **FP32_GATE,
+    },
+    choices={"graph": GRAPH_FAMILIES},
+)
 
 
 if __name__ == "__main__":

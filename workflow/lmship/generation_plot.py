@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cli import command, config_default
 from .status import FAILED, NOT_APPLICABLE, OK
 
 log = logging.getLogger(__name__)
@@ -134,14 +135,5 @@ def generation_plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:
     return save_png(generation_figure(pd.read_csv(summary_csv, keep_default_na=True), tiers), out_png)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .cli import config_default, parser
-    from .logs import log_to
-
-    p = parser("generation_plot", generation_plot.__doc__ or "")
-    p.add_argument("--summary", type=Path, required=True, help="results/generation.csv")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        generation_plot(args.summary, args.out, list(config_default("quality_tiers")))
+#: ``python -m lmship generation_plot``: its options are the function's parameters.
+main = command(generation_plot, defaults={"tiers": list(config_default("quality_tiers"))})

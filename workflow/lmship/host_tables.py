@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import command
 from .decode_graph import MASK_NEG, check_lengths, host_rows, load
 from .files import atomic_output
 
@@ -34,16 +35,7 @@ def host_tables(hf_dir: Path, out_npz: Path, *, prompt_len: int, max_len: int) -
     return Path(out_npz)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .cli import config_default, parser
-    from .logs import log_to
-
-    p = parser("host_tables", host_tables.__doc__ or "")
-    p.add_argument("--model", type=Path, required=True, help="prepared HF folder")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--prompt-len", type=int, default=config_default("generation", "prompt_tokens"))
-    p.add_argument("--max-len", type=int, default=config_default("generation", "max_len"))
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        host_tables(args.model, args.out, prompt_len=args.prompt_len, max_len=args.max_len)
+#: ``python -m lmship host_tables``: its options are the function's parameters.
+main = command(
+    host_tables, config={"prompt_len": ("generation", "prompt_tokens"), "max_len": ("generation", "max_len")}
+)

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import config_default, parser
+from .cli import command, config_default
 from .files import write_json
 from .host import BF16_FLAGS, cpu_flags, cpu_model, limit_threads_env
-from .logs import log_to
 from .runtimes.onnxruntime import session_options
 from .timing import timed_runs
 
@@ -196,14 +195,8 @@ def limit_of(limits: dict, arithmetic: str) -> float | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("machine_limit", __doc__)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        machine_limit(args.out, args.threads)
+#: ``python -m lmship machine_limit``: its options are the function's parameters.
+main = command(machine_limit)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 from . import StageError
-from .cli import add_checked_stage_arguments, parser
+from .cli import FP32_GATE, command
+from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, size_bytes, write_json
 from .gate import FORWARD, gate_for
-from .logs import log_to, peak_rss_mb
+from .logs import peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +147,11 @@ def ir_metrics(out_xml: Path, seconds: float, info: dict, **extra) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("openvino_ir", "ONNX -> fp32 OpenVINO IR (.xml + .bin), checked against PyTorch, and its census.")
-    add_checked_stage_arguments(p, "--onnx", "the ONNX model")
-    p.add_argument("--census", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        openvino_ir(
-            args.onnx,
-            args.out,
-            inputs_npz=args.inputs,
-            reference_npy=args.reference,
-            min_top1=args.min_top1,
-            max_rel_diff=args.max_rel_diff,
-            max_mean_kld=args.max_mean_kld,
-            census_json=args.census,
-            metrics_json=args.metrics,
-        )
+#: ``python -m lmship openvino_ir``: its options are the function's parameters.
+main = command(
+    openvino_ir,
+    config={
+        **FP32_GATE,
+    },
+    choices={"graph": GRAPH_FAMILIES},
+)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import BACKENDS, REFERENCE
-from .cli import config_default, parser
+from .cli import command, config_default
 from .figures import (
     FAILED_COLOR,
     FAILED_MARKER,
@@ -425,12 +425,8 @@ def quality_figure(table: pd.DataFrame, tiers: dict[str, dict]) -> Figure:
     return fig
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("plot", __doc__)
-    p.add_argument("--summary", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    plot(args.summary, args.out, list(config_default("quality_tiers")))
+#: ``python -m lmship plot``: its options are the function's parameters.
+main = command(plot, defaults={"tiers": list(config_default("quality_tiers"))})
 
 
 if __name__ == "__main__":

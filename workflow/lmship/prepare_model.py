@@ -26,9 +26,9 @@ from typing import Any
 
 from . import StageError
 from .checks import check_causal_lm_config, check_hub_reachable, check_local_folder
-from .cli import parser as parser_for
+from .cli import command
 from .files import atomic_output, size_bytes, write_json
-from .logs import log_to, peak_rss_mb
+from .logs import peak_rss_mb
 from .text import bundled_text
 
 log = logging.getLogger(__name__)
@@ -316,16 +316,8 @@ def train_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-def main(argv: list[str] | None = None) -> None:
-    import yaml
-
-    parser = parser_for("prepare_model", __doc__)
-    parser.add_argument("--spec", required=True, help="model entry as YAML/JSON, e.g. '{source: local, path: dir}'")
-    parser.add_argument("--out", required=True, type=Path, help="output HF folder")
-    parser.add_argument("--log", type=Path, default=None)
-    args = parser.parse_args(argv)
-    with log_to(args.log):
-        prepare_model(yaml.safe_load(args.spec), args.out)
+#: ``python -m lmship prepare_model``: its options are the function's parameters.
+main = command(prepare_model)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .cli import config_default, parser
+from .cli import command
 from .figures import (
     save_png,
 )
@@ -32,9 +32,5 @@ def quality_plot(summary_csv: Path, out_png: Path, tiers: dict[str, dict]) -> Pa
     return save_png(quality_figure(pd.read_csv(summary_csv, keep_default_na=True), tiers), out_png)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("quality_plot", quality_plot.__doc__)
-    p.add_argument("--summary", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    quality_plot(args.summary, args.out, config_default("quality_tiers"))
+#: ``python -m lmship quality_plot``: its options are the function's parameters.
+main = command(quality_plot, config={"tiers": ("quality_tiers",)})

@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 from . import StageError
-from .cli import parser
+from .cli import command
 from .decode_graph import gemm_to_matmul
 from .files import atomic_onnx, external_data_needed, load_onnx, size_bytes, stage_metrics
-from .logs import log_to
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +126,8 @@ def quantize_onnx(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("quantize_onnx", __doc__)
-    p.add_argument("--onnx", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--variant", choices=VARIANTS, required=True)
-    p.add_argument("--metrics", type=Path)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        quantize_onnx(args.onnx, args.out, variant=args.variant, metrics_json=args.metrics)
+#: ``python -m lmship quantize_onnx``: its options are the function's parameters.
+main = command(quantize_onnx, choices={"variant": VARIANTS})
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ import logging
 import time
 from pathlib import Path
 
-from .cli import parser
+from .cli import command
 from .files import atomic_output, stage_metrics
-from .logs import log_to
 from .runtimes.pytorch import STATE_FILE, int8_linear
 
 log = logging.getLogger(__name__)
@@ -41,15 +40,8 @@ def quantize_pytorch(hf_dir: Path, out_dir: Path, metrics_json: Path | None = No
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("quantize_pytorch", __doc__)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--metrics", type=Path)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        quantize_pytorch(args.model, args.out, args.metrics)
+#: ``python -m lmship quantize_pytorch``: its options are the function's parameters.
+main = command(quantize_pytorch)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import parser
+from .cli import command
 from .evalset import load_inputs
 from .files import atomic_output, stage_metrics
-from .logs import log_to
 from .quality import perplexity
 
 log = logging.getLogger(__name__)
@@ -61,14 +60,5 @@ def reference_logits(
     return Path(out_npy)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("reference_logits", reference_logits.__doc__)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--inputs", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--metrics", type=Path)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default)")
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        reference_logits(args.model, args.inputs, args.out, args.metrics, threads=args.threads)
+#: ``python -m lmship reference_logits``: its options are the function's parameters.
+main = command(reference_logits)

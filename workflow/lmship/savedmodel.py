@@ -10,7 +10,6 @@ The Keras model is checked against the PyTorch reference before saving.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import shutil
@@ -22,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .cli import add_checked_stage_arguments, config_default, parser
+from .cli import FP32_GATE, command
+from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, load_onnx, stage_metrics
 from .gate import FORWARD, gate_for
-from .logs import captured_stderr, first_error_line, log_to
+from .logs import captured_stderr, first_error_line
 
 log = logging.getLogger(__name__)
 
@@ -260,33 +260,16 @@ def _keras_runner(model, specs: list, out_names: list[str]):
     return run
 
 
-def main(argv: list[str] | None = None) -> None:
-    import yaml
-
-    p = parser("savedmodel", __doc__)
-    add_checked_stage_arguments(p, "--onnx", "simplified ONNX model")
-    p.add_argument(
-        "--onnx2tf",
-        default=yaml.safe_dump(config_default("savedmodel", "onnx2tf"), default_flow_style=True),
-        help="extra onnx2tf.convert() arguments as YAML/JSON (default: the config's savedmodel.onnx2tf)",
-    )
-    fast = config_default("savedmodel", "fast_weight_matmul")
-    p.add_argument("--fast-weight-matmul", action=argparse.BooleanOptionalAction, default=fast)
-    args = p.parse_args(argv)
-
-    with log_to(args.log):
-        savedmodel(
-            args.onnx,
-            args.inputs,
-            args.reference,
-            args.out,
-            min_top1=args.min_top1,
-            max_rel_diff=args.max_rel_diff,
-            max_mean_kld=args.max_mean_kld,
-            onnx2tf_options=yaml.safe_load(args.onnx2tf),
-            fast_weight_matmul=args.fast_weight_matmul,
-            metrics_json=args.metrics,
-        )
+#: ``python -m lmship savedmodel``: its options are the function's parameters.
+main = command(
+    savedmodel,
+    config={
+        "onnx2tf_options": ("savedmodel", "onnx2tf"),
+        "fast_weight_matmul": ("savedmodel", "fast_weight_matmul"),
+        **FP32_GATE,
+    },
+    choices={"graph": GRAPH_FAMILIES},
+)
 
 
 if __name__ == "__main__":

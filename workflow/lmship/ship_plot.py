@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import REFERENCE
-from .cli import config_default, parser
+from .cli import command, config_default
 from .figures import (
     FAILED_COLOR,
     NORMAL,
@@ -36,7 +36,6 @@ from .figures import (
     save_png,
     wrap,
 )
-from .logs import log_to
 from .plot import _tier_legend, failed_label, not_applicable_note, tier_color
 from .status import FAILED
 from .summary import recommendations
@@ -170,14 +169,8 @@ def ship_plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:
     return save_png(ship_figure(pd.read_csv(summary_csv, keep_default_na=True), tiers), out_png)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("ship_plot", __doc__)
-    p.add_argument("--summary", type=Path, required=True, help="results/summary.csv")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        ship_plot(args.summary, args.out, list(config_default("quality_tiers")))
+#: ``python -m lmship ship_plot``: its options are the function's parameters.
+main = command(ship_plot, defaults={"tiers": list(config_default("quality_tiers"))})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 from . import StageError
-from .cli import add_checked_stage_arguments, parser
+from .cli import FP32_GATE, command
+from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, load_onnx, size_bytes, stage_metrics
 from .gate import FORWARD, gate_for
-from .logs import log_to
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +87,14 @@ def simplify_onnx(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("simplify_onnx", __doc__)
-    add_checked_stage_arguments(p, "--onnx", "exported ONNX model")
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        simplify_onnx(
-            args.onnx,
-            args.inputs,
-            args.reference,
-            args.out,
-            min_top1=args.min_top1,
-            max_rel_diff=args.max_rel_diff,
-            max_mean_kld=args.max_mean_kld,
-            metrics_json=args.metrics,
-        )
+#: ``python -m lmship simplify_onnx``: its options are the function's parameters.
+main = command(
+    simplify_onnx,
+    config={
+        **FP32_GATE,
+    },
+    choices={"graph": GRAPH_FAMILIES},
+)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from collections import Counter
 from pathlib import Path
 
 from . import StageError
-from .cli import add_logit_gate_arguments, conversion_gate
-from .cli import parser as parser_for
+from .cli import command
+from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, stage_metrics, write_json
 from .gate import FORWARD, gate_for
-from .logs import captured_stderr, log_to
+from .logs import captured_stderr
 
 log = logging.getLogger(__name__)
 
@@ -161,32 +161,8 @@ def _tensor_type(schema, code: int) -> str:
     return str(code)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = parser_for("tflite", __doc__)
-    parser.add_argument("--savedmodel", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--inputs", type=Path)
-    parser.add_argument("--reference", type=Path)
-    parser.add_argument("--min-top1", type=float, help="fail below this top-1 agreement (%%; default: conversion_gate)")
-    add_logit_gate_arguments(parser)
-    parser.add_argument("--census", type=Path)
-    parser.add_argument("--metrics", type=Path)
-    parser.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
-    with log_to(args.log):
-        tflite(
-            args.savedmodel,
-            args.out,
-            precision=args.precision,
-            inputs_npz=args.inputs,
-            reference_npy=args.reference,
-            min_top1=args.min_top1 if args.min_top1 is not None else conversion_gate(args.precision),
-            max_rel_diff=args.max_rel_diff if args.precision == "fp32" else None,
-            max_mean_kld=args.max_mean_kld if args.precision == "fp32" else None,
-            census_json=args.census,
-            metrics_json=args.metrics,
-        )
+#: ``python -m lmship tflite``: its options are the function's parameters.
+main = command(tflite, choices={"precision": PRECISIONS, "graph": GRAPH_FAMILIES})
 
 
 if __name__ == "__main__":
