@@ -21,7 +21,7 @@ from .cli import FP32_GATE, command
 from .decode_graph import GRAPH_FAMILIES, export_generation_graph
 from .evalset import load_inputs
 from .files import atomic_onnx, atomic_output, external_data_needed, load_onnx, stage_metrics
-from .gate import FORWARD, Gate, gate_for, lengths
+from .gate import FORWARD, Bounds, Gate, gate_for, lengths
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,7 @@ def export_onnx(
     import torch
     from transformers import AutoModelForCausalLM
 
-    gate = gate_for(
-        graph,
-        inputs_npz=inputs_npz,
-        reference_npy=reference_npy,
-        hf_dir=hf_dir,
-        host_npz=host_npz,
-        min_top1=min_top1,
-        max_rel_diff=max_rel_diff,
-        max_mean_kld=max_mean_kld,
-    )
+    gate = gate_for(graph, inputs_npz, reference_npy, hf_dir, host_npz, Bounds(min_top1, max_rel_diff, max_mean_kld))
     if graph != FORWARD:
         return _export_generation_graph(
             graph, hf_dir, host_npz, out_onnx, gate, length=length, opset=opset, metrics_json=metrics_json

@@ -113,17 +113,13 @@ class GraphGate:
 
 def gate_for(
     graph: str,
-    *,
     inputs_npz: Path | None,
-    reference_npy: Path | None = None,
-    hf_dir: Path | None = None,
-    host_npz: Path | None = None,
-    min_top1: float = 0.0,
-    max_rel_diff: float | None = None,
-    max_mean_kld: float | None = None,
+    reference_npy: Path | None,
+    hf_dir: Path | None,
+    host_npz: Path | None,
+    bounds: Bounds,
 ) -> Gate | None:
     """The gate of a conversion of ``graph``; None for a forward graph given nothing to check against."""
-    bounds = Bounds(min_top1, max_rel_diff, max_mean_kld)
     if graph == FORWARD:
         if inputs_npz is None or reference_npy is None:
             return None

@@ -16,7 +16,7 @@ from . import StageError
 from .cli import FP32_GATE, command
 from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, size_bytes, write_json
-from .gate import FORWARD, gate_for
+from .gate import FORWARD, Bounds, gate_for
 from .logs import peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -99,16 +99,7 @@ def openvino_ir(
     """
     import openvino as ov
 
-    gate = gate_for(
-        graph,
-        inputs_npz=inputs_npz,
-        reference_npy=reference_npy,
-        hf_dir=hf_dir,
-        host_npz=host_npz,
-        min_top1=min_top1,
-        max_rel_diff=max_rel_diff,
-        max_mean_kld=max_mean_kld,
-    )
+    gate = gate_for(graph, inputs_npz, reference_npy, hf_dir, host_npz, Bounds(min_top1, max_rel_diff, max_mean_kld))
     checked: dict = {}
 
     def check(xml: Path) -> None:

@@ -24,7 +24,7 @@ from . import StageError
 from .cli import FP32_GATE, command
 from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, load_onnx, stage_metrics
-from .gate import FORWARD, gate_for
+from .gate import FORWARD, Bounds, gate_for
 from .logs import captured_stderr, first_error_line
 
 log = logging.getLogger(__name__)
@@ -106,16 +106,7 @@ def savedmodel(
     import onnx2tf
     import tensorflow as tf
 
-    gate = gate_for(
-        graph,
-        inputs_npz=inputs_npz,
-        reference_npy=reference_npy,
-        hf_dir=hf_dir,
-        host_npz=host_npz,
-        min_top1=min_top1,
-        max_rel_diff=max_rel_diff,
-        max_mean_kld=max_mean_kld,
-    )
+    gate = gate_for(graph, inputs_npz, reference_npy, hf_dir, host_npz, Bounds(min_top1, max_rel_diff, max_mean_kld))
     proto = load_onnx(in_onnx)  # a clear error for a truncated / corrupt file, before onnx2tf's own
     in_names = [i.name for i in proto.graph.input]
     in_shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]

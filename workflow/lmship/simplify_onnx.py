@@ -15,7 +15,7 @@ from . import StageError
 from .cli import FP32_GATE, command
 from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, load_onnx, size_bytes, stage_metrics
-from .gate import FORWARD, gate_for
+from .gate import FORWARD, Bounds, gate_for
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,7 @@ def simplify_onnx(
     import onnx
     import onnxsim
 
-    gate = gate_for(
-        graph,
-        inputs_npz=inputs_npz,
-        reference_npy=reference_npy,
-        hf_dir=hf_dir,
-        host_npz=host_npz,
-        min_top1=min_top1,
-        max_rel_diff=max_rel_diff,
-        max_mean_kld=max_mean_kld,
-    )
+    gate = gate_for(graph, inputs_npz, reference_npy, hf_dir, host_npz, Bounds(min_top1, max_rel_diff, max_mean_kld))
     started = time.monotonic()
     model = load_onnx(in_onnx)
     before = op_counts(model)

@@ -25,7 +25,7 @@ from . import StageError
 from .cli import command
 from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, stage_metrics, write_json
-from .gate import FORWARD, gate_for
+from .gate import FORWARD, Bounds, gate_for
 from .logs import captured_stderr
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,7 @@ def tflite(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # the converter reports its op count at INFO level
     import tensorflow as tf
 
-    gate = gate_for(
-        graph,
-        inputs_npz=inputs_npz,
-        reference_npy=reference_npy,
-        hf_dir=hf_dir,
-        host_npz=host_npz,
-        min_top1=min_top1,
-        max_rel_diff=max_rel_diff,
-        max_mean_kld=max_mean_kld,
-    )
+    gate = gate_for(graph, inputs_npz, reference_npy, hf_dir, host_npz, Bounds(min_top1, max_rel_diff, max_mean_kld))
     if precision not in PRECISIONS:
         raise StageError(f"unknown TFLite precision {precision!r}; expected one of {PRECISIONS}")
     if not (Path(saved_model) / "saved_model.pb").is_file():
