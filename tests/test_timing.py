@@ -116,8 +116,9 @@ def test_threads_in_effect_in_a_fresh_timing_process(
     out = tmp_path / "t.csv"
     cmd = [
         sys.executable, "-m", "lmship", "timing",
-        "--runtime", runtime, "--artifact", str(chain_dir / artifact), "--inputs", str(eval_set["inputs"]),
-        "--out", str(out), "--threads", str(threads), "--warmup", "1", "--repeats", "3", "--min-seconds", "0",
+        "--runtime", runtime, "--artifact", str(chain_dir / artifact), "--inputs-npz", str(eval_set["inputs"]),
+        "--out-csv", str(out), "--backend", runtime, "--threads", str(threads),
+        "--warmup", "1", "--repeats", "3", "--min-seconds", "0",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO / "workflow", capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -76,7 +76,10 @@ def command(
         p = parser(function.__name__, function.__doc__ or "")
         for name, param in signature.parameters.items():
             default = config_default(*config[name]) if name in config else defaults.get(name, param.default)
-            options = _option(hints.get(name, str))
+            hint = hints.get(name, str)
+            options = _option(hint)
+            if default is inspect.Parameter.empty and type(None) in typing.get_args(hint):
+                default = None  # ``X | None`` without a default: optional
             if default is inspect.Parameter.empty:
                 options["required"] = True
             else:
@@ -107,9 +110,8 @@ def _option(hint: Any) -> dict[str, Any]:
     origin = typing.get_origin(hint) or hint
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if origin in (list, tuple):
-        inner = typing.get_args(hint)
-        return {"nargs": "+", "type": inner[0] if inner and inner[0] in (Path, int, float, str) else str}
+    if origin in (list, tuple) and typing.get_args(hint)[:1] and typing.get_args(hint)[0] in (Path, int, float, str):
+        return {"nargs": "+", "type": typing.get_args(hint)[0]}
     if hint in (Path, int, float, str):
         return {"type": hint}
     return {"type": yaml.safe_load}  # dicts and anything else: a YAML / JSON value

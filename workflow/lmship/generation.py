@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .cli import parser
+from .cli import command
 from .files import atomic_output, read_json
 from .host import limit_threads_env
-from .logs import log_to, peak_rss_mb
+from .logs import peak_rss_mb
 from .rounds import child_env, child_failure, failed_row, new_run_id, rotated, where_failed, write_rows
+from .runtimes import NAMES
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,9 @@ def generation(
                     "import sys; from lmship.generation import main_once; main_once(sys.argv[1:])",
                     "--runtime", b["runtime"], "--decode", str(b["decode"]),
                     *(["--prefill", str(b["prefill"])] if b.get("prefill") and not own else []),
-                    *(["--host", str(host_npz)] if host_npz else []),
+                    *(["--host-npz", str(host_npz)] if host_npz else []),
                     "--options", json.dumps(b.get("options") or {}), "--max-len", str(max_len),
-                    "--inputs", str(inputs_npz), "--out", str(part),
+                    "--inputs-npz", str(inputs_npz), "--out-csv", str(part),
                     "--model", model, "--backend", b["backend"], "--precision", b["precision"],
                     "--threads", str(threads), "--prompts", str(prompts), "--new-tokens", str(new_tokens),
                 ]  # fmt: skip
@@ -299,72 +300,23 @@ def generation(
     return write_rows(out_csv, rows)
 
 
-def main_once(argv: list[str] | None = None) -> None:
-    p = parser("generate_once", __doc__)
-    p.add_argument("--runtime", required=True)
-    p.add_argument("--decode", type=Path, required=True, help="decode graph (PyTorch: the HF folder)")
-    p.add_argument("--prefill", type=Path, help="prefill graph (absent: the prompt goes through decode steps)")
-    p.add_argument("--host", type=Path, help="host tables of the graphs (runtimes that run graphs)")
-    p.add_argument("--inputs", type=Path, required=True, help="eval_inputs of prompt_tokens tokens")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--model", default="model")
-    p.add_argument("--backend", required=True)
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--prompts", type=int, required=True)
-    p.add_argument("--new-tokens", type=int, required=True)
-    p.add_argument("--max-len", type=int, required=True, help="positions a prompt and its new tokens may take")
-    p.add_argument("--options", default="{}", help="JSON object of the runtime's options")
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        generate_once(
-            args.runtime,
-            args.decode,
-            args.prefill,
-            args.host,
-            args.inputs,
-            args.out,
-            model=args.model,
-            backend=args.backend,
-            precision=args.precision,
-            threads=args.threads,
-            prompts=args.prompts,
-            new_tokens=args.new_tokens,
-            max_len=args.max_len,
-            options=json.loads(args.options),
-        )
+#: The command line of one timed child process (the ``timing`` / ``generation`` stage starts it).
+main_once = command(
+    generate_once, defaults={"model": "model", "precision": "fp32", "threads": 1}, choices={"runtime": NAMES}
+)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = parser("generation", "Every backend's generation at one thread count, in interleaved rounds.")
-    p.add_argument("--backends", required=True, help="JSON list of {backend, runtime, precision, decode, prefill}")
-    p.add_argument("--host", type=Path)
-    p.add_argument("--inputs", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--model", default="model")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, required=True)
-    p.add_argument("--prompts", type=int, required=True)
-    p.add_argument("--new-tokens", type=int, required=True)
-    p.add_argument("--max-len", type=int, required=True)
-    p.add_argument("--lossless", nargs="*", default=[], help="backends that must generate PyTorch's exact tokens")
-    p.add_argument("--log", type=Path)
-    args = p.parse_args(argv)
-    with log_to(args.log):
-        generation(
-            json.loads(args.backends),
-            args.host,
-            args.inputs,
-            args.out,
-            model=args.model,
-            threads=args.threads,
-            rounds=args.rounds,
-            prompts=args.prompts,
-            new_tokens=args.new_tokens,
-            max_len=args.max_len,
-            lossless=args.lossless,
-        )
+#: ``python -m lmship generation``: its options are the function's parameters.
+main = command(
+    generation,
+    config={
+        "rounds": ("benchmark", "rounds"),
+        "prompts": ("generation", "prompts"),
+        "new_tokens": ("generation", "new_tokens"),
+        "max_len": ("generation", "max_len"),
+    },
+    defaults={"model": "model", "threads": 1, "lossless": []},
+)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .cli import config_default
-from .cli import parser as parser_for
+from .cli import command
 from .evalset import load_inputs
 from .files import atomic_output, size_bytes
 from .host import cpu_flags, cpu_model, limit_threads_env
-from .logs import log_to, peak_rss_mb
+from .logs import peak_rss_mb
 from .rounds import child_env, child_failure, failed_row, new_run_id, rotated, where_failed, write_rows
-from .runtimes import open_backend
+from .runtimes import NAMES, open_backend
 
 log = logging.getLogger(__name__)
 
@@ -145,37 +144,17 @@ def time_once(
     return Path(out_csv)
 
 
-def main_once(argv: list[str] | None = None) -> None:
-    parser = parser_for("timing", __doc__)
-    parser.add_argument("--runtime", required=True)
-    parser.add_argument("--artifact", type=Path, required=True)
-    parser.add_argument("--inputs", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="model")
-    parser.add_argument("--backend", default=None)
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=config_default("benchmark", "warmup"))
-    parser.add_argument("--repeats", type=int, default=config_default("benchmark", "repeats"))
-    parser.add_argument("--min-seconds", type=float, default=config_default("benchmark", "min_seconds"))
-    parser.add_argument("--options", default="{}", help="JSON object of runtime options (the backend's)")
-    parser.add_argument("--log", type=Path)
-    args = parser.parse_args(argv)
-    with log_to(args.log):
-        time_once(
-            args.runtime,
-            args.artifact,
-            args.inputs,
-            args.out,
-            model=args.model,
-            backend=args.backend or args.runtime,
-            precision=args.precision,
-            threads=args.threads,
-            warmup=args.warmup,
-            repeats=args.repeats,
-            min_seconds=args.min_seconds,
-            options=json.loads(args.options),
-        )
+#: The command line of one timed child process (the ``timing`` / ``generation`` stage starts it).
+main_once = command(
+    time_once,
+    config={
+        "warmup": ("benchmark", "warmup"),
+        "repeats": ("benchmark", "repeats"),
+        "min_seconds": ("benchmark", "min_seconds"),
+    },
+    defaults={"model": "model", "precision": "fp32", "threads": 1},
+    choices={"runtime": NAMES},
+)
 
 
 def timing(
@@ -238,8 +217,8 @@ def timing(
                     "--runtime", b["runtime"],
                     "--artifact", str(artifact_of(b["runtime"], b["artifact"])),
                     "--options", json.dumps(b.get("options") or {}),
-                    "--inputs", str(inputs_npz),
-                    "--out", str(part),
+                    "--inputs-npz", str(inputs_npz),
+                    "--out-csv", str(part),
                     "--model", model,
                     "--backend", b["backend"],
                     "--precision", b["precision"],
