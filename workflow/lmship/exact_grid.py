@@ -18,11 +18,10 @@ them with ONNX Runtime's block-quantised contrib ops:
   ``h`` with scale ``16 d`` and zero point 8, low ``l`` with scale ``d`` and zero point
   0, so ``16 d (h - 8) + d l = d q``. Both parts are exact in fp32 (a small integer
   times GGUF's fp16 scale), and so is their sum. (ONNX Runtime's own 8-bit
-  MatMulNBits computes fp32 only through a slow reference path on CPU: 25x slower
-  than the fp32 MatMul at accuracy_level 0; its fast path quantises the activations.)
-  Where the head multiplies more rows (the forward graph's 128 positions) it stays an fp32
-  MatMul: two 4-bit products cost more than one fp32 product there (SmolLM2-135M forward at
-  1 thread: 388.6 ms with the fp32 head, 471.7 ms with the two halves).
+  MatMulNBits computes fp32 only through a slow reference path on CPU at accuracy_level 0;
+  its fast path quantises the activations.) Where the head multiplies many rows (the
+  forward graph's positions) it stays an fp32 MatMul: two 4-bit products cost more than one
+  fp32 product there (measured in docs/measuring.md).
 * anything not on a grid is left as is.
 
 Nothing is re-quantised, so the model's answers do not change (compute stays

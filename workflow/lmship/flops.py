@@ -9,8 +9,8 @@ Counted as 2 operations (multiply + add) per multiply-accumulate:
   layer (the full square, as the exported graphs compute it with a mask).
 
 Norms, rotary embeddings, softmax and activations are element-wise and left
-out (under 1% here). For SmolLM-135M at batch 1, seq 128 this gives 35.6 G,
-next to the TFLite converter's own estimate of 35.1 G.
+out (a small share of the total). The TFLite stage records the converter's own estimate next
+to this count (``converter_arithmetic_ops`` in its metrics), so the two can be compared per model.
 """
 
 from __future__ import annotations

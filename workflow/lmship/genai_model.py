@@ -8,13 +8,14 @@ repaired where the 0.10 builder misreads a transformers 5 folder (:func:`builder
 :func:`fix_genai_config`) and its rotary tables checked against transformers' own
 (:func:`check_rotary_tables`). Running it is the runtime's part (:mod:`lmship.runtimes.ort_genai`).
 
-Why the builder needs help (0.10.0 with transformers 5.23): transformers 5 keeps the RoPE base
-only in ``config.rope_parameters["rope_theta"]`` (a ``rope_theta`` key in config.json is moved
-there on load), while the builder reads ``config.rope_theta`` and, finding no such attribute,
-falls back to ``rope_embedding_base`` and then to 10,000. SmolLM2's base is 100,000: its cos/sin
-tables came out for the wrong base (up to 2.0 off from position 1 on), which cost top-1 agreement
-84 % on prose. :func:`builder_input` hands the builder a copy of the folder whose config.json
-also carries ``rope_embedding_base``, the one spelling it reads that transformers leaves alone.
+Why the builder needs help (0.10.0 with transformers 5.23): transformers 5 keeps the RoPE base only
+in ``config.rope_parameters["rope_theta"]`` (a ``rope_theta`` key in config.json is moved there on
+load), while the builder reads ``config.rope_theta`` and, finding no such attribute, falls back to
+``rope_embedding_base`` and then to its own default base. A model whose base differs (SmolLM2's
+does) got cos/sin tables for the wrong base, and its evaluation showed it (a broken tier, where the
+fixed input is lossless). :func:`builder_input` hands the builder a copy of the folder whose
+config.json also carries ``rope_embedding_base``, the one spelling it reads that transformers leaves
+alone.
 Its ``genai_config.json`` has ``null`` for ``do_sample`` / ``temperature`` / ``top_k`` /
 ``top_p`` (transformers 5 configs have those attributes set to None), which its runtime refuses.
 """

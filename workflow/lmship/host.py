@@ -73,7 +73,7 @@ def with_huge_pages(env: dict[str, str]) -> dict[str, str]:
 
     Where THP runs in ``madvise`` mode, a runtime's weights otherwise sit in 4 KiB pages, and a
     matmul that walks its packed weights in strides pays a TLB miss per page (ONNX Runtime's fp32
-    decode step on SmolLM2-135M: ~9 % slower). The benchmark sets this for every backend's
+    decode step measured slower; see docs/measuring.md). The benchmark sets this for every backend's
     process alike; glibc before 2.35 ignores the tunable, and ``always`` / ``never`` modes do not
     need it or refuse it. Other tunables in ``GLIBC_TUNABLES`` are kept.
     """

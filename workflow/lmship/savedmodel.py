@@ -1,10 +1,10 @@
 """Convert the simplified ONNX model to a TensorFlow SavedModel with onnx2tf.
 
-onnx2tf's own TFLite step is kept out of this process (converting to TFLite
-in the same process as the SavedModel was OOM-killed at ~24 GB on the 135M
-model): onnx2tf builds the Keras model (``disable_model_save=True``), and
-this stage writes the SavedModel itself with a Keras export archive (the
-path onnx2tf takes with ``-osd``), with one ``serving_default`` signature.
+onnx2tf's own TFLite step is kept out of this process (converting to TFLite in the same process as
+the SavedModel ran out of memory on a 24 GB machine; each stage's measured peak is in
+workflow/lmship/data/stage_costs.json): onnx2tf builds the Keras model
+(``disable_model_save=True``), and this stage writes the SavedModel itself with a Keras export
+archive (the path onnx2tf takes with ``-osd``), with one ``serving_default`` signature.
 The Keras model is checked against the PyTorch reference before saving.
 """
 

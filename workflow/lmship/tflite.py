@@ -1,11 +1,10 @@
 """TFLite fp32 / fp16 / int8 from the SavedModel, builtin ops only.
 
-Each precision is its own process (the converter peaks near 9 GB on the 135M
-model). The converter may use TFLITE_BUILTINS only, so a model that would
-need Flex (SELECT_TF_OPS) ops fails to convert instead of silently running
-through the TensorFlow fallback. Next to each ``.tflite`` the stage writes an
-op census (builtin / custom / Flex counts per op); any custom or Flex op
-fails the stage with the ops named.
+Each precision is its own process (the converter's peak memory, measured per model size in
+workflow/lmship/data/stage_costs.json, is the stage's own). The converter may use TFLITE_BUILTINS
+only, so a model that would need Flex (SELECT_TF_OPS) ops fails to convert instead of silently
+running through the TensorFlow fallback. Next to each ``.tflite`` the stage writes an op census
+(builtin / custom / Flex counts per op); any custom or Flex op fails the stage with the ops named.
 
 Precisions: ``fp32``; ``fp16`` (float16 weights, dequantised at load on x86);
 ``int8`` (dynamic-range quantisation: int8 weights, activations quantised on
