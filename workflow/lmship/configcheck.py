@@ -186,10 +186,13 @@ def onnx2tf_options() -> set[str] | None:
 
 def _generation_problems(config: dict) -> list[str]:
     """The generation lengths must fit the cache, and the prompts the evaluation prose."""
+    from .cli import config_default
+
     gen = config.get("generation") or {}
-    prompt, max_len, new = gen.get("prompt_tokens", 128), gen.get("max_len", 256), gen.get("new_tokens", 64)
-    prompts = gen.get("prompts", 4)
-    samples = (config.get("eval") or {}).get("text_samples", 40)
+    prompt, max_len, new, prompts = (
+        gen.get(k, config_default("generation", k)) for k in ("prompt_tokens", "max_len", "new_tokens", "prompts")
+    )
+    samples = (config.get("eval") or {}).get("text_samples", config_default("eval", "text_samples"))
     problems = []
     if all(isinstance(v, int) for v in (prompt, max_len, new)) and prompt + new - 1 > max_len:
         problems.append(
