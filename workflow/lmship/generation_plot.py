@@ -3,7 +3,6 @@ every generating format by quality tier, from ``generation.csv`` (:mod:`lmship.g
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,6 @@ import pandas as pd
 
 from .cli import command, config_default
 from .status import FAILED, NOT_APPLICABLE, OK
-
-log = logging.getLogger(__name__)
-
 
 #: Height of one format's row per thread count in the generation figure, and a panel's extra (inches).
 GEN_ROW_IN = 0.18

@@ -6,7 +6,6 @@ op / precision census (op types and counts, weight element types and bytes). Its
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from collections import Counter
@@ -18,8 +17,6 @@ from .decode_graph import GRAPH_FAMILIES
 from .files import atomic_output, size_bytes, write_json
 from .gate import FORWARD, Bounds, gate_for
 from .logs import peak_rss_mb
-
-log = logging.getLogger(__name__)
 
 
 def _ir_files(xml: Path) -> tuple[Path, Path]:
