@@ -322,6 +322,29 @@ def test_evaluate_places_the_backend_in_its_tier(simplified, eval_set, tmp_path)
     assert r["tier"] == "broken" and not r["passed"]
 
 
+def test_evaluate_measures_quality_where_the_runtime_runs_and_says_so(simplified, eval_set, tmp_path, monkeypatch):
+    """Bug: a runtime that cannot run at one thread (OpenVINO 2026.4's bf16 on an AMX CPU dies of SIGFPE)
+    lost its quality, and with it every row, although quality does not depend on the thread count. Now
+    evaluate measures it at the thread count the runtime gives, and the JSON says why."""
+    import lmship.evaluate
+    from lmship import ThreadsRefusedError
+    from lmship.runtimes import open_backend
+
+    def refusing(runtime, artifact, threads, **options):
+        if threads == 1:
+            raise ThreadsRefusedError("this runtime crashes at one thread here", min_threads=2)
+        return open_backend(runtime, artifact, threads, **options)
+
+    monkeypatch.setattr(lmship.evaluate, "open_backend", refusing)
+    r = lmship.evaluate.evaluate(
+        "onnxruntime", simplified, eval_set["inputs"], eval_set["reference"], tmp_path / "a.json",
+        model="tiny", backend="onnx_simplified", precision="fp32", threads=1,
+        tiers={"lossless": {"min_top1_pct": 99.5, "max_mean_kld": 0.0005, "max_ppl_change_pct": 0.1}},
+    )  # fmt: skip
+    assert r["tier"] == "lossless" and r["threads"] == 2, r
+    assert r["threads_note"] == "evaluated at 2 threads: this runtime crashes at one thread here"
+
+
 def test_evaluate_takes_the_gates_figures_only_from_the_same_runtime_and_set(simplified, eval_set, chain_dir, tmp_path):
     """The simplify stage's gate already ran the evaluation set through ONNX Runtime: evaluate takes
     those figures, and measures itself when the runtime, the set or the artifact differ."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ThreadsRefusedError
 from .cli import command
 from .evalset import load_inputs
 from .files import stage_metrics, write_json
@@ -113,7 +114,13 @@ def evaluate(
     opens the artifact with (the backend's, e.g. a bf16 precision hint).
     """
     started = time.monotonic()
-    session = open_backend(runtime, artifact, threads=threads, **(options or {}))
+    try:
+        session = open_backend(runtime, artifact, threads=threads, **(options or {}))
+        threads_note = None
+    except ThreadsRefusedError as refused:  # quality does not depend on the thread count: measure it where it runs
+        log.warning("%s; evaluated at %d threads instead", refused, refused.min_threads)
+        session = open_backend(runtime, artifact, threads=refused.min_threads, **(options or {}))
+        threads_note = f"evaluated at {refused.min_threads} threads: {refused}"
     metrics = gate_figures(stage_json, session, artifact, inputs_npz, reference_npy)
     measured_in = str(stage_json) if metrics is not None else "evaluate"
     if metrics is None:
@@ -133,6 +140,7 @@ def evaluate(
         tier=name,
         tier_missed=missed,
         tiers=tiers,
+        **({"threads_note": threads_note} if threads_note else {}),
         passed=name != BROKEN,
         runtime=session.runtime,
         runtime_version=session.version,

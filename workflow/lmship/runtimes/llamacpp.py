@@ -10,13 +10,17 @@ and ``n_threads_batch`` (prompt, forward) are both set and read back from the co
 
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .. import StageError
 from . import GenerationResult, Session, greedy_over
+
+log = logging.getLogger(__name__)
 
 NAME = "llamacpp"
 #: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
@@ -68,6 +72,39 @@ def not_applicable(config: dict) -> str | None:
     return None
 
 
+#: llama-cpp-python releases whose llama.cpp crashes (SIGSEGV in ``ggml_backend_amx_mul_mat``) on the first
+#: quantised matmul on a CPU with AMX, when it is built there from source (the AMX kernels are compiled in
+#: for the native CPU): seen with 0.3.36 on an Intel Xeon with AMX for Q8_0, Q4_1 and Q4_K_M; F32 runs.
+#: There the model is loaded without llama.cpp's extra buffer types (its AMX and repacked layouts), so
+#: every GGUF runs on the AVX-512 kernels; elsewhere nothing changes.
+AMX_SIGSEGV = ("0.3.36",)
+
+
+@contextmanager
+def _model_params(llama_cpp):
+    """llama.cpp's default model parameters, without extra buffer types where :data:`AMX_SIGSEGV` applies."""
+    from ..host import cpu_flags
+
+    if not (version().startswith(AMX_SIGSEGV) and "amx_int8" in cpu_flags()):
+        yield
+        return
+    import llama_cpp.llama as high_level
+
+    default = high_level.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    log.warning("llama.cpp %s on a CPU with AMX: loading without its AMX / repacked weight layouts", version())
+    high_level.llama_cpp.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        high_level.llama_cpp.llama_model_default_params = default
+
+
 def open_llama(gguf_path: Path, threads: int, *, n_ctx: int, logits_all: bool):
     """``llama_cpp.Llama`` on ``gguf_path`` with ``threads`` for both decode and batch; returns it and
     the (n_threads, n_threads_batch) its context reports."""
@@ -77,16 +114,17 @@ def open_llama(gguf_path: Path, threads: int, *, n_ctx: int, logits_all: bool):
         raise StageError(f"GGUF file {gguf_path} does not exist")
     count = threads if threads > 0 else None
     try:
-        llm = llama_cpp.Llama(
-            str(gguf_path),
-            n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_ubatch=n_ctx,
-            n_threads=count,
-            n_threads_batch=count,
-            logits_all=logits_all,
-            verbose=False,
-        )
+        with _model_params(llama_cpp):
+            llm = llama_cpp.Llama(
+                str(gguf_path),
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=n_ctx,
+                n_threads=count,
+                n_threads_batch=count,
+                logits_all=logits_all,
+                verbose=False,
+            )
     except Exception as exc:  # llama-cpp-python raises ValueError / RuntimeError with the C message
         raise StageError(f"llama.cpp cannot load {gguf_path}: {type(exc).__name__}: {exc}") from exc
     ctx = llm._ctx.ctx

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import StageError
+from .. import StageError, ThreadsRefusedError
 from . import Session, require_bf16
 
 NAME = "openvino"
@@ -79,9 +79,10 @@ def _refuse_known_crash(precision_hint: str, threads: int) -> None:
 
     affected = version().startswith(BF16_ONE_THREAD_SIGFPE) and "amx_bf16" in cpu_flags()
     if precision_hint == "bf16" and threads == 1 and affected:
-        raise StageError(
+        raise ThreadsRefusedError(
             f"OpenVINO {version().split('-')[0]} crashes (SIGFPE in compile_model) compiling a bf16 model for one "
-            "thread on a CPU with AMX; its bf16 rows are measured at 2 threads and more on this machine"
+            "thread on a CPU with AMX; its bf16 rows are measured at 2 threads and more on this machine",
+            min_threads=2,
         )
 
 
