@@ -108,3 +108,10 @@ def test_the_readme_types_no_figure_by_hand():
     typed = [m.group(0) for m in FIGURE.finditer(text)]
     assert not typed, typed
     assert FIGURE.search("about 45 minutes on 2 cores") and FIGURE.search("the wheel (93 MB)")
+
+
+def test_the_readme_shows_the_published_answer():
+    """The front page shows the picture that answers "what do I ship", from the workflow's own copy."""
+    shown = [t for t in links(README.read_text()) if t.startswith("docs/results/")]
+    assert "docs/results/ship.png" in shown and "docs/results/summary.md" in shown, shown
+    assert all((REPO / t).is_file() for t in shown), shown
