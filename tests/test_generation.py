@@ -326,22 +326,22 @@ def test_bound_ort_runner_reads_the_cache_in_place(graphs):
 
 def test_broken_cache_update_is_caught(graphs, lively, prompts, reference, monkeypatch):
     """Writing the new K/V one slot too far must fail the logits gate and change the text."""
-    from lmship import StageError, generation
+    from lmship import StageError, generate
 
-    right = generation.write_kv
+    right = generate.write_kv
 
     def off_by_one(cache, new, position, kv_heads):
         right(cache, new, position + 1, kv_heads)
 
-    monkeypatch.setattr(generation, "write_kv", off_by_one)
+    monkeypatch.setattr(generate, "write_kv", off_by_one)
     with pytest.raises(StageError, match="decode graph"):
-        generation.validate_graph(
+        generate.validate_graph(
             "decode", "onnxruntime", graphs["decode"], graphs["host"], lively, prompts, max_abs_diff=1e-3
         )
-    result = generation.generate(
+    result = generate.generate(
         "onnxruntime", graphs["prefill"], graphs["decode"], graphs["host"], prompts, new_tokens=NEW
     )
-    checks = [generation.same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
+    checks = [generate.same_text(ref, got) for ref, got in zip(reference.tokens, result.tokens, strict=True)]
     assert not all(c["identical"] for c in checks)
     assert min(c["matched_pct"] for c in checks) < 100.0
 

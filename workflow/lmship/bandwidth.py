@@ -17,6 +17,7 @@ import numpy as np
 from .cli import command
 from .files import write_json
 from .host import cpu_model, limit_threads_env
+from .runtimes.pytorch import set_threads
 from .timing import timed_runs
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def bandwidth(out_json: Path, threads: int, *, size_mb: int = SIZE_MB) -> dict:
     limit_threads_env(threads)
     import torch
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     n = size_mb * 2**20 // 4
     data = torch.from_numpy(np.random.default_rng(0).standard_normal(n, dtype=np.float32))
     latencies_ms = timed_runs(lambda: float(data.sum()), warmup=WARMUP, repeats=REPEATS, min_seconds=MIN_SECONDS)

@@ -309,3 +309,20 @@ def place_labels(
             )
         )
     return labels
+
+
+def stacked_blocks(blocks: list, heights: list[float], draw, legend: list, *, extra_in: float = 0.5, ncol: int = 3):
+    """One figure of ``blocks`` (``(key, block)`` pairs) stacked top to bottom, ``heights`` inches each:
+    ``draw(subfig, key, block)`` draws one and returns the ``(axes, [(extent, text)])`` to fit; the legend
+    goes below, and each axis's x limits are fitted to its labels once the layout is frozen."""
+    fig = new_figure(sum(heights) + extra_in)
+    subfigs = fig.subfigures(len(blocks), 1, squeeze=False, height_ratios=heights)[:, 0]
+    to_fit = []
+    for subfig, (key, block) in zip(subfigs, blocks, strict=True):
+        to_fit += draw(subfig, key, block)
+    fig.legend(handles=legend, loc="outside lower center", ncol=ncol, fontsize=SMALL)
+    freeze_layout(fig)
+    for ax, fitted in to_fit:
+        if fitted:
+            fit_xlim(ax, [e for e, _ in fitted], [t for _, t in fitted])
+    return fig

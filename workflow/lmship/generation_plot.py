@@ -105,22 +105,14 @@ def _gen_block(subfig, model: str, block: pd.DataFrame, tiers: list[str]) -> lis
 
 def generation_figure(summary: pd.DataFrame, tiers: list[str]):
     """The generation figure of ``generation.csv``: one block of three panels per model."""
-    from .figures import SMALL, fit_xlim, freeze_layout, new_figure
+    from .figures import stacked_blocks
     from .plot import _tier_legend
 
     blocks = list(summary.groupby("model", sort=False))
     heights = [_gen_height(block) for _, block in blocks]
-    fig = new_figure(sum(heights) + 0.5)
-    subfigs = fig.subfigures(len(blocks), 1, squeeze=False, height_ratios=heights)[:, 0]
-    to_fit = []
-    for subfig, (model, block) in zip(subfigs, blocks, strict=True):
-        to_fit += _gen_block(subfig, model, block, tiers)
-    fig.legend(handles=_tier_legend(tiers), loc="outside lower center", ncol=3, fontsize=SMALL)
-    freeze_layout(fig)
-    for ax, fitted in to_fit:
-        if fitted:
-            fit_xlim(ax, [e for e, _ in fitted], [t for _, t in fitted])
-    return fig
+    return stacked_blocks(
+        blocks, heights, lambda sub, model, block: _gen_block(sub, model, block, tiers), _tier_legend(tiers)
+    )
 
 
 def generation_plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:

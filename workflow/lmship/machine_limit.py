@@ -37,6 +37,7 @@ from .cli import command, config_default
 from .files import write_json
 from .host import BF16_FLAGS, cpu_flags, cpu_model, limit_threads_env
 from .runtimes.onnxruntime import session_options
+from .runtimes.pytorch import set_threads
 from .timing import timed_runs
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _measure(threads: int, shapes) -> tuple[dict[str, dict[str, float]], dict[st
     import torch
     from onnx import TensorProto
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     rng = np.random.default_rng(0)
     rates: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}, "int8": {}}
     kernels: dict[str, set[str]] = {"fp32": set(), "bf16": set(), "int8": set()}

@@ -42,13 +42,13 @@ from .figures import (
     WIDTH_IN,
     Point,
     add_notes,
-    fit_xlim,
     freeze_layout,
     mark_failed,
     new_figure,
     notes_height,
     place_labels,
     save_png,
+    stacked_blocks,
     wrap,
 )
 from .quality import BROKEN
@@ -292,17 +292,9 @@ def plot_figure(table: pd.DataFrame, tiers: list[str]) -> Figure:
     """The comparison figure of the summary table (``tiers``: the tier names, strictest first)."""
     blocks = list(table.groupby(["model", "seq_len"], sort=False))
     heights = [_block_height(block, tiers) for _, block in blocks]
-    fig = new_figure(sum(heights) + 0.5)
-    subfigs = fig.subfigures(len(blocks), 1, squeeze=False, height_ratios=heights)[:, 0]
-    to_fit = []
-    for subfig, ((model, seq), block) in zip(subfigs, blocks, strict=True):
-        to_fit += _draw_block(subfig, model, seq, block, tiers)
-    fig.legend(handles=_tier_legend(tiers), loc="outside lower center", ncol=3, fontsize=SMALL)
-    freeze_layout(fig)
-    for ax, fitted in to_fit:
-        if fitted:
-            fit_xlim(ax, [e for e, _ in fitted], [t for _, t in fitted])
-    return fig
+    return stacked_blocks(
+        blocks, heights, lambda sub, key, block: _draw_block(sub, *key, block, tiers), _tier_legend(tiers)
+    )
 
 
 def plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:

@@ -28,12 +28,10 @@ from .figures import (
     TITLE,
     WIDTH_IN,
     add_notes,
-    fit_xlim,
-    freeze_layout,
     mark_failed,
-    new_figure,
     notes_height,
     save_png,
+    stacked_blocks,
     wrap,
 )
 from .plot import _tier_legend, failed_label, not_applicable_note, tier_color
@@ -147,21 +145,18 @@ def ship_figure(table: pd.DataFrame, tiers: list[str]) -> Figure:
     for _, block in blocks:
         threads = sorted(block["threads"].dropna().unique().tolist())
         heights.append(len(tiers) * len(threads) * ROW_IN + notes_height(_block_notes(block, threads)) + 0.9)
-    fig = new_figure(sum(heights) + 0.45)
-    subfigs = fig.subfigures(len(blocks), 1, squeeze=False, height_ratios=heights)[:, 0]
-    to_fit = []
-    for subfig, ((model, seq), block) in zip(subfigs, blocks, strict=True):
-        to_fit += _draw_block(subfig, model, seq, block, tiers)
     from matplotlib.patches import Patch
 
     legend = [h for h in _tier_legend(tiers) if "broken" not in h.get_label()]
     legend.append(Patch(facecolor="white", edgecolor="0.3", hatch="..", label="unstable timing"))
-    fig.legend(handles=legend, loc="outside lower center", ncol=(len(legend) + 1) // 2, fontsize=SMALL)
-    freeze_layout(fig)
-    for ax, fitted in to_fit:
-        if fitted:
-            fit_xlim(ax, [e for e, _ in fitted], [t for _, t in fitted])
-    return fig
+    return stacked_blocks(
+        blocks,
+        heights,
+        lambda sub, key, block: _draw_block(sub, *key, block, tiers),
+        legend,
+        extra_in=0.45,
+        ncol=(len(legend) + 1) // 2,
+    )
 
 
 def ship_plot(summary_csv: Path, out_png: Path, tiers: list[str]) -> Path:
