@@ -158,9 +158,14 @@ def test_summary_matches_the_raw_timing_csvs(full_run):
     assert set(skipped["backend"]) == set(CONFIGURED) - set(BACKEND_NAMES)
     assert skipped["reason"].str.startswith("not applicable").all() and skipped["median_ms"].isna().all()
     summary = summary[summary["status"] != "not applicable"]
-    assert set(summary["status"]) == {"ok"}  # nothing fails on the tiny models
     assert set(summary["backend"]) == set(BACKEND_NAMES)
     assert len(summary) == 2 * len(BACKEND_NAMES) * 2  # models x backends x threads
+    # nothing fails on the tiny models, except a thread count a runtime refuses on this CPU, with its
+    # reason (OpenVINO 2026.4's bf16 at one thread on an AMX CPU: ThreadsRefusedError)
+    failed = summary[summary["status"] != "ok"]
+    assert set(failed["status"]) <= {"failed"}
+    assert failed["reason"].str.contains("ThreadsRefusedError").all(), failed[["backend", "threads", "reason"]]
+    summary = summary[summary["status"] == "ok"]
     for (model, threads), block in summary.groupby(["model", "threads"]):
         raw = pd.read_csv(full_run / "results" / model / f"seq{SEQ}" / "timing" / f"t{threads}.csv")
         # one run of interleaved rounds: every backend in every round, exactly `repeats` rows each
