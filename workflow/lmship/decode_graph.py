@@ -60,7 +60,9 @@ log = logging.getLogger(__name__)
 
 GRAPHS = ("prefill", "decode")
 #: The {graph} wildcard of the conversion rules: the forward pass (``seq``) and the generation graphs.
-GRAPH_FAMILIES = ("seq", *GRAPHS)
+#: The forward graph (a forward pass of ``{seq}`` tokens).
+FORWARD = "seq"
+GRAPH_FAMILIES = (FORWARD, *GRAPHS)
 
 
 MASK_NEG = -1e4  # additive mask for empty cache slots and masked prompt positions

@@ -19,21 +19,16 @@ difference over the reference logits' standard deviation, mean KL divergence).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import StageError
-from .decode_graph import GRAPHS
+from .decode_graph import FORWARD, GRAPHS
 from .evaluate import compare_with_reference
 from .generate import graph_prompts, load_host_tables, validate_graph
 from .validate import check_gate, validate_artifact
 
-log = logging.getLogger(__name__)
-
-#: The forward graph's name (the ``{graph}`` wildcard of a forward pass of ``{seq}`` tokens).
-FORWARD = "seq"
 #: Prompts and teacher-forced decode steps of each generation graph's gate.
 GATE_PROMPTS, GATE_STEPS = 2, 8
 
