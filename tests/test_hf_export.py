@@ -119,6 +119,55 @@ def test_ort_graphs_fused_for_the_cpu_pass_the_gate(models, tmp_path):
     assert metrics["identical_prompts"] == 2
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_ort_exporters_runtime_gives_pytorchs_logits_at_every_position(exported, models, family):
+    """The ``ort_exporters`` rows: their quality comes from every position of a window (one decode step per
+    token from an empty cache), their text from the prefill and decode graphs; both must be PyTorch's.
+    Bug it catches: a cache left over from the previous window (no reset) shifts every later window's logits."""
+    from lmship.quality import compare_logits
+    from lmship.runtimes import get, open_backend, pytorch
+
+    folder = exported[family, "ort"]
+    windows = np.random.default_rng(2).integers(3, DIMS["vocab_size"], (2, 1, PROMPT_LEN + 5))
+    session = open_backend("ort_exporters", folder, threads=1)
+    assert session.threads_in_effect == 1
+    reference = open_backend("pytorch", models[family], threads=1)
+    for window in windows:
+        want, got = reference.run(window), session.run(window)
+        assert got.shape == want.shape
+        metrics = compare_logits(list(want[0]), list(got[0]))
+        assert metrics["max_rel_diff"] < 1e-4, metrics
+        assert metrics["kld_mean"] < 1e-6, metrics
+    prompts = _prompts()
+    result = get("ort_exporters").generate(folder, prompts, NEW_TOKENS, MAX_LEN, threads=1)
+    assert result.tokens == pytorch.generate(models[family], prompts, NEW_TOKENS, MAX_LEN, warmup=False).tokens
+    assert [len(s) for s in result.decode_ms] == [NEW_TOKENS - 1] * len(prompts)
+    assert result.runtime == "ort_exporters" and result.threads_in_effect == 1
+
+
+def test_the_exported_onnx_stage_gates_and_describes_its_folder(models, tmp_path):
+    from lmship.exported_onnx import GATE_TOKENS, exported_onnx
+    from lmship.files import read_json
+
+    inputs = tmp_path / "inputs.npz"
+    rng = np.random.default_rng(3)
+    np.savez(inputs, input_ids=rng.integers(3, DIMS["vocab_size"], (3, 1, 10)), is_text=np.array([1, 1, 0], bool))
+    metrics = exported_onnx(
+        models["qwen3"],
+        inputs,
+        tmp_path / "ort_exporters",
+        prompt_len=64,
+        max_len=16,
+        max_rel_diff=0.01,
+        max_mean_kld=1e-5,
+    )
+    # the prefill graph is no longer than the gate's prompts; the cache holds a prompt and its new tokens
+    assert metrics["prompt_len"] == 10
+    assert metrics["max_len"] == 10 + GATE_TOKENS
+    assert metrics["vs_pytorch"]["identical_prompts"] == 2
+    assert read_json(tmp_path / "ort_exporters" / "metrics.json")["prompt_len"] == 10
+
+
 def _noisy(weight: np.ndarray) -> np.ndarray:
     """``weight`` plus Gaussian noise of a tenth of its spread (additive, so no norm after it can undo it)."""
     noise = np.random.default_rng(1).standard_normal(weight.shape) * 0.1 * float(weight.std())

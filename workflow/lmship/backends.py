@@ -241,6 +241,16 @@ BACKENDS: dict[str, Backend] = {
             sources=GGUF_SOURCES,
             arithmetic="fp32",
         ),
+        Backend(
+            "ort_exporters",
+            "ort_exporters",
+            "fp32",
+            "exported_onnx",
+            "artifact",
+            "ORT, transformers.exporters",
+            "static-cache prefill and decode graphs of transformers' ONNX exporter, ORT CPU fusions",
+            made_by="transformers.exporters",
+        ),
         # the peers: the runtimes users pick instead, with their own converters and generation loops
         _gguf("f32", "fp32", "llama.cpp F32", "convert_hf_to_gguf F32", "fp32"),
         _gguf("q8_0", "int8", "llama.cpp Q8_0", "llama_model_quantize Q8_0 of the F32 file", "int8"),

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +58,10 @@ from .files import atomic_output, read_json, size_bytes
 from .generate import same_text
 from .logs import peak_rss_mb
 from .quality import compare_logits, logit_failures
+from .runtimes import EXPORT_MANIFEST as MANIFEST
 from .runtimes import GenerationResult, pytorch
-from .runtimes.openvino_genai import MANIFEST, StatefulIR
+from .runtimes.openvino_genai import StatefulIR
+from .runtimes.ort_exporters import OrtSteps
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ MADE_BY = "transformers.exporters"
 BACKENDS = ("ort", "openvino")
 OPENVINO_MODEL = "openvino_model.xml"
 ORT_FUSIONS = (None, "cpu")
-
-_CACHE_INPUT = re.compile(r"^(?:input\.|output\.)?past_key_values\.layers\.(\d+)\.(keys|values|cumulative_length)$")
 
 
 @dataclass
@@ -462,139 +461,7 @@ def _write_tokenizer(convert_tokenizer, hf_dir: Path, folder: Path) -> None:
 # --------------------------------------------------------------------------- running the graphs
 
 
-class _OrtSteps:
-    """The ONNX Runtime prefill and decode graphs of an :func:`export_ort` folder, with the cache between them.
-
-    Two sets of cache buffers take turns: a step reads one set and writes its updated cache into the other,
-    both bound once (IOBinding), so no cache crosses the host between steps.
-    """
-
-    def __init__(self, folder: Path, manifest: dict, threads: int):
-        import onnxruntime as ort
-
-        from .runtimes.onnxruntime import session
-
-        self.folder = folder
-        self.prompt_len, self.max_len = int(manifest["prompt_len"]), int(manifest["max_len"])
-        sessions = {name: session(folder / manifest["components"][name], threads) for name in ("prefill", "decode")}
-        self.prefill, self.decode = sessions["prefill"], sessions["decode"]
-        options = self.decode.get_session_options()
-        self.threads_in_effect = int(options.intra_op_num_threads) or None
-        self.version = ort.__version__
-        self._bind()
-
-    def _bind(self) -> None:
-        dtypes = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
-        self.small: dict[str, np.ndarray] = {}
-        self.masks: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
-        caches: dict[str, list[np.ndarray]] = {}
-        for spec in self.decode.get_inputs():
-            if spec.type not in dtypes or not all(isinstance(d, int) for d in spec.shape):
-                raise StageError(f"decode input {spec.name} is {spec.type} {spec.shape}: expected a static shape")
-            array = np.zeros(spec.shape, dtypes[spec.type])
-            match = _CACHE_INPUT.match(spec.name)
-            if spec.name in ("input_ids", "position_ids"):
-                self.small[spec.name] = array
-            elif spec.name.startswith("attention_mask"):
-                self.masks.append(array)
-                self.small[spec.name] = array
-            elif match and match.group(2) == "cumulative_length":
-                self.lengths.append(array)
-                self.small[spec.name] = array
-            elif match:
-                caches[spec.name] = [array, np.zeros_like(array)]
-            else:
-                raise StageError(f"the exported decode graph takes {spec.name!r}, which this loop does not feed")
-        lengths = {mask.shape[-1] for mask in self.masks} | {pair[0].shape[2] for pair in caches.values()}
-        if lengths != {self.max_len}:
-            raise StageError(
-                f"the decode graph in {self.folder} holds caches or masks of {sorted(lengths)} slots for a folder of "
-                f"{self.max_len} (a sliding window shorter than the cache?): this loop fills every slot once"
-            )
-        self.cache_inputs = caches
-        outputs = {o.name: o for o in self.decode.get_outputs()}
-        self.logits = np.zeros(outputs["logits"].shape, np.float32)
-        scratch = {
-            n: np.zeros(o.shape, dtypes[o.type])
-            for n, o in outputs.items()
-            if _CACHE_INPUT.match(n) and "input." + n.removeprefix("output.") not in caches
-        }
-        self.bindings = []
-        for parity in (0, 1):
-            binding = self.decode.io_binding()
-            for name, array in self.small.items():
-                binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-            for name, pair in caches.items():
-                src = pair[parity]
-                binding.bind_input(name, "cpu", 0, src.dtype, list(src.shape), src.ctypes.data)
-                out_name = "output." + name.removeprefix("input.")
-                dst = pair[1 - parity]
-                binding.bind_output(out_name, "cpu", 0, dst.dtype, list(dst.shape), dst.ctypes.data)
-            for name, array in scratch.items():
-                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-            binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
-            self.bindings.append(binding)
-        self.keepalive = scratch
-        self.parity, self.position = 0, 0
-
-    def prompt(self, ids: np.ndarray) -> np.ndarray:
-        n, p = ids.size, self.prompt_len
-        if n < p:
-            raise StageError(f"a prompt of {n} tokens is shorter than the prefill graph's {p} tokens")
-        feeds: dict[str, np.ndarray] = {}
-        for spec in self.prefill.get_inputs():
-            name = spec.name
-            match = _CACHE_INPUT.match(name)
-            if name == "input_ids":
-                feeds[name] = ids[None, :p].astype(np.int64)
-            elif name == "position_ids":
-                feeds[name] = np.arange(p, dtype=np.int64)[None]
-            elif name.startswith("attention_mask"):
-                feeds[name] = _causal_mask(spec.shape, 0)
-            elif match and match.group(2) == "cumulative_length":
-                feeds[name] = np.array(0, np.int64)
-            else:
-                raise StageError(f"the exported prefill graph takes {name!r}, which this loop does not feed")
-        names = [o.name for o in self.prefill.get_outputs()]
-        out = dict(zip(names, self.prefill.run(None, feeds), strict=True))
-        self.parity = 0
-        for name, pair in self.cache_inputs.items():
-            base = name.removeprefix("input.")
-            np.copyto(pair[0], out.get(base, out.get("output." + base)))
-        for mask in self.masks:
-            mask[...] = False
-            mask[..., :p] = True
-        self.position = p
-        logits = out["logits"][0, -1]
-        for token in ids[p:]:
-            logits = self.step(int(token))
-        return logits
-
-    def step(self, token: int) -> np.ndarray:
-        pos = self.position
-        if pos >= self.max_len:
-            raise StageError(f"the cache of {self.max_len} slots is full")
-        self.small["input_ids"][...] = token
-        self.small["position_ids"][...] = pos
-        for length in self.lengths:
-            length[...] = pos
-        for mask in self.masks:
-            mask[..., pos] = True
-        self.decode.run_with_iobinding(self.bindings[self.parity])
-        self.parity = 1 - self.parity
-        self.position = pos + 1
-        return self.logits[0, -1]
-
-
-def _causal_mask(shape, start: int) -> np.ndarray:
-    """Rows for the query positions ``start..`` over the cache slots: True where the slot is at or before the row."""
-    queries, slots = shape[-2], shape[-1]
-    rows = start + np.arange(queries)[:, None]
-    return (np.arange(slots)[None, :] <= rows).reshape(shape)
-
-
-_STEPS = {"ort": _OrtSteps, "openvino": StatefulIR}
+_STEPS = {"ort": OrtSteps, "openvino": StatefulIR}
 
 
 def _greedy(steps, prompt: np.ndarray, new_tokens: int, *, forced: list[int] | None, collect: bool):

@@ -405,6 +405,7 @@ RULE_DEFAULTS = {
     "reference_logits": (3000, 15),
     "quantize_pytorch": (3000, 10),
     "export_onnx": (6000, 20),
+    "exported_onnx": (6000, 20),
     "simplify_onnx": (8000, 20),
     "quantize_onnx": (4000, 20),
     "host_tables": (2000, 5),

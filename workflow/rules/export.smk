@@ -59,6 +59,38 @@ rule simplify_onnx:
         "../scripts/simplify_onnx.py"
 
 
+# transformers' own ONNX exporter (transformers.exporters): prefill and decode-step graphs over a
+# static cache inside the graph, fused for ONNX Runtime's CPU kernels; made once per model, for
+# the generation length and the evaluation windows, and gated against PyTorch like every fp32 graph.
+rule exported_onnx:
+    input:
+        model=rules.prepare_model.output.model,
+        prompts=lambda wildcards: expand(
+            rules.eval_inputs.output.inputs,
+            model=wildcards.model,
+            seq=SEQ_LENS[0],
+        ),
+    output:
+        artifact=directory("results/{model}/ort_exporters"),
+    log:
+        "logs/exported_onnx/{model}.log",
+    benchmark:
+        "benchmarks/exported_onnx/{model}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=need_mb("exported_onnx"),
+        runtime=need_min("exported_onnx"),
+    params:
+        prompt_len=GEN["prompt_tokens"],
+        max_len=max(GEN["max_len"], *SEQ_LENS),
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
+    script:
+        "../scripts/exported_onnx.py"
+
+
 rule quantize_onnx:
     input:
         onnx=quantize_source,

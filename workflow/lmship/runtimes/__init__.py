@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 #: The registered runtimes, in the order the tables list them.
-NAMES = ("pytorch", "onnxruntime", "litert", "openvino", "llamacpp", "ort_genai", "openvino_genai")
+NAMES = ("pytorch", "onnxruntime", "litert", "openvino", "ort_exporters", "llamacpp", "ort_genai", "openvino_genai")
+#: What an exported-graphs folder (transformers.exporters, :mod:`lmship.hf_export`) says it holds and how it was made.
+EXPORT_MANIFEST = "lmship_export.json"
 
 
 @dataclass
@@ -153,6 +155,20 @@ def artifact_of(runtime: str, folder: Path) -> Path:
 def generation_kind(runtime: str) -> str | None:
     """``"graphs"``, ``"own"`` or None: how ``runtime`` generates text."""
     return get(runtime).GENERATES
+
+
+def export_manifest(folder: Path, backend: str) -> dict:
+    """The manifest of a folder of transformers.exporters graphs for ``backend`` ("ort" or "openvino"), or a
+    StageError saying the folder is not one."""
+    import json
+
+    path = Path(folder) / EXPORT_MANIFEST
+    if not path.is_file():
+        raise StageError(f"{folder} is not a folder of exported generation graphs (no {EXPORT_MANIFEST})")
+    data = json.loads(path.read_text())
+    if data.get("backend") != backend:
+        raise StageError(f"{path} holds {data.get('backend')!r} graphs; this runtime runs the {backend} export")
+    return data
 
 
 def not_installed(runtime: str) -> str | None:

@@ -15,7 +15,6 @@ this process that were on the CPU for a tenth of the generation's wall time.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import StageError
-from . import GenerationResult, Session
+from . import GenerationResult, Session, export_manifest
 
 NAME = "openvino_genai"
 #: The package this runtime imports (checked before any job: a runtime not installed is not applicable).
@@ -35,8 +34,6 @@ DISTRIBUTION = "openvino-genai"
 GENERATES = "own"
 #: The runtime opens the artifact folder (the IR, its tokenizers and the export's manifest).
 OPENS_FOLDER = True
-#: What the exporting stage writes beside the IR: how it was made and for how many positions.
-MANIFEST = "lmship_export.json"
 
 
 def version() -> str:
@@ -50,14 +47,8 @@ def version() -> str:
 
 
 def manifest(folder: Path) -> dict:
-    """The stateful-IR folder's manifest (``lmship_export.json``), or a StageError saying the folder is not one."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise StageError(f"{folder} is not a stateful-IR folder (no {MANIFEST})")
-    data = json.loads(path.read_text())
-    if data.get("backend") != "openvino":
-        raise StageError(f"{path} holds {data.get('backend')!r} graphs; OpenVINO GenAI runs the openvino export")
-    return data
+    """The stateful-IR folder's manifest, or a StageError saying the folder is not one."""
+    return export_manifest(folder, "openvino")
 
 
 class StatefulIR:
