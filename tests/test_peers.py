@@ -353,6 +353,18 @@ def test_llamacpp_refuses_a_foreign_vocabulary(converter, llama_dir, gpt2_tokeni
         check_vocabulary(gguf, other)
 
 
+def test_whitespace_pieces_spelled_with_sentencepieces_mark_are_the_same_token():
+    """Bug: Gemma 3's own GGUF spells its whitespace pieces as spaces ('  '), its HF tokenizer as '▁▁'; the
+    check refused the file for 30 such ids of 262,144. A different piece is still a difference."""
+    from lmship.gguf import vocabulary_differences
+
+    gguf = ["<pad>", "  ", "   ", "\u2581the", "cat"]
+    hf = ["<pad>", "\u2581\u2581", "\u2581\u2581\u2581", "\u2581the", "dog"]
+    assert vocabulary_differences(gguf, hf) == [4]
+    assert vocabulary_differences(gguf, gguf) == []
+    assert vocabulary_differences(["\u2581\u2581"], ["\u2581"]) == [0]
+
+
 def test_peers_lock_pins_every_package_with_hashes_at_the_default_locks_versions():
     """envs/peers.lock (pip-compile of envs/peers.in) adds packages, never another version of one."""
     import re

@@ -238,12 +238,26 @@ def quantize(src_gguf: Path, out_gguf: Path, qtype: str, *, threads: int = 0) ->
     }
 
 
+#: SentencePiece's word-boundary mark: a vocabulary's whitespace pieces are spelled with it on one side
+#: (``'▁▁'``, the HF tokenizer of Gemma 3) and as plain spaces on the other (``'  '``, its GGUF file).
+SPACE_MARK = "\u2581"
+
+
+def vocabulary_differences(gguf_tokens: list[str], hf_tokens: list[str]) -> list[int]:
+    """The ids whose token text differs between two vocabularies, a space and SentencePiece's mark counting as one."""
+    return [
+        i
+        for i, (a, b) in enumerate(zip(gguf_tokens, hf_tokens, strict=True))
+        if a != b and a.replace(SPACE_MARK, " ") != b.replace(SPACE_MARK, " ")
+    ]
+
+
 def check_vocabulary(gguf_path: Path, hf_dir: Path) -> dict:
     """Check that the GGUF file's token list gives every id the HF tokenizer's token; raise on a mismatch.
 
     Compared as text: the GGUF ``tokenizer.ggml.tokens`` against ``convert_ids_to_tokens`` over
-    the model's whole vocabulary. Ids past the tokenizer's own vocabulary (padding rows of the
-    embedding) are counted, not compared.
+    the model's whole vocabulary (:func:`vocabulary_differences`). Ids past the tokenizer's own
+    vocabulary (padding rows of the embedding) are counted, not compared.
     """
     import gguf
     from transformers import AutoTokenizer
@@ -256,7 +270,7 @@ def check_vocabulary(gguf_path: Path, hf_dir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     n = min(len(tokens), len(tokenizer))
     hf_tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
-    differ = [i for i in range(n) if tokens[i] != hf_tokens[i]]
+    differ = vocabulary_differences(tokens[:n], hf_tokens)
     if differ:
         shown = ", ".join(f"{i}: {tokens[i]!r} vs {hf_tokens[i]!r}" for i in differ[:5])
         raise StageError(
