@@ -124,3 +124,17 @@ def test_a_failed_reference_gives_missing_ratios(tmp_path, tokenizer_dir):
     )
     assert table["vs_pytorch"].isna().all()
     assert "continuation of the first prompt" not in md  # no reference text to compare with
+
+
+def test_a_format_its_stage_found_not_applicable_is_listed_not_failed(tmp_path, tokenizer_dir):
+    why = "not applicable: one RoPE setting per layer type is more than the ORT GenAI 0.10 builder writes"
+    found = Failure("genai_model", why)
+    table, md = _generation(
+        tmp_path,
+        tokenizer_dir,
+        {1: {"pytorch": Generated(50.0), "onnx": Generated(20.0), "ort_genai_fp32": found}},
+        {"onnx": ("lossless", 1e-9, 100.0), "ort_genai_fp32": found},
+    )
+    na = _row(table, "ort_genai_fp32", 1)
+    assert na["status"] == "not applicable" and na["tier"] == "not applicable" and na["reason"] == why
+    assert f"- `ort_genai_fp32`: {why}." in md and "failed at genai_model" not in md

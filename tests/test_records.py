@@ -176,3 +176,24 @@ def test_artifact_of_gives_a_folder_runtime_its_folder(tmp_path):
     assert artifact_of("onnxruntime", tmp_path) == tmp_path / "model.onnx"
     assert artifact_of("ort_genai", tmp_path) == tmp_path
     assert artifact_of("openvino_genai", tmp_path) == tmp_path
+
+
+def test_a_stage_finding_its_format_not_applicable_is_not_retried(tmp_path):
+    """A reason that starts ``not applicable`` is the stage's finding about the model: no failure line, kept."""
+    results = tmp_path / "results"
+    why = "not applicable: no MatMul weight of m sits on a GGUF Q4_1 grid"
+
+    def refuses(out: Path) -> None:
+        raise StageError(why)
+
+    folder = results / "m" / "seq16" / "onnx_q4_exact"
+    record = run_stage("quantize_onnx", folder, refuses, log_path="logs/q.log")
+    assert record["reason"] == why and (folder / "failed.json").is_file()
+    accuracy = results / "m" / "seq16" / "accuracy" / "onnx_q4_exact.json"
+    accuracy.parent.mkdir(parents=True)
+    accuracy.write_text(json.dumps({"backend": "onnx_q4_exact", "status": "failed", **record}))
+    run_stage("savedmodel", results / "m" / "seq16" / "savedmodel", lambda out: 1 / 0, log_path="logs/sm.log")
+    found = failures(results, ["m"])
+    assert [f["failed_at"] for f in found] == ["savedmodel"]
+    forget(found)
+    assert (folder / "failed.json").is_file() and accuracy.is_file()

@@ -200,3 +200,16 @@ def test_the_accuracy_table_keeps_a_failed_record(tmp_path):
     assert failed["status"] == "failed" and failed["tier"] == "failed" and failed["failed_at"] == "tflite"
     assert failed["reason"] == OOM and failed["log"] == "logs/tflite/m_tflite_fp16.log" and np.isnan(failed["kld_mean"])
     assert table.set_index("backend").loc["onnx", "status"] == "ok"
+
+
+def test_a_stage_that_finds_its_format_not_applicable_is_listed_not_failed(tmp_path):
+    """The exact-grid stage learns only from the weights that a Q4_K_M model has no Q4_1 weight to keep."""
+    why = "not applicable: no MatMul weight of m sits on a GGUF Q4_1 grid"
+    found = Failure("quantize_onnx", why)
+    timings = {t: {"pytorch": Timed(100.0), "onnx": Timed(80.0), "onnx_q4_exact": found} for t in (1, 2)}
+    table, md = _summary(tmp_path, timings, {"onnx": ("lossless", 1e-9, 100.0), "onnx_q4_exact": found})
+    for t in (1, 2):
+        row = _row(table, "onnx_q4_exact", t)
+        assert row["status"] == "not applicable" and row["tier"] == "not applicable" and row["reason"] == why
+        assert pd.isna(row["failed_at"]) and np.isnan(row["median_ms"])
+    assert f"- `onnx_q4_exact`: {why}." in md and "failed at quantize_onnx" not in md

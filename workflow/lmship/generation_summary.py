@@ -32,7 +32,17 @@ from .backends import BACKENDS, REFERENCE
 from .files import atomic_output, read_json, size_bytes
 from .records import artifact_in
 from .rounds import stability
-from .status import FAILED, FAILURE_FIELDS, NOT_APPLICABLE, OK, Footnotes, failure_cell, one_line, with_status
+from .status import (
+    FAILED,
+    FAILURE_FIELDS,
+    NOT_APPLICABLE,
+    OK,
+    Footnotes,
+    failure_cell,
+    one_line,
+    settled,
+    with_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +145,7 @@ def generation_summary(
     summary["vs_pytorch"] = [
         r.generated_tok_s / ref.get((r.model, r.threads), float("nan")) for r in summary.itertuples()
     ]
+    summary = settled(summary)
     not_applicable = _not_applicable(summary, skipped or {})
     if len(not_applicable):
         summary = pd.concat([summary, not_applicable], ignore_index=True)[COLUMNS]

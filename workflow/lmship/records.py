@@ -38,12 +38,21 @@ from .files import atomic_output, write_json
 log = logging.getLogger(__name__)
 
 FAILED = "failed.json"
+#: How the reason of a stage that finds its format does not apply to the model begins.
+NOT_APPLICABLE = "not applicable"
 #: Signals that end a stage because the run was stopped (not a failure of the format): nothing is recorded.
 INTERRUPTIONS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 METRICS = "metrics.json"
 #: The file a runtime opens in an artifact folder, by the extensions the formats use (first match).
 ARTIFACT_NAMES = ("model.onnx", "model.tflite", "model.xml", "model.gguf")
 _REASON_CHARS = 400
+
+
+def found_not_applicable(reason: object) -> bool:
+    """Whether a failure ``reason`` is the stage's finding that its format does not apply to the model
+    (``not applicable: ...``, e.g. no weight on the grid it re-encodes): a rerun would find the same,
+    so it is not retried, and the reports list the format as not applicable."""
+    return one_line(str(reason or "")).startswith(NOT_APPLICABLE)
 
 
 def failure(folder: Path | str) -> dict | None:
@@ -276,16 +285,20 @@ def failures(results: Path, models: Iterable[str]) -> list[dict]:
             if folder.name.startswith("."):
                 continue
             record = json.loads(record_path.read_text())
+            if found_not_applicable(record.get("reason")):
+                continue  # the stage's finding about the model: a retry finds the same
             found.append({"model": model, "what": str(folder.relative_to(base)), **_facts(record), "path": folder})
         for path in sorted(base.glob("*/accuracy/*.json")):
             record = json.loads(path.read_text())
-            if record.get("status") == "failed":
+            if record.get("status") == "failed" and not found_not_applicable(record.get("reason")):
                 what = f"{record.get('backend')} (evaluate, {path.parent.parent.name})"
                 found.append({"model": model, "what": what, **_facts(record), "path": path})
         for path in sorted([*base.glob("*/timing/t*.csv"), *base.glob("generation/t*.csv")]):
             with open(path, newline="") as f:
                 for row in csv.DictReader(f):
                     if row.get("status") == "failed" and row.get("failed_at") in ("timing", "generation"):
+                        if found_not_applicable(row.get("reason")):
+                            continue
                         if "ThreadsRefusedError" in (row.get("reason") or ""):
                             continue  # a thread count the runtime refuses here, by declaration: a retry gives the same
                         what = f"{row.get('backend')} ({path.parent.name} {path.stem})"

@@ -7,12 +7,18 @@ reason in one line and the path of that stage's log, and carries no figures. A
 format that does not apply (decided before any job runs: no bf16 on this CPU,
 an exact grid for weights not from a GGUF file, a size limit) has no record at
 all; the workflow passes its reason along (``skipped``) and the reports list it
-as ``not applicable``. Records written before the status existed count as ``ok``.
+as ``not applicable``. A stage that can only find out by reading the model (no
+weight on the grid it re-encodes, a config its builder cannot express) fails
+with a reason that starts ``not applicable``: the reports list that format as
+not applicable too (:func:`settled`), and the next run does not retry it.
+Records written before the status existed count as ``ok``.
 """
 
 from __future__ import annotations
 
 import pandas as pd
+
+from .records import found_not_applicable
 
 OK = "ok"
 FAILED = "failed"
@@ -29,6 +35,20 @@ def with_status(rows: pd.DataFrame) -> pd.DataFrame:
     rows["status"] = rows["status"].fillna(OK).astype(str).str.strip().replace("", OK)
     for column in FAILURE_FIELDS:
         rows[column] = rows[column].fillna("").astype(str) if column in rows else ""
+    return rows
+
+
+def settled(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` whose failure a stage found to be ``not applicable: ...`` as not-applicable rows (no stage, no log)."""
+    rows = rows.copy()
+    found = (rows["status"] == FAILED) & rows["reason"].map(found_not_applicable)
+    rows.loc[found, "status"] = NOT_APPLICABLE
+    if "tier" in rows:
+        rows.loc[found, "tier"] = NOT_APPLICABLE
+    for column in ("failed_at", "log"):
+        if column in rows and found.any():
+            rows[column] = rows[column].astype(object)
+            rows.loc[found, column] = ""
     return rows
 
 

@@ -47,6 +47,7 @@ from .status import (
     failure_text,
     merged,
     one_line,
+    settled,
     with_status,
 )
 
@@ -357,7 +358,7 @@ def _with_status(table: pd.DataFrame) -> pd.DataFrame:
     table["unstable"] = [False if pd.isna(v) else bool(v) for v in table["unstable"]]
     table["tier"] = table["tier"].fillna("not measured")
     helpers = [c for c in table if c.startswith(("accuracy_", "timing_"))]
-    return table.drop(columns=helpers)
+    return settled(table.drop(columns=helpers))
 
 
 def _log_failures(table: pd.DataFrame) -> None:
