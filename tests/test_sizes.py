@@ -9,7 +9,17 @@ import pytest
 from workflow_helpers import planned_jobs, snakemake, write_config
 
 from lmship import sizes
-from lmship.sizes import ModelSize, size_from_config, size_from_folder, size_from_gguf, size_limits, stage_need
+from lmship.backends import not_applicable
+from lmship.gguf_table import gguf_types
+from lmship.sizes import (
+    ModelSize,
+    model_gguf_types,
+    size_from_config,
+    size_from_folder,
+    size_from_gguf,
+    size_limits,
+    stage_need,
+)
 
 
 def _config_and_params(model_type: str, **dims) -> tuple[dict, int]:
@@ -44,21 +54,65 @@ def test_a_random_models_architecture_gives_its_parameter_count(model_type, dims
     assert size_from_config(config, "its architecture").params == params
 
 
-def test_the_gguf_tensor_table_gives_the_parameter_count(tmp_path):
+def _tiny_gguf(path, q4_1: bool = False):
+    """A two-tensor llama GGUF: fp32 embedding, and a Q4_1 (raw bytes) or F16 attention weight."""
     import gguf
 
-    path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_embedding_length(8)
     writer.add_token_list([f"t{i}".encode() for i in range(11)])
     writer.add_tensor("token_embd.weight", np.zeros((11, 8), np.float32))
-    writer.add_tensor("blk.0.attn_q.weight", np.zeros((8, 8), np.float32))
+    if q4_1:  # 32 x 8 values: 8 blocks of 32, 20 bytes each (fp16 d, fp16 m, 16 bytes of nibbles)
+        raw = np.zeros((8, 20), np.uint8)
+        writer.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+    else:
+        writer.add_tensor("blk.0.attn_q.weight", np.zeros((32, 8), np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    size = size_from_gguf(path)
-    assert size.params == 11 * 8 + 8 * 8 and size.vocab == 11 and size.hidden == 8
+    return path
+
+
+def test_the_gguf_tensor_table_gives_the_parameter_count(tmp_path):
+    size = size_from_gguf(_tiny_gguf(tmp_path / "tiny.gguf"))
+    assert size.params == 11 * 8 + 32 * 8 and size.vocab == 11 and size.hidden == 8
+
+
+def test_the_gguf_tensor_table_gives_the_weight_types(tmp_path):
+    assert gguf_types(_tiny_gguf(tmp_path / "f16.gguf")) == {"F16": 1, "F32": 1}
+    assert gguf_types(_tiny_gguf(tmp_path / "q41.gguf", q4_1=True)) == {"F32": 1, "Q4_1": 1}
+    prepared = tmp_path / "hf"
+    prepared.mkdir()
+    spec = {"source": "pypi_gguf", "package": "x==1", "file": "x.gguf"}
+    assert model_gguf_types(spec, prepared) is None  # not fetched yet: unknown, nothing ruled out
+    (prepared / "prepare.json").write_text(json.dumps({"gguf_types": {"Q4_K": 3, "Q6_K": 1}}))
+    assert model_gguf_types(spec, prepared) == {"Q4_K": 3, "Q6_K": 1}
+
+
+@pytest.mark.parametrize("backend", ["onnx_q4_exact", "openvino_q4_exact"])
+def test_an_exact_grid_format_of_a_gguf_without_q4_1_weights_is_not_applicable(backend):
+    why = not_applicable(backend, "pypi_gguf", None, {"F32": 2, "Q4_K": 150, "Q6_K": 20})
+    assert why.startswith("not applicable:") and "no Q4_1 tensor (2 F32, 150 Q4_K, 20 Q6_K)" in why, why
+    assert not_applicable(backend, "pypi_gguf", None, {"F32": 2, "Q4_1": 150, "Q6_K": 1}) is None
+    assert not_applicable(backend, "pypi_gguf", None, None) is None  # unknown until the GGUF is fetched
+    assert not_applicable("onnx_int8_block", "pypi_gguf", None, {"Q4_K": 1}) is None
+
+
+def test_a_gguf_model_without_q4_1_weights_is_refused_the_exact_grid_before_any_job(tmp_path):
+    """Found by the stage instead, the refusal came after re-encoding the whole model (Gemma 3 270M's
+    Q4_K_M file: 8.4 GB of memory, killed before it could say so)."""
+    path = _tiny_gguf(tmp_path / "f16.gguf")
+    models = {"m": {"source": "gguf", "path": str(path)}}
+    write_config(tmp_path, {"models": models, "backends": ["pytorch", "onnx", "onnx_q4_exact", "openvino_q4_exact"]})
+    proc = snakemake(tmp_path, "-n")
+    out = proc.stdout + proc.stderr
+    for backend, label in (
+        ("onnx_q4_exact", "ORT 4-bit exact grid"),
+        ("openvino_q4_exact", "OpenVINO 4-bit exact grid"),
+    ):
+        assert f"m: {backend} not applicable: {label} keeps Q4_1 weights losslessly" in out, out[-3000:]
+    assert "results/m/seq128/onnx_q4_exact" not in proc.stdout and "q4_exact" not in str(planned_jobs(proc.stdout))
 
 
 def test_a_stage_cost_is_a_line_fitted_through_its_measurements(monkeypatch):

@@ -23,7 +23,7 @@ Standard library only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .host import BF16_FLAGS
 from .runtimes import NAMES
@@ -62,6 +62,8 @@ class Backend:
     #: whether it generates text in the generation benchmark
     generates: bool = True
     made_by: str = "lmship"
+    #: the ggml tensor type the source GGUF must hold for it to apply (None: any model)
+    gguf_type: str | None = None
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -194,13 +196,16 @@ BACKENDS: dict[str, Backend] = {
         ),
         _quantized_onnx("int8_dynamic", "int8", "ORT int8 dynamic", "quantize_dynamic of every MatMul: the naive int8"),
         _quantized_onnx("int8_block", "int8", "ORT int8 block-wise", "MatMulNBits 8-bit, int8 activations per block"),
-        _quantized_onnx(
-            "q4_exact",
-            "int4",
-            "ORT 4-bit exact grid",
-            "GGUF-grid weights stored losslessly in 4 bits",
-            sources=GGUF_SOURCES,
-            arithmetic="fp32",
+        replace(
+            _quantized_onnx(
+                "q4_exact",
+                "int4",
+                "ORT 4-bit exact grid",
+                "GGUF-grid weights stored losslessly in 4 bits",
+                sources=GGUF_SOURCES,
+                arithmetic="fp32",
+            ),
+            gguf_type="Q4_1",
         ),
         _tflite("fp32", "TFLite fp32", "builtins only"),
         _tflite("fp16", "TFLite fp16", "fp16 weights"),
@@ -233,13 +238,16 @@ BACKENDS: dict[str, Backend] = {
             "NNCF int4 groups of 32, AWQ + scale estimation on calibration prose",
             generates=False,  # calibrated on forward windows: a forward-only row
         ),
-        _compressed_ir(
-            "q4_exact",
-            "int4",
-            "OpenVINO 4-bit exact grid",
-            "GGUF-grid weights kept on their grid (u4, float zero point), fp32 activations",
-            sources=GGUF_SOURCES,
-            arithmetic="fp32",
+        replace(
+            _compressed_ir(
+                "q4_exact",
+                "int4",
+                "OpenVINO 4-bit exact grid",
+                "GGUF-grid weights kept on their grid (u4, float zero point), fp32 activations",
+                sources=GGUF_SOURCES,
+                arithmetic="fp32",
+            ),
+            gguf_type="Q4_1",
         ),
         Backend(
             "ort_exporters",
@@ -280,10 +288,13 @@ def wildcard_values(rule: str, wildcard: str) -> list[str]:
     return [b.wildcards[wildcard] for b in BACKENDS.values() if b.rule == rule]
 
 
-def not_applicable(backend: str, source: str, cpu_flags: list[str] | None = None) -> str | None:
+def not_applicable(
+    backend: str, source: str, cpu_flags: list[str] | None = None, gguf_types: dict[str, int] | None = None
+) -> str | None:
     """Why ``backend`` does not apply to a model from ``source`` on a CPU with ``cpu_flags`` (None when it does).
 
-    ``cpu_flags`` None skips the CPU check (e.g. a cluster whose nodes are not this one).
+    ``cpu_flags`` None skips the CPU check (e.g. a cluster whose nodes are not this one);
+    ``gguf_types`` (tensor counts per ggml type of the source GGUF) None skips the type check.
     """
     b = BACKENDS[backend]
     if b.cpu_flags and cpu_flags is not None and not set(b.cpu_flags) & set(cpu_flags):
@@ -295,5 +306,11 @@ def not_applicable(backend: str, source: str, cpu_flags: list[str] | None = None
         return (
             f"not applicable: {b.label} needs weights dequantised from a GGUF file "
             f"(source {' or '.join(b.sources)}), this model's source is {source}"
+        )
+    if b.gguf_type and gguf_types is not None and b.gguf_type not in gguf_types:
+        held = ", ".join(f"{n} {kind}" for kind, n in gguf_types.items())
+        return (
+            f"not applicable: {b.label} keeps {b.gguf_type} weights losslessly, and this model's GGUF "
+            f"holds no {b.gguf_type} tensor ({held}); remove {backend} from `backends` for this model"
         )
     return None

