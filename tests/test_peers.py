@@ -134,6 +134,23 @@ def test_ort_genai_refuses_families_its_builder_lacks():
     assert "per layer type" in not_applicable(gemma)
 
 
+def test_the_builder_stage_refusing_a_model_says_not_applicable_first(tmp_path):
+    """Bug: the stage prefixed the refusal with its own words ("ORT GenAI builder for ...: not
+    applicable: ..."), so Gemma 3's refusal was a failed row to retry, not a not-applicable row."""
+    from lmship import StageError
+    from lmship.genai_model import genai_model
+    from lmship.records import found_not_applicable
+
+    per_layer = {"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}
+    config = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "rope_parameters": per_layer}
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StageError) as caught:
+        genai_model(tmp_path / "hf", tmp_path / "out", variant="fp32")
+    assert found_not_applicable(str(caught.value)) and "per layer type" in str(caught.value), caught.value
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def bpe_tokenizer():
     from lmship.prepare_model import train_tokenizer

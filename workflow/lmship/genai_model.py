@@ -102,7 +102,7 @@ def build(
     config = json.loads((hf_dir / "config.json").read_text())
     reason = not_applicable(config)
     if reason:
-        raise StageError(f"ORT GenAI builder for {hf_dir}: {reason}")
+        raise StageError(f"{reason} (the model in {hf_dir})")  # begins "not applicable:": a row, not retried
     og_version = version()
     started = time.monotonic()
     with atomic_output(out_dir) as tmp:
