@@ -99,6 +99,19 @@ def test_an_exact_grid_format_of_a_gguf_without_q4_1_weights_is_not_applicable(b
     assert not_applicable("onnx_int8_block", "pypi_gguf", None, {"Q4_K": 1}) is None
 
 
+def test_a_model_of_no_gguf_is_not_warned_about_gguf_weight_types(tmp_path):
+    """The exact-grid formats of a random model are not applicable by its source, said in the
+    summary as before; the warning before any job is for a GGUF whose weight types rule them out."""
+    arch = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    models = {"r": {"source": "random", "seed": 0, "architecture": {**arch, "vocab_size": 512}}}
+    write_config(tmp_path, {"models": models, "backends": ["pytorch", "onnx", "onnx_q4_exact", "openvino_q4_exact"]})
+    proc = snakemake(tmp_path, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "q4_exact not applicable" not in out, out[-3000:]
+    assert "q4_exact" not in str(planned_jobs(proc.stdout))
+
+
 def test_a_gguf_model_without_q4_1_weights_is_refused_the_exact_grid_before_any_job(tmp_path):
     """Found by the stage instead, the refusal came after re-encoding the whole model (Gemma 3 270M's
     Q4_K_M file: 8.4 GB of memory, killed before it could say so)."""

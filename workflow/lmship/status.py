@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .records import found_not_applicable
+from .records import NOT_APPLICABLE, found_not_applicable
 
 OK = "ok"
 FAILED = "failed"
-NOT_APPLICABLE = "not applicable"
 #: What a failed record says besides its status.
 FAILURE_FIELDS = ("failed_at", "reason", "log")
 

@@ -154,9 +154,9 @@ def _announce_sizes():
         ruled_out = {
             b: why
             for b, why in skipped_backends()[m].items()
-            if "2 GB limit" in why
-            or "memory budget" in why
-            or BACKENDS[b].gguf_type  # the source GGUF's weight types rule it out
+            if "2 GB limit" in why or "memory budget" in why
+            # types known: the model is a GGUF's, so the reason is the file's weight types
+            or (BACKENDS[b].gguf_type and gguf_types_of(m) is not None)
         }
         for backend, why in ruled_out.items():
             logger.warning(f"{m}: {backend} {why}")
@@ -174,7 +174,7 @@ def _check_sources():
     """Check the model sources that can be checked without running anything."""
     problems = []
     for name, spec in config["models"].items():
-        prepared = Path(expand(rules.prepare_model.output.model, model=name)[0])
+        prepared = prepared_dir(name)
         try:
             if spec["source"] == "local":
                 check_local_folder(Path(spec["path"]))
@@ -294,8 +294,7 @@ def known_config(model):
     """The model's config.json as far as it is known before any job, with its architecture named
     (a random model's from its family); None while unknown."""
     if model not in _CONFIGS:
-        prepared = expand(rules.prepare_model.output.model, model=model)[0]
-        known = model_config(config["models"][model], Path(prepared))
+        known = model_config(config["models"][model], prepared_dir(model))
         if known is not None and not known.get("architectures"):
             family = REGISTRY.get(known.get("model_type"))
             if family is not None:
@@ -314,6 +313,12 @@ def skipped_backends():
 
 # ------------------------------------------------------------------ sizes and needs
 
+
+def prepared_dir(model):
+    """The folder prepare_model writes for ``model`` (it may not exist yet)."""
+    return Path(expand(rules.prepare_model.output.model, model=model)[0])
+
+
 # Each model's size, read before any job (None for a model its first stage fetches: it is
 # read again from the prepared folder once that stage has run).
 _SIZES = {}
@@ -322,10 +327,7 @@ _SIZES = {}
 def size_of(model):
     """The model's size (lmship.sizes.ModelSize), or None while unknown."""
     if _SIZES.get(model) is None:
-        _SIZES[model] = model_size(
-            config["models"][model],
-            Path(expand(rules.prepare_model.output.model, model=model)[0]),
-        )
+        _SIZES[model] = model_size(config["models"][model], prepared_dir(model))
     return _SIZES[model]
 
 
@@ -336,8 +338,7 @@ def gguf_types_of(model):
     """Tensor counts per ggml type of the GGUF the model comes from, or None (no GGUF, or not fetched yet)."""
     if _GGUF_TYPES.get(model) is None:
         _GGUF_TYPES[model] = model_gguf_types(
-            config["models"][model],
-            Path(expand(rules.prepare_model.output.model, model=model)[0]),
+            config["models"][model], prepared_dir(model)
         )
     return _GGUF_TYPES[model]
 
