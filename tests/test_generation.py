@@ -601,3 +601,45 @@ def test_exact_text_is_required_of_lossless_formats_with_pytorchs_weights(tmp_pa
     tiers = {"onnx": "lossless", "tflite_fp16": "lossless", "onnx_q4_exact": "lossless", "tflite_fp32": "8-bit"}
     paths = [write_json(tmp_path / f"{b}.json", {"backend": b, "tier": t}) for b, t in tiers.items()]
     assert lossless_backends(paths, "lossless") == ["onnx", "onnx_q4_exact"]
+
+
+def test_a_graph_above_the_protobuf_limit_keeps_its_weights_beside_it(lively, graphs, prompts, tmp_path, monkeypatch):
+    """A 1B model's generation graphs pass 2 GB: export, Gemm rewrite and quantisers write external data.
+
+    The limit is lowered so that the tiny model is "large"; each file must then hold no weights itself,
+    name its ``.data`` file, and still compute PyTorch's logits.
+    """
+    import onnx
+
+    from lmship import decode_graph, files, quantize_onnx
+    from lmship.generate import validate_graph
+
+    monkeypatch.setattr(files, "external_data_needed", lambda weight_bytes: True)
+    monkeypatch.setattr(decode_graph, "external_data_needed", lambda weight_bytes: True)
+    monkeypatch.setattr(quantize_onnx, "external_data_needed", lambda weight_bytes: True)
+
+    def weights_outside(path: Path) -> None:
+        proto = onnx.load(str(path), load_external_data=False)
+        big = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert big, f"{path} holds its weights itself"
+        assert {e.value for t in big for e in t.external_data if e.key == "location"} == {path.name + ".data"}
+        assert (path.parent / (path.name + ".data")).is_file()
+
+    decode = decode_graph.export_generation_graph(
+        lively, tmp_path / "decode.onnx", graph="decode", prompt_len=P, max_len=L
+    )
+    weights_outside(decode)
+    assert not list(tmp_path.glob(".*partial*"))
+    validate_graph("decode", "onnxruntime", decode, graphs["host"], lively, prompts, max_abs_diff=1e-4)
+    assert decode_graph.gemm_to_matmul(decode, tmp_path / "decode.mm.onnx") > 0
+    weights_outside(tmp_path / "decode.mm.onnx")
+    validate_graph(
+        "decode", "onnxruntime", tmp_path / "decode.mm.onnx", graphs["host"], lively, prompts, max_abs_diff=1e-4
+    )
+    for variant in ("int8_dynamic", "int8_block"):
+        out = tmp_path / variant / "model.onnx"
+        quantize_onnx.quantize_onnx(decode, out, variant=variant)
+        weights_outside(out)
+        assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+        metrics = validate_graph("decode", "onnxruntime", out, graphs["host"], lively, prompts, min_top1=50.0)
+        assert metrics["finite"]

@@ -53,7 +53,7 @@ import numpy as np
 
 from . import StageError, dynamo_export
 from .families import FULL, LAYER, SLIDING, Family, family_for, has_bias, layer_types, layer_windows
-from .files import atomic_output, size_bytes
+from .files import atomic_onnx, external_data_needed, save_onnx, size_bytes
 from .logs import peak_rss_mb
 
 log = logging.getLogger(__name__)
@@ -636,7 +636,8 @@ def export_generation_graph(
     max_len: int,
     opset: int = 18,
 ) -> Path:
-    """Export the ``graph`` ('prefill' | 'decode') of ``hf_dir`` to a single-file ONNX model.
+    """Export the ``graph`` ('prefill' | 'decode') of ``hf_dir`` to an ONNX model (its weights in
+    ``<name>.data`` beside it when they pass the 2 GB of one protobuf).
 
     ``prompt_len`` (P) fixes the prefill graph's length, ``max_len`` (L) the decode
     graph's cache slots. Check the result with :func:`lmship.generate.validate_graph`.
@@ -650,17 +651,18 @@ def export_generation_graph(
     inputs, outputs = io.names(graph)
     args = tuple(torch.from_numpy(a) for a in example_inputs(graph, io, prompt_len))
     started = time.monotonic()
-    with atomic_output(Path(out_onnx)) as tmp:
-        tmp_onnx = tmp.with_suffix(".onnx")
+    module = modules[graph]
+    external = external_data_needed(sum(t.numel() * t.element_size() for t in module.state_dict().values()))
+    with atomic_onnx(Path(out_onnx)) as tmp:
         try:
-            program = dynamo_export.export(modules[graph], args, opset=opset, input_names=inputs, output_names=outputs)
+            program = dynamo_export.export(module, args, opset=opset, input_names=inputs, output_names=outputs)
         except Exception as exc:
             raise StageError(
                 f"ONNX export of the {graph} graph of {hf_dir} failed (torch {torch.__version__}): "
                 f"{type(exc).__name__}: {str(exc)[:2000]}"
             ) from exc
-        program.save(str(tmp_onnx), external_data=False)
-        tmp_onnx.rename(tmp)
+        program.save(str(tmp), external_data=external)
+        del program
         onnx.checker.check_model(str(tmp), full_check=False)
         written = onnx.load(str(tmp), load_external_data=False)
         got_in = [i.name for i in written.graph.input]
@@ -700,24 +702,39 @@ def gemm_to_matmul(in_onnx: Path, out_onnx: Path) -> int:
     model = load_onnx(in_onnx)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    transposed: dict[str, str] = {}
-    nodes, rewritten = [], 0
-    for node in graph.node:
+
+    def rewritable(node) -> bool:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (
+        return not (
             node.op_type != "Gemm"
             or node.input[1] not in inits
             or attrs.get("transA", 0)
             or attrs.get("alpha", 1.0) != 1.0
             or (len(node.input) > 2 and node.input[2] and attrs.get("beta", 1.0) != 1.0)
-        ):
+        )
+
+    # A weight read only as the transB weight of rewritten Gemms is freed once transposed (no second copy
+    # of a model's weights); one read elsewhere too (a tied embedding's Gather) is kept.
+    readers: dict[str, set[bool]] = {}
+    for node in graph.node:
+        trans_b = rewritable(node) and any(a.name == "transB" and a.i for a in node.attribute)
+        for i, name in enumerate(node.input):
+            if name in inits:
+                readers.setdefault(name, set()).add(trans_b and i == 1)
+    transposed: dict[str, str] = {}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        if not rewritable(node):
             nodes.append(node)
             continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         weight = node.input[1]
         if attrs.get("transB", 0):
             if weight not in transposed:
                 name = weight + "_kn"
                 graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[weight]).T.copy(), name))
+                if readers[weight] == {True}:
+                    inits[weight].ClearField("raw_data")  # no reader left: free it now, not after the loop
                 transposed[weight] = name
             weight = transposed[weight]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -735,8 +752,9 @@ def gemm_to_matmul(in_onnx: Path, out_onnx: Path) -> int:
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    onnx.checker.check_model(model, full_check=False)
-    with atomic_output(Path(out_onnx)) as tmp:
-        onnx.save(model, str(tmp))
+    with atomic_onnx(Path(out_onnx)) as tmp:
+        save_onnx(model, tmp)
+        del model
+        onnx.checker.check_model(str(tmp), full_check=False)
     log.info("%s: %d Gemm -> MatMul", out_onnx, rewritten)
     return rewritten

@@ -20,7 +20,7 @@ from . import StageError, dynamo_export
 from .cli import FP32_GATE, command
 from .decode_graph import GRAPH_FAMILIES, export_generation_graph
 from .evalset import load_inputs
-from .files import atomic_onnx, atomic_output, external_data_needed, load_onnx, stage_metrics
+from .files import atomic_onnx, external_data_needed, stage_metrics
 from .gate import FORWARD, Bounds, Gate, gate_for, lengths
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,14 @@ def _export_generation_graph(
     """The prefill or decode graph of ``hf_dir`` at ``out_onnx``, checked by ``gate`` before it is kept."""
     if length is None:
         raise StageError(f"the {graph} graph's export needs its length (the prompt tokens, or the cache slots)")
+    import onnx
+
     prompt_len, max_len = lengths(graph, length, host_npz)
     started = time.monotonic()
-    with atomic_output(Path(out_onnx)) as tmp:
+    with atomic_onnx(Path(out_onnx)) as tmp:
         export_generation_graph(hf_dir, tmp, graph=graph, prompt_len=prompt_len, max_len=max_len, opset=opset)
         check = gate("onnxruntime", tmp, stage="export_onnx")
-        nodes = len(load_onnx(tmp).graph.node)
+        nodes = len(onnx.load(str(tmp), load_external_data=False).graph.node)
     return stage_metrics(
         metrics_json,
         out_onnx,

@@ -90,6 +90,26 @@ def external_data_needed(weight_bytes: int) -> bool:
     return weight_bytes > PROTOBUF_LIMIT - 64 * 2**20  # room for the graph itself
 
 
+def save_onnx(model, path: Path) -> Path:
+    """Write the in-memory ``model`` to ``path``, its weights in ``<name>.data`` beside it when they pass
+    what one protobuf holds (``path`` must have its final name: the data file is referenced by name)."""
+    import onnx
+
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if not external_data_needed(weight_bytes):
+        onnx.save(model, str(path))
+        return Path(path)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=Path(path).name + ".data",
+        size_threshold=1024,
+    )
+    return Path(path)
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_output(Path(path)) as tmp:
@@ -140,13 +160,14 @@ def stage_metrics(metrics_json: Path | None, artifact: Path, started: float, **f
     return metrics
 
 
-def load_onnx(path: Path):
-    """``onnx.load`` that names the file when it is truncated or not ONNX."""
+def load_onnx(path: Path, *, weights: bool = True):
+    """``onnx.load`` that names the file when it is truncated or not ONNX; ``weights=False`` leaves
+    external data (the weights of a model above 2 GB) on disk."""
     import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=weights)
     except (DecodeError, ValueError, OSError, RuntimeError) as exc:
         raise StageError(
             f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); it may be truncated. "

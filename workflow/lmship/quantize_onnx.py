@@ -101,7 +101,7 @@ def quantize_onnx(
 
     if variant not in VARIANTS:
         raise StageError(f"unknown ONNX quantisation variant {variant!r}; expected one of {VARIANTS}")
-    matmuls = _weight_matmuls(load_onnx(in_onnx))
+    matmuls = _weight_matmuls(load_onnx(in_onnx, weights=False))
     make = {"int8_dynamic": _int8_dynamic, "int8_block": _int8_block, "q4_exact": _q4_exact}[variant]
     started = time.monotonic()
     with atomic_onnx(Path(out_onnx)) as tmp:
@@ -114,6 +114,7 @@ def quantize_onnx(
             info = make(source, tmp)
         finally:
             matmul.unlink(missing_ok=True)
+            matmul.with_name(matmul.name + ".data").unlink(missing_ok=True)
         info["gemm_to_matmul"] = rewritten
     return stage_metrics(
         metrics_json,
