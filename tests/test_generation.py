@@ -566,6 +566,18 @@ def test_openvino_exact_grid_is_not_applicable_off_the_grid(graphs, gen_dir):
     assert not out.exists() and not out.with_suffix(".bin").exists()
 
 
+def test_onnx_exact_grid_off_the_grid_names_its_input_not_a_temporary_file(graphs, gen_dir):
+    """The decode graph's Gemms are rewritten into a temporary file first; the refusal names the stage's input."""
+    from lmship import StageError
+    from lmship.quantize_onnx import quantize_onnx
+
+    out = gen_dir / "lively-q4" / "model.onnx"
+    with pytest.raises(StageError, match="not applicable: no MatMul weight") as refused:
+        quantize_onnx(graphs["decode"], out, variant="q4_exact")
+    assert str(graphs["decode"]) in str(refused.value) and "partial" not in str(refused.value)
+    assert not out.exists()
+
+
 def test_lossless_format_with_other_text_fails_the_generation_stage():
     """The stage's same-text check: a lossless format that diverges fails; a lossy one is reported."""
     from lmship import StageError

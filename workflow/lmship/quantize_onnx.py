@@ -112,6 +112,8 @@ def quantize_onnx(
         source = matmul if rewritten else Path(in_onnx)
         try:
             info = make(source, tmp)
+        except StageError as exc:  # name the stage's input, not its temporary rewrite
+            raise StageError(str(exc).replace(str(source), str(in_onnx))) from exc
         finally:
             matmul.unlink(missing_ok=True)
             matmul.with_name(matmul.name + ".data").unlink(missing_ok=True)
