@@ -23,8 +23,11 @@ Standard library only.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from . import StageError
 from .host import BF16_FLAGS
 from .runtimes import NAMES
 
@@ -314,3 +317,22 @@ def not_applicable(
             f"holds no {b.gguf_type} tensor ({held}); remove {backend} from `backends` for this model"
         )
     return None
+
+
+def refuse_if_not_applicable(backend: str, prepared: Path) -> None:
+    """Raise ``StageError("not applicable: ...")`` before any work when the prepared model (its
+    ``prepare.json``: source and GGUF tensor types) rules ``backend`` out.
+
+    The first step of a stage whose run was planned before the model was prepared: a ``pypi_gguf``
+    model's GGUF types are known only once its wheel is fetched, and the exact-grid re-encoding of a
+    model without Q4_1 weights would otherwise peak at several GB before finding so.
+    """
+    if backend not in BACKENDS:
+        return
+    try:
+        info = json.loads((Path(prepared) / "prepare.json").read_text())
+    except (OSError, ValueError):
+        return  # an older prepared folder: the stage finds out itself
+    why = not_applicable(backend, str(info.get("source", "")), None, info.get("gguf_types"))
+    if why:
+        raise StageError(why)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from lmship import StageError
+from lmship.backends import refuse_if_not_applicable
 from lmship.compress_openvino import calibration_windows, compress_openvino, needs_calibration
 from lmship.records import METRICS, artifact_in, run_job
 
@@ -10,6 +11,7 @@ smk = snakemake  # noqa: F821
 
 
 def work(out: Path) -> None:
+    refuse_if_not_applicable(f"openvino_{smk.wildcards.compression}", Path(smk.input.hf))
     compression = smk.wildcards.compression
     calibration = None
     if needs_calibration(compression):
