@@ -143,8 +143,22 @@ def test_a_stage_cost_is_a_line_fitted_through_its_measurements(monkeypatch):
         assert need.runtime_min == 60  # 1200 s x 3
         # a short stage still gets the floor (a job queued behind others is not killed for time)
         assert stage_need("tflite", ModelSize(1000), "seq", "fp16", default_mb=1, default_min=1).runtime_min == 10
-        # a variant measured at one size only never gets less than that measurement
-        assert stage_need("tflite", ModelSize(10_000_000), "seq", "fp16", default_mb=1, default_min=1).peak_mb == 5000
+        # a variant measured at one size takes the line of every variant's largest figure, and never
+        # less than its own figure from that size up
+        assert stage_need("tflite", ModelSize(10_000_000), "seq", "fp16", default_mb=1, default_min=1).peak_mb == 1500
+        measured[2]["peak_mb"] = 9000
+        sizes._line.cache_clear()
+        assert stage_need("tflite", ModelSize(100_000_000), "seq", "fp16", default_mb=1, default_min=1).peak_mb == 9000
+        assert stage_need("tflite", ModelSize(90_000_000), "seq", "fp16", default_mb=1, default_min=1).peak_mb < 9000
+        # a generation graph measured at one size (a 1B run's) is not asked of a tiny model: the
+        # forward graph's line, floored by its own figure from that size up
+        measured.append(
+            {"stage": "tflite", "graph": "prefill", "variant": "fp32", "params": 10**9, "peak_mb": 90000, "seconds": 60}
+        )
+        sizes._line.cache_clear()
+        tiny = stage_need("tflite", ModelSize(100_000_000), "prefill", "fp32", default_mb=1, default_min=1)
+        assert tiny.peak_mb == 6000
+        assert stage_need("tflite", ModelSize(10**9), "prefill", "fp32", default_mb=1, default_min=1).peak_mb == 90000
         # a stage never measured, or a model of unknown size, keeps the rule's own figures
         assert stage_need("savedmodel", ModelSize(10), default_mb=8000, default_min=40).mem_mb == 8000
         assert stage_need("tflite", None, "seq", "fp32", default_mb=10000, default_min=20).runtime_min == 20

@@ -25,7 +25,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -216,22 +216,61 @@ def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
+@dataclass(frozen=True)
+class _Line:
+    """A fitted cost line, and the stage's own figure where only one size of its own was measured."""
+
+    intercept: float
+    slope: float
+    sizes: int  # model sizes the line was fitted on
+    floor: tuple[int, float] | None = None  # (params, figure): never less than this at that size or above
+
+    def at(self, params: int) -> float:
+        value = self.intercept + self.slope * 4 * params / 1e9
+        if self.sizes == 1:  # one measured size: never predict less than it needed
+            value = max(value, self.intercept)
+        if self.floor and params >= self.floor[0]:
+            value = max(value, self.floor[1])
+        return value
+
+
+def _own_single(rows: list[dict], what: str) -> tuple[int, float] | None:
+    sizes = {m["params"] for m in rows}
+    return (sizes.pop(), max(float(m[what]) for m in rows)) if len(sizes) == 1 else None
+
+
 @cache
-def _line(stage: str, graph: str, variant: str | None, what: str) -> tuple[float, float, int] | None:
-    """(intercept, slope, sizes measured) of ``what`` against fp32 GB for one stage: its own variant's
-    measurements where there are any, else the largest figure of any variant at each measured size."""
+def _line(stage: str, graph: str, variant: str | None, what: str) -> _Line | None:
+    """The line of ``what`` against fp32 GB for one stage, graph family and variant.
+
+    A line needs two measured sizes: the variant's own measurements where they span two sizes,
+    else the largest figure of any variant at each measured size; a generation graph measured at
+    fewer than two sizes takes the forward graph's line. A figure of its own measured at one size
+    only is a floor from that size up (a flat line through a 1B model's figure would ask it of every
+    tiny model; a line through other stages' figures could fall below what it needed)."""
     rows = [m for m in _measurements() if m["stage"] == stage and m.get("graph", "seq") == graph]
-    if not rows and graph != "seq":
-        return _line(stage, "seq", variant, what)
+    if len({m["params"] for m in rows}) < 2 and graph != "seq":
+        line = _line(stage, "seq", variant, what)
+        own = _own_single([m for m in rows if m.get("variant") == variant] or rows, what)
+        return replace(line, floor=_higher(line.floor, own)) if line and own else line or _flat(own)
     own = [m for m in rows if m.get("variant") == variant]
-    rows = own or rows
+    single = _own_single(own, what)
+    rows = own if own and single is None else rows
     if not rows:
         return None
     largest: dict[int, float] = {}
     for m in rows:
         largest[m["params"]] = max(largest.get(m["params"], 0.0), float(m[what]))
     intercept, slope = _fit([(4 * params / 1e9, value) for params, value in largest.items()])
-    return intercept, max(slope, 0.0), len(largest)
+    return _Line(intercept, max(slope, 0.0), len(largest), single if len(largest) > 1 else None)
+
+
+def _higher(a: tuple[int, float] | None, b: tuple[int, float]) -> tuple[int, float]:
+    return b if a is None or b[1] >= a[1] else a
+
+
+def _flat(point: tuple[int, float] | None) -> _Line | None:
+    return _Line(point[1], 0.0, 1) if point else None
 
 
 def stage_need(
@@ -251,10 +290,8 @@ def stage_need(
     mem, wall = _line(stage, graph, variant, "peak_mb"), _line(stage, graph, variant, "seconds")
     if size is None or mem is None:
         return Need(default_mb, default_min, int(default_mb / MEM_HEADROOM))
-    peak = mem[0] + mem[1] * size.fp32_gb
-    if mem[2] == 1:  # one measured size: never predict less than it needed
-        peak = max(peak, mem[0])
-    seconds = (wall[0] + wall[1] * size.fp32_gb) if wall else default_min * 60
+    peak = mem.at(size.params)
+    seconds = wall.at(size.params) if wall else default_min * 60
     return Need(
         mem_mb=math.ceil(peak * MEM_HEADROOM / 100.0) * 100,
         runtime_min=max(RUNTIME_FLOOR_MIN, math.ceil(seconds * RUNTIME_HEADROOM / 60.0)),
