@@ -189,6 +189,14 @@ SEMANTIC_CASES = {
         },
         ["num_attention_heads 4 is not divisible by num_key_value_heads 3"],
     ),
+    "random tokenizer that does not exist": (
+        {"models": {"m": {"source": "random", "tokenizer": "no/such/tokenizer"}}},
+        ["models.m.tokenizer: no/such/tokenizer does not exist", "tokenizer.json or a .gguf file"],
+    ),
+    "tokenizer of a model that has its own": (
+        {"models": {"m": {"source": "hub", "id": "a/b", "tokenizer": "x"}}},
+        ["models.m.tokenizer: only a random model takes a tokenizer"],
+    ),
     "misspelled onnx2tf option": (
         {"savedmodel": {"onnx2tf": {"disable_strict_mod": True}}},
         ["savedmodel.onnx2tf.disable_strict_mod", "did you mean 'disable_strict_mode'"],

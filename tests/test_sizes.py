@@ -259,3 +259,28 @@ def test_an_exact_grid_stage_planned_before_the_gguf_was_read_refuses_at_once(tm
     (prepared / "prepare.json").write_text(json.dumps({"source": "random"}))
     with pytest.raises(StageError, match="needs weights dequantised from a GGUF file"):
         refuse_if_not_applicable("openvino_q4_exact", prepared)
+
+
+def test_a_random_model_takes_a_real_tokenizer_and_refuses_one_larger_than_its_vocabulary(tmp_path, tiny_model):
+    """A 1B benchmark model of random weights with Llama 3's own vocabulary, so that llama.cpp's converter
+    (which knows only listed pre-tokenizers) converts it; a tokenizer larger than vocab_size is refused."""
+    from transformers import AutoTokenizer
+
+    from lmship import StageError
+    from lmship.prepare_model import prepare_model
+
+    arch = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    given = AutoTokenizer.from_pretrained(tiny_model)
+    out = prepare_model(
+        {"source": "random", "seed": 0, "tokenizer": str(tiny_model), "architecture": {**arch, "vocab_size": 600}},
+        tmp_path / "hf",
+    )
+    made = AutoTokenizer.from_pretrained(out)
+    text = "The committee met on Tuesday."
+    assert made(text)["input_ids"] == given(text)["input_ids"] and len(made) == len(given)
+    assert json.loads((out / "prepare.json").read_text())["tokenizer"] == str(tiny_model)
+    with pytest.raises(StageError, match=f"has {len(given)} tokens, more than the random model's vocab_size 300"):
+        prepare_model(
+            {"source": "random", "tokenizer": str(tiny_model), "architecture": {**arch, "vocab_size": 300}},
+            tmp_path / "small",
+        )

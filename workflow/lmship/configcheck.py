@@ -122,6 +122,14 @@ def semantic_problems(config: dict) -> list[str]:
                 f"models: name {name!r} collides with the workflow's own output results/{name}; "
                 f"choose another name (reserved: {', '.join(RESERVED_NAMES)})"
             )
+        tokenizer = (spec or {}).get("tokenizer")
+        if tokenizer and (spec or {}).get("source") != "random":
+            problems.append(f"models.{name}.tokenizer: only a random model takes a tokenizer; remove the key")
+        elif tokenizer and not Path(tokenizer).exists():
+            problems.append(
+                f"models.{name}.tokenizer: {tokenizer} does not exist (relative paths start at the working "
+                "directory); give a folder holding tokenizer.json or a .gguf file with a vocabulary"
+            )
         arch = (spec or {}).get("architecture") or {}
         hidden, heads, kv = arch.get("hidden_size"), arch.get("num_attention_heads"), arch.get("num_key_value_heads")
         explicit_head_dim = "head_dim" in arch  # then q/k/v widths need not equal hidden_size

@@ -7,7 +7,8 @@ Sources (the ``source`` key of a model entry in config.yaml):
 ``gguf``       a GGUF file on disk
 ``hub``        a Hugging Face hub id (needs internet or the local HF cache)
 ``local``      a folder in HF layout (config.json, model.safetensors, tokenizer files)
-``random``     a causal LM of any registered transformers model_type and size, seeded random weights (tests)
+``random``     a causal LM of any registered transformers model_type and size, seeded random weights (tests),
+               with a trained byte-level tokenizer or a real one (``tokenizer``)
 
 Whatever the source, the result is ``<out>/`` with config.json,
 model.safetensors and tokenizer files, plus ``prepare.json`` describing it.
@@ -294,9 +295,37 @@ def _from_random(spec: dict[str, Any], out: Path) -> dict[str, Any]:
             f"cannot build a random {model_type!r} causal LM from architecture {arch}: {type(exc).__name__}: {exc}"
         ) from exc
     model.save_pretrained(out)
-    tokenizer = train_tokenizer(int(config.vocab_size))
+    given_tokenizer = spec.get("tokenizer")
+    if given_tokenizer:
+        tokenizer = load_tokenizer(Path(given_tokenizer), int(config.vocab_size))
+    else:
+        tokenizer = train_tokenizer(int(config.vocab_size))
     tokenizer.save_pretrained(out)
-    return {"seed": seed, "model_type": model_type, "params": sum(p.numel() for p in model.parameters())}
+    info = {"seed": seed, "model_type": model_type, "params": sum(p.numel() for p in model.parameters())}
+    return {**info, **({"tokenizer": str(given_tokenizer)} if given_tokenizer else {})}
+
+
+def load_tokenizer(path: Path, vocab_size: int):
+    """A real tokenizer for random weights: a folder holding tokenizer.json, or a GGUF file's vocabulary
+    (llama.cpp ships vocabulary-only GGUFs, e.g. ``models/ggml-vocab-llama-bpe.gguf``: Llama 3's)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"the random model's tokenizer {path} does not exist; give a tokenizer folder or a .gguf file")
+    try:
+        if path.suffix == ".gguf":
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise StageError(f"cannot read a tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
+    if len(tokenizer) > vocab_size:
+        raise StageError(
+            f"the tokenizer {path} has {len(tokenizer)} tokens, more than the random model's vocab_size "
+            f"{vocab_size}; set architecture.vocab_size to at least {len(tokenizer)}"
+        )
+    return tokenizer
 
 
 def train_tokenizer(vocab_size: int):
