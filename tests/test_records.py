@@ -39,6 +39,22 @@ def test_a_stage_that_succeeds_leaves_its_artifact_with_paths_of_its_final_place
     assert not list(out.parent.glob(".*partial*"))
 
 
+def test_a_stage_that_succeeds_logs_its_peak_beside_what_it_declared(tmp_path, caplog):
+    """A run's log says of every stage the memory it took and the mem_mb it asked for (a 1B run is
+    checked against its declared figures by these lines)."""
+
+    def grows(folder: Path) -> None:
+        ballast = bytearray(200 * 1024 * 1024)
+        ballast[::4096] = b"x" * len(ballast[::4096])
+        _writes_model(folder)
+
+    with caplog.at_level("INFO", logger="lmship.records"):
+        assert run_stage("export_onnx", tmp_path / "onnx", grows, mem_mb=5000) is None
+    said = [r.getMessage() for r in caplog.records if "peak RSS" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("export_onnx: peak RSS ") and "(declared mem_mb 5000" in said[0]
+    assert float(said[0].split("peak RSS ")[1].split(" MB")[0]) >= 200
+
+
 def test_a_stage_error_becomes_the_record_and_nothing_of_the_artifact_is_kept(tmp_path):
     out = tmp_path / "tflite_fp16"
 

@@ -156,9 +156,10 @@ def attempt(
         with tempfile.TemporaryDirectory(prefix=f"lmship-{stage}-") as scratch:
             return attempt(work, stage=stage, log_path=log_path, mem_mb=mem_mb, folder=Path(scratch))
     problem = _in_child(work, folder)
-    if problem is None:
-        return None
     peak = problem.pop("peak_rss_mb")
+    if not problem:
+        log.info("%s: %s", stage, _memory_note(peak, mem_mb))  # what a size's stage costs are read from
+        return None
     if problem.pop("killed", False):
         reason = f"killed by SIGKILL, most likely out of memory: {_memory_note(peak, mem_mb)}"
         problem.update(killed_for_memory=True, mem_mb=mem_mb)
@@ -212,8 +213,9 @@ def _passed_on(child: int):
     return handler
 
 
-def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
-    """Run ``work(folder)`` in a forked child; None on success, else what went wrong.
+def _in_child(work: Callable[[Path], object], folder: Path) -> dict:
+    """Run ``work(folder)`` in a forked child; its peak RSS (``peak_rss_mb``) alone on success, else
+    with what went wrong.
 
     An exception in the child is reported by type and message (its traceback goes to the log);
     a child killed by SIGKILL is reported as ``killed``, one that crashed (SIGSEGV, SIGABRT, ...) by
@@ -250,7 +252,7 @@ def _in_child(work: Callable[[Path], object], folder: Path) -> dict | None:
             signal.signal(sig, handler)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        return None
+        return {"peak_rss_mb": peak_mb}
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGKILL:
