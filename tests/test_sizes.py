@@ -13,6 +13,7 @@ from lmship.backends import not_applicable
 from lmship.gguf_table import gguf_types
 from lmship.sizes import (
     ModelSize,
+    Need,
     model_gguf_types,
     size_from_config,
     size_from_folder,
@@ -159,6 +160,12 @@ def test_a_stage_cost_is_a_line_fitted_through_its_measurements(monkeypatch):
         tiny = stage_need("tflite", ModelSize(100_000_000), "prefill", "fp32", default_mb=1, default_min=1)
         assert tiny.peak_mb == 6000
         assert stage_need("tflite", ModelSize(10**9), "prefill", "fp32", default_mb=1, default_min=1).peak_mb == 90000
+        # a stage measured at one size only (a peer stage of a 1B run): the rule's own figure below
+        # that size, the measured one from there up
+        measured.append({"stage": "genai_model", "params": 10**9, "peak_mb": 12000, "seconds": 100})
+        sizes._line.cache_clear()
+        assert stage_need("genai_model", ModelSize(10**8), default_mb=6000, default_min=20) == Need(6000, 20, 4800)
+        assert stage_need("genai_model", ModelSize(2 * 10**9), default_mb=6000, default_min=20).mem_mb == 15000
         # a stage never measured, or a model of unknown size, keeps the rule's own figures
         assert stage_need("savedmodel", ModelSize(10), default_mb=8000, default_min=40).mem_mb == 8000
         assert stage_need("tflite", None, "seq", "fp32", default_mb=10000, default_min=20).runtime_min == 20

@@ -8,8 +8,9 @@ model fetched by its first stage (a wheel from PyPI) is sized once that stage ha
 :func:`stage_need` predicts a stage's peak memory and wall time for a model of that size: a line
 ``a + b * fp32 GB`` fitted by least squares, per stage and graph family, on the measurements in
 ``data/stage_costs.json`` (peak RSS and seconds of real runs at three or more model sizes; a new
-measurement is a line there). Memory gets headroom over the fitted peak; a stage measured at only
-one size keeps that measurement as a floor.
+measurement is a line there). Memory gets headroom over the fitted peak; a figure measured at one
+model size only is a floor from that size up (below it: the line of the stage's other variants, or
+the rule's own figure), so that a 1B run's figures are never asked of a tiny model.
 
 :func:`size_limits` says which formats cannot hold a model at all: protobuf files above 2 GB are
 written with external data, which ONNX Runtime and OpenVINO read but onnxsim and onnx2tf do not;
@@ -222,13 +223,11 @@ class _Line:
 
     intercept: float
     slope: float
-    sizes: int  # model sizes the line was fitted on
+    sizes: int  # model sizes the line was fitted on; 0: no line, the rule's own figure
     floor: tuple[int, float] | None = None  # (params, figure): never less than this at that size or above
 
-    def at(self, params: int) -> float:
-        value = self.intercept + self.slope * 4 * params / 1e9
-        if self.sizes == 1:  # one measured size: never predict less than it needed
-            value = max(value, self.intercept)
+    def at(self, params: int, default: float) -> float:
+        value = self.intercept + self.slope * 4 * params / 1e9 if self.sizes else default
         if self.floor and params >= self.floor[0]:
             value = max(value, self.floor[1])
         return value
@@ -261,8 +260,10 @@ def _line(stage: str, graph: str, variant: str | None, what: str) -> _Line | Non
     largest: dict[int, float] = {}
     for m in rows:
         largest[m["params"]] = max(largest.get(m["params"], 0.0), float(m[what]))
+    if len(largest) == 1:  # the stage measured at one size: that figure from there up, the rule's below
+        return _flat(_own_single(rows, what))
     intercept, slope = _fit([(4 * params / 1e9, value) for params, value in largest.items()])
-    return _Line(intercept, max(slope, 0.0), len(largest), single if len(largest) > 1 else None)
+    return _Line(intercept, max(slope, 0.0), len(largest), single)
 
 
 def _higher(a: tuple[int, float] | None, b: tuple[int, float]) -> tuple[int, float]:
@@ -270,7 +271,7 @@ def _higher(a: tuple[int, float] | None, b: tuple[int, float]) -> tuple[int, flo
 
 
 def _flat(point: tuple[int, float] | None) -> _Line | None:
-    return _Line(point[1], 0.0, 1) if point else None
+    return _Line(0.0, 0.0, 0, point) if point else None
 
 
 def stage_need(
@@ -290,8 +291,8 @@ def stage_need(
     mem, wall = _line(stage, graph, variant, "peak_mb"), _line(stage, graph, variant, "seconds")
     if size is None or mem is None:
         return Need(default_mb, default_min, int(default_mb / MEM_HEADROOM))
-    peak = mem.at(size.params)
-    seconds = wall.at(size.params) if wall else default_min * 60
+    peak = mem.at(size.params, default_mb / MEM_HEADROOM)
+    seconds = wall.at(size.params, default_min * 60 / RUNTIME_HEADROOM) if wall else default_min * 60
     return Need(
         mem_mb=math.ceil(peak * MEM_HEADROOM / 100.0) * 100,
         runtime_min=max(RUNTIME_FLOOR_MIN, math.ceil(seconds * RUNTIME_HEADROOM / 60.0)),
