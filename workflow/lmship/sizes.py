@@ -6,11 +6,12 @@ of a cached hub snapshot), the tensor table of a GGUF file, or a random model's 
 model fetched by its first stage (a wheel from PyPI) is sized once that stage has run.
 
 :func:`stage_need` predicts a stage's peak memory and wall time for a model of that size: a line
-``a + b * fp32 GB`` fitted by least squares, per stage and graph family, on the measurements in
-``data/stage_costs.json`` (peak RSS and seconds of real runs at three or more model sizes; a new
-measurement is a line there). Memory gets headroom over the fitted peak; a figure measured at one
-model size only is a floor from that size up (below it: the line of the stage's other variants, or
-the rule's own figure), so that a 1B run's figures are never asked of a tiny model.
+against fp32 GB through the measurements in ``data/stage_costs.json`` (peak RSS and seconds of real
+runs at three or more model sizes; a new measurement is a line there), per stage and graph family,
+interpolated between the measured sizes (:class:`_Line`). Memory gets headroom over the predicted
+peak; a figure measured at one model size only is a floor from that size up (below it: the line of
+the stage's other variants, or the rule's own figure), so that a 1B run's figures are never asked
+of a tiny model.
 
 :func:`size_limits` says which formats cannot hold a model at all: protobuf files above 2 GB are
 written with external data, which ONNX Runtime and OpenVINO read but onnxsim and onnx2tf do not;
@@ -22,6 +23,7 @@ Standard library only: the Snakefile calls these while it parses.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -219,18 +221,38 @@ def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class _Line:
-    """A fitted cost line, and the stage's own figure where only one size of its own was measured."""
+    """A cost line through a stage's measurements, and its own figure where only one size of its own
+    was measured.
 
-    intercept: float
-    slope: float
-    sizes: int  # model sizes the line was fitted on; 0: no line, the rule's own figure
+    Between measured sizes the figure is interpolated; below the smallest it follows the first
+    segment down (never up); above the largest it rises by the steeper of the last segment and the
+    least-squares line through all of them. A single straight line through figures measured years
+    of code apart at 30M, 360M and 1.24B asked 3.5 GB of a tiny model's export, which needs a tenth.
+    """
+
+    points: tuple[tuple[float, float], ...]  # (fp32 GB, figure), by size; empty: the rule's own figure
     floor: tuple[int, float] | None = None  # (params, figure): never less than this at that size or above
 
     def at(self, params: int, default: float) -> float:
-        value = self.intercept + self.slope * 4 * params / 1e9 if self.sizes else default
+        x = 4 * params / 1e9
+        value = _along(self.points, x) if self.points else default
         if self.floor and params >= self.floor[0]:
             value = max(value, self.floor[1])
         return value
+
+
+def _along(points: tuple[tuple[float, float], ...], x: float) -> float:
+    (x0, y0), (xn, yn) = points[0], points[-1]
+    if x <= x0:
+        first = (points[1][1] - y0) / (points[1][0] - x0) if len(points) > 1 else 0.0
+        return max(0.0, y0 + max(first, 0.0) * (x - x0))
+    if x >= xn:
+        last = (yn - points[-2][1]) / (xn - points[-2][0]) if len(points) > 1 else 0.0
+        return yn + max(last, _fit(list(points))[1], 0.0) * (x - xn)
+    for (xa, ya), (xb, yb) in itertools.pairwise(points):
+        if xa <= x <= xb:
+            return ya + (yb - ya) * (x - xa) / (xb - xa)
+    return yn
 
 
 def _own_single(rows: list[dict], what: str) -> tuple[int, float] | None:
@@ -262,8 +284,7 @@ def _line(stage: str, graph: str, variant: str | None, what: str) -> _Line | Non
         largest[m["params"]] = max(largest.get(m["params"], 0.0), float(m[what]))
     if len(largest) == 1:  # the stage measured at one size: that figure from there up, the rule's below
         return _flat(_own_single(rows, what))
-    intercept, slope = _fit([(4 * params / 1e9, value) for params, value in largest.items()])
-    return _Line(intercept, max(slope, 0.0), len(largest), single)
+    return _Line(tuple(sorted((4 * params / 1e9, value) for params, value in largest.items())), single)
 
 
 def _higher(a: tuple[int, float] | None, b: tuple[int, float]) -> tuple[int, float]:
@@ -271,7 +292,7 @@ def _higher(a: tuple[int, float] | None, b: tuple[int, float]) -> tuple[int, flo
 
 
 def _flat(point: tuple[int, float] | None) -> _Line | None:
-    return _Line(0.0, 0.0, 0, point) if point else None
+    return _Line((), point) if point else None
 
 
 def stage_need(
