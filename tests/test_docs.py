@@ -111,7 +111,12 @@ def test_the_readme_types_no_figure_by_hand():
 
 
 def test_the_readme_shows_the_published_answer():
-    """The front page shows the picture that answers "what do I ship", from the workflow's own copy."""
+    """The front page shows, for each published run (``docs/results/<models>/``, written by ``snakemake
+    publish``), the picture that answers "what do I ship" and its summary, from the workflow's own copy."""
     shown = [t for t in links(README.read_text()) if t.startswith("docs/results/")]
-    assert "docs/results/ship.png" in shown and "docs/results/summary.md" in shown, shown
+    runs = sorted(p.parent for p in (REPO / "docs/results").glob("*/run.md"))
+    assert runs, "no published run under docs/results/"
+    for run in runs:
+        folder = run.relative_to(REPO).as_posix()
+        assert f"{folder}/ship.png" in shown and f"{folder}/summary.md" in shown, (folder, shown)
     assert all((REPO / t).is_file() for t in shown), shown

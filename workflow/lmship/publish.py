@@ -1,6 +1,7 @@
-"""The front page's answer (rule ``publish``): the run's tables and figures copied into ``docs/results/``.
+"""The front page's answer (rule ``publish``): the run's tables and figures copied into
+``docs/results/<models>/`` (the run's models joined by ``+``).
 
-``README.md`` shows ``docs/results/ship.png`` and links the tables next to it, so every figure on the
+``README.md`` shows each published run's ``ship.png`` and links the tables next to it, so every figure on the
 front page is one the workflow wrote; ``snakemake publish`` refreshes the copies after a run (commit
 them to change the front page). ``run.md`` says where and how the figures were measured: the machine,
 the configuration's size of the run, and each rule's jobs and time, summed from Snakemake's own

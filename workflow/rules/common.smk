@@ -528,6 +528,12 @@ def published_generation():
     return [rules.generation_summary.output.md, rules.generation_plot.output.png]
 
 
+def published_folder():
+    """Where ``publish`` copies the run's answer: ``docs/results/<model>`` (models joined by ``+``),
+    so the front page can show each model's run beside the others'."""
+    return "docs/results/" + "+".join(MODELS)
+
+
 def run_facts():
     """What the published figures measured, in words (the configuration's size of the run)."""
     b, e = config["benchmark"], config["eval"]

@@ -184,8 +184,8 @@ rule ship_plot:
         "../scripts/ship_plot.py"
 
 
-# Not part of `all`: `snakemake publish` after a run copies its answer to docs/results/,
-# which the README shows (commit the copies to change the front page).
+# Not part of `all`: `snakemake publish` after a run copies its answer to
+# docs/results/<models>/, which the README shows (commit the copies to change the front page).
 rule publish:
     input:
         rules.summary.output.md,
@@ -194,7 +194,7 @@ rule publish:
         rules.quality_plot.output.png,
         published_generation(),
     output:
-        folder=directory("docs/results"),
+        folder=directory(published_folder()),
     log:
         "logs/publish.log",
     benchmark:
