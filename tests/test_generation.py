@@ -655,3 +655,68 @@ def test_a_graph_above_the_protobuf_limit_keeps_its_weights_beside_it(lively, gr
         assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
         metrics = validate_graph("decode", "onnxruntime", out, graphs["host"], lively, prompts, min_top1=50.0)
         assert metrics["finite"]
+
+
+# --------------------------------------------------------------------------- the exact grid in the vendors' graphs
+
+
+def test_ort_genai_exact_grid_keeps_the_builders_graph_and_pytorchs_tokens(gridded, gridded_tokens, prompts, gen_dir):
+    """The builder's fp32 graph (GroupQueryAttention, its own cache and loop) with the checkpoint's Q4_1 codes
+    in MatMulNBits: every re-encoded weight rebuilds the builder's bit for bit, and the pipeline generates
+    PyTorch's tokens and gives its logits. Fails if the re-encoding is skipped (no MatMulNBits), if a weight
+    is re-quantised (the proof), or if the rewritten graph computes something else (tokens, logits)."""
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    import onnx
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmship.genai_model import genai_model
+    from lmship.runtimes import open_backend, ort_genai
+
+    out = gen_dir / "ort_genai_q4_exact"
+    metrics = genai_model(gridded, out, variant="q4_exact")
+    grid = metrics["exact_grid"]
+    assert grid["matmul_q4_1"] == grid["bit_exact_matmul_q4_1"] > 0 and grid["matmul_fp32"] == 0, grid
+    assert grid["matmul_q8_0"] == grid["bit_exact_matmul_q8_0"] == 1, grid  # the head, as decode steps run it
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+    assert {"MatMulNBits", "GroupQueryAttention"} <= ops, ops
+    assert (out / "genai_config.json").is_file() and not list(out.glob(".*"))
+    assert ort_genai.generate(out, prompts, NEW, threads=1).tokens == gridded_tokens
+    ids = np.stack([prompts[0]])
+    model = AutoModelForCausalLM.from_pretrained(gridded, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        reference = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    logits = open_backend("ort_genai", out, threads=1).run(ids)
+    assert np.abs(logits - reference).max() / reference.std() < 0.01  # the fp32 gate's bound
+
+
+def test_ort_genai_exact_grid_is_not_applicable_off_the_grid(lively, gen_dir):
+    """A model whose weights sit on no GGUF grid gets no 4-bit copy under the exact grid's name."""
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    from lmship import StageError
+    from lmship.genai_model import genai_model
+    from lmship.records import found_not_applicable
+
+    out = gen_dir / "ort_genai_q4_exact_off_grid"
+    with pytest.raises(StageError) as caught:
+        genai_model(lively, out, variant="q4_exact")
+    assert found_not_applicable(str(caught.value)) and str(lively) in str(caught.value), caught.value
+    assert not out.exists() and not list(gen_dir.glob(f".{out.name}*"))
+
+
+def test_openvino_genai_exact_grid_generates_pytorchs_tokens(gridded, gridded_chain, gridded_tokens, prompts, gen_dir):
+    """The stateful IR OpenVINO GenAI runs, its weights on the checkpoint's grid (u4 codes, within an ulp),
+    gated against PyTorch: the pipeline's own loop generates PyTorch's tokens."""
+    pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
+    from lmship.runtimes import openvino_genai
+    from lmship.stateful_ir import stateful_ir
+    from lmship.stateful_ir_q4_exact import stateful_ir_q4_exact
+
+    gate = {"max_rel_diff": 0.01, "max_mean_kld": 1e-5}
+    base = stateful_ir(gridded, gridded_chain["npz"], gen_dir / "openvino_genai", max_len=L + NEW, **gate)
+    out = gen_dir / "openvino_genai_q4_exact"
+    metrics = stateful_ir_q4_exact(Path(base["artifact"]), gridded, gridded_chain["npz"], out, **gate)
+    assert metrics["recipe"]["matmul_q4_1"] > 0 and metrics["recipe"]["matmul_fp32"] == 0, metrics["recipe"]
+    assert metrics["verified"]["max_error_ulps"] <= 1.0 and "u4" in metrics["weights"], metrics
+    assert metrics["vs_pytorch"], metrics
+    assert openvino_genai.generate(out, prompts, NEW, threads=1).tokens == gridded_tokens

@@ -272,6 +272,17 @@ BACKENDS: dict[str, Backend] = {
         _genai(
             "int4_acc1", "int4", "ORT GenAI int4, fp32 act.", "model builder int4 block 32, accuracy level 1", "fp32"
         ),
+        replace(
+            _genai(
+                "q4_exact",
+                "int4",
+                "ORT GenAI 4-bit exact grid",
+                "model builder fp32 graph, GGUF-grid weights stored losslessly in 4 bits, fp32 activations",
+                "fp32",
+            ),
+            sources=GGUF_SOURCES,
+            gguf_type="Q4_1",
+        ),
         Backend(
             "openvino_genai",
             "openvino_genai",
@@ -281,6 +292,19 @@ BACKENDS: dict[str, Backend] = {
             "OpenVINO GenAI",
             "LLMPipeline on the stateful IR of transformers.exporters",
             made_by="transformers.exporters",
+        ),
+        Backend(
+            "openvino_genai_q4_exact",
+            "openvino_genai",
+            "int4",
+            "stateful_ir_q4_exact",
+            "artifact",
+            "OpenVINO GenAI 4-bit exact grid",
+            "LLMPipeline on the stateful IR, GGUF-grid weights kept on their grid (u4), fp32 activations",
+            sources=GGUF_SOURCES,
+            arithmetic="fp32",
+            made_by="transformers.exporters",
+            gguf_type="Q4_1",
         ),
     )
 }

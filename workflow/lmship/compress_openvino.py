@@ -297,9 +297,15 @@ def verify_exact_grid(original, compressed) -> dict:
 
 
 def exact_grid_openvino(
-    ir_xml: Path, out_xml: Path, *, census_json: Path | None = None, metrics_json: Path | None = None
+    ir_xml: Path,
+    out_xml: Path,
+    *,
+    census_json: Path | None = None,
+    metrics_json: Path | None = None,
+    backend: str = "openvino_q4_exact",
 ) -> Path:
-    """:func:`exact_grid_ir` of the IR ``ir_xml`` into ``out_xml``, verified on the written IR."""
+    """:func:`exact_grid_ir` of the IR ``ir_xml`` into ``out_xml``, verified on the written IR
+    (``backend`` names the format in a refusal of a model with no Q4_1 weight)."""
     import openvino as ov
 
     from .exact_grid import require_q4_1
@@ -308,7 +314,7 @@ def exact_grid_openvino(
     core = _core()
     model = core.read_model(str(ir_xml))
     stats = exact_grid_ir(model)
-    require_q4_1(stats, ir_xml, "openvino_q4_exact")
+    require_q4_1(stats, ir_xml, backend)
     proof: dict = {}
 
     def check(xml: Path) -> None:

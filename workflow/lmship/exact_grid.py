@@ -80,8 +80,12 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def reencode(model) -> dict[str, int]:
-    """Rewrite ``model`` (an onnx.ModelProto, in place); return how many weights took each form."""
+def reencode(model, *, decodes: bool = False) -> dict[str, int]:
+    """Rewrite ``model`` (an onnx.ModelProto, in place); return how many weights took each form.
+
+    ``decodes``: the graph is a generation loop's, run on one new position per step but for the prompt
+    (its rows unknown to shape inference), so a Q8_0 head over unknown rows takes the two-part 4-bit
+    form too (the decode steps' cost is the head's bytes; the prompt pays two products once)."""
     from onnx import helper
 
     graph = model.graph
@@ -91,7 +95,7 @@ def reencode(model) -> dict[str, int]:
     shapes = _shapes(model)
     nodes = _matmuls_to_q4_1(list(graph.node), inits, added, stats, shapes)
     nodes = _gathers_to_q8_0(nodes, inits, added, stats)
-    nodes = _matmuls_to_q8_0(nodes, inits, added, stats, shapes)
+    nodes = _matmuls_to_q8_0(nodes, inits, added, stats, shapes, unknown_rows=decodes)
     del graph.node[:]
     graph.node.extend(nodes)
     used = {x for n in graph.node for x in n.input}
@@ -225,13 +229,15 @@ def _gathers_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int
     return nodes
 
 
-def _matmuls_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int], shapes: dict) -> list:
+def _matmuls_to_q8_0(
+    nodes: list, inits: dict, added: list, stats: dict[str, int], shapes: dict, *, unknown_rows: bool = False
+) -> list:
     """Third pass: each MatMul by a Q8_0-grid weight (the tied LM head) that multiplies one row
     becomes two 4-bit MatMulNBits and an Add.
 
     Runs after :func:`_matmuls_to_q4_1`, which leaves the MatMuls it did not take (and counted
     them ``matmul_fp32``); one that is on the Q8_0 grid moves to ``matmul_q8_0``. With more
-    rows (or rows unknown) it stays fp32, counted ``matmul_q8_0_kept_fp32`` too.
+    rows (or rows unknown, unless ``unknown_rows``) it stays fp32, counted ``matmul_q8_0_kept_fp32`` too.
     """
     from onnx import numpy_helper
 
@@ -245,7 +251,8 @@ def _matmuls_to_q8_0(nodes: list, inits: dict, added: list, stats: dict[str, int
         if grid is None:
             out.append(node)
             continue
-        if _rows(shapes.get(node.input[0])) != 1:
+        rows = _rows(shapes.get(node.input[0]))
+        if rows != 1 and not (unknown_rows and rows is None):
             stats["matmul_q8_0_kept_fp32"] += 1
             out.append(node)
             continue

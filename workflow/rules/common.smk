@@ -443,6 +443,7 @@ RULE_DEFAULTS = {
     "gguf": (4000, 20),
     "genai_model": (6000, 20),
     "stateful_ir": (6000, 20),
+    "stateful_ir_q4_exact": (6000, 20),
 }
 
 

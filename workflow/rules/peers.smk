@@ -70,3 +70,27 @@ rule stateful_ir:
         max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
     script:
         "../scripts/stateful_ir.py"
+
+
+rule stateful_ir_q4_exact:
+    input:
+        stateful=rules.stateful_ir.output.artifact,
+        model=rules.prepare_model.output.model,
+        prompts=rules.stateful_ir.input.prompts,
+    output:
+        artifact=directory("results/{model}/openvino_genai_q4_exact"),
+    log:
+        "logs/stateful_ir_q4_exact/{model}.log",
+    benchmark:
+        "benchmarks/stateful_ir_q4_exact/{model}.tsv"
+    conda:
+        "../../envs/peers.yaml"
+    threads: 1
+    resources:
+        mem_mb=need_mb("stateful_ir_q4_exact"),
+        runtime=need_min("stateful_ir_q4_exact"),
+    params:
+        max_rel_diff=config["conversion_gate"]["fp32_max_rel_logit_diff"],
+        max_mean_kld=config["conversion_gate"]["fp32_max_mean_kld"],
+    script:
+        "../scripts/stateful_ir_q4_exact.py"
