@@ -425,14 +425,25 @@ def require_q4_1(stats: dict[str, int], source: Path, backend: str) -> None:
         )
 
 
-def reencode_file(in_onnx: Path, out_onnx: Path) -> dict[str, int]:
-    """Re-encode ``in_onnx`` to ``out_onnx`` and prove on the written file that nothing was lost."""
-    import onnx
+def reencode_file(
+    in_onnx: Path,
+    out_onnx: Path,
+    *,
+    decodes: bool = False,
+    backend: str = "onnx_q4_exact",
+    source: Path | None = None,
+) -> dict[str, int]:
+    """Re-encode ``in_onnx`` to ``out_onnx`` and prove on the written file that nothing was lost.
 
-    model = onnx.load(str(in_onnx))
-    stats = reencode(model)
-    require_q4_1(stats, in_onnx, "onnx_q4_exact")
-    onnx.save(model, str(out_onnx))
-    proof = verify_lossless(onnx.load(str(in_onnx)), onnx.load(str(out_onnx)))
+    ``decodes``: as :func:`reencode`'s; ``backend`` and ``source`` (default ``in_onnx``) name the format
+    and the model in the refusal of a model with no weight on a Q4_1 grid.
+    """
+    from .files import load_onnx, save_onnx
+
+    model = load_onnx(in_onnx)
+    stats = reencode(model, decodes=decodes)
+    require_q4_1(stats, Path(source or in_onnx), backend)
+    save_onnx(model, out_onnx)
+    proof = verify_lossless(load_onnx(in_onnx), load_onnx(out_onnx))
     log.info("%s: %s re-encoded weights rebuild the originals bit for bit", out_onnx, proof)
     return {**stats, **{f"bit_exact_{k}": v for k, v in proof.items()}}

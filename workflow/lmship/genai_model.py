@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import StageError
-from .files import atomic_output, linked_copy, load_onnx, save_onnx, size_bytes, write_json
+from .files import atomic_output, linked_copy, size_bytes, write_json
 from .runtimes.ort_genai import DISTRIBUTION, not_applicable, version
 
 log = logging.getLogger(__name__)
@@ -211,35 +211,8 @@ def check_rotary_tables(model_dir: Path, hf_dir: Path, positions: int = 512) -> 
 
 
 #: The ``variant`` wildcard of the rule: builder precision and int4 accuracy level; ``q4_exact`` is
-#: the builder's fp32 model with its GGUF-grid weights re-encoded losslessly (:func:`exact_grid`).
+#: the builder's fp32 model with its GGUF-grid weights re-encoded losslessly (:func:`genai_model`).
 VARIANTS = {"fp32": ("fp32", 4), "int4": ("int4", 4), "int4_acc1": ("int4", 1), "q4_exact": ("fp32", 4)}
-
-
-def exact_grid(model_dir: Path, *, source: Path | None = None) -> dict:
-    """Re-encode the builder's ``model_dir/model.onnx`` (in place) on its weights' own GGUF grid.
-
-    The builder's graph (GroupQueryAttention, its fused rotary and norms, its KV cache) is kept; only
-    its MatMul weights that sit on a Q4_1 grid become ``MatMulNBits`` 4-bit with the fp32 block-minimum
-    correction, a Q8_0 embedding a ``GatherBlockQuantized`` and a Q8_0 head (the tied embedding) two
-    4-bit ``MatMulNBits`` halves, as the decode steps run it (:mod:`lmship.exact_grid`): the
-    checkpoint's own codes, compute in fp32, every re-encoded weight proven bit for bit against the
-    builder's. ``source`` names the model in a refusal (a model with no Q4_1 weight is not applicable).
-    """
-    from .exact_grid import reencode, require_q4_1, verify_lossless
-
-    path = Path(model_dir) / "model.onnx"
-    header = load_onnx(path, weights=False).graph.initializer
-    data_files = {e.value for t in header for e in t.external_data if e.key == "location"}
-    original = load_onnx(path)  # the weights in memory: its data file is replaced below
-    model = load_onnx(path)
-    stats = reencode(model, decodes=True)
-    require_q4_1(stats, Path(source or model_dir), "ort_genai_q4_exact")
-    for data in data_files:
-        (path.parent / data).unlink(missing_ok=True)
-    save_onnx(model, path)
-    proof = verify_lossless(original, load_onnx(path))
-    log.info("%s: %s re-encoded weights rebuild the builder's bit for bit", path, proof)
-    return {**stats, **{f"bit_exact_{k}": v for k, v in proof.items()}}
 
 
 def genai_model(hf_dir: Path, out_dir: Path, *, variant: str) -> dict:
@@ -251,12 +224,22 @@ def genai_model(hf_dir: Path, out_dir: Path, *, variant: str) -> dict:
     if variant != "q4_exact":
         metrics = build(hf_dir, out_dir, precision=precision, accuracy_level=level, symmetric=False)
     else:
+        # The builder's graph (GroupQueryAttention, its fused rotary and norms, its KV cache) is kept;
+        # its weights on the checkpoint's Q4_1 grid become MatMulNBits with the fp32 block-minimum
+        # correction, a Q8_0 embedding GatherBlockQuantized and a Q8_0 head two 4-bit halves, as the
+        # decode steps run it: the checkpoint's own codes, compute in fp32, proven bit for bit.
+        from .exact_grid import reencode_file
+
         with atomic_output(out_dir) as tmp:
-            metrics = build(hf_dir, tmp / "fp32", precision=precision)
-            for f in (tmp / "fp32").iterdir():
-                f.replace(tmp / f.name)
-            (tmp / "fp32").rmdir()
-            grid = exact_grid(tmp, source=Path(hf_dir))
+            fp32 = tmp / "fp32"
+            metrics = build(hf_dir, fp32, precision=precision)
+            for f in fp32.iterdir():  # genai_config.json, the tokenizer: everything but the graph
+                if not f.name.startswith("model.onnx"):
+                    f.replace(tmp / f.name)
+            grid = reencode_file(
+                fp32 / "model.onnx", tmp / "model.onnx", decodes=True, backend="ort_genai_q4_exact", source=hf_dir
+            )
+            shutil.rmtree(fp32)
         metrics = {**metrics, "artifact": str(out_dir), "exact_grid": grid}
         metrics["size_mb"] = round(size_bytes(out_dir) / 1e6, 1)
     write_json(out_dir / "metrics.json", {**metrics, "variant": variant})
